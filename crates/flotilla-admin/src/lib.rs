@@ -1,0 +1,187 @@
+//! Flotilla's admin HTTP API: health, target groups, registration, reload and metrics.
+//!
+//! `router(state)` is a plain axum `Router`, so it is tested with `oneshot` and no socket.
+//! Reads are open (the admin listener is meant for loopback or a private network); every
+//! mutating call needs `Authorization: Bearer <admin.token>`.
+
+mod auth;
+mod time;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use flotilla_edge::Edge;
+use serde::Deserialize;
+use serde_json::json;
+
+/// Actions the binary performs on the admin API's behalf (the admin crate reads no files).
+pub trait Control: Send + Sync + 'static {
+    /// Re-reads and applies the config file; `Err` carries every validation error.
+    fn reload(&self) -> Result<(), String>;
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub edge: Arc<Edge>,
+    pub token: Option<String>,
+    pub control: Arc<dyn Control>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/target-groups", get(target_groups))
+        .route("/api/v1/target-groups/{name}/targets", post(register))
+        .route("/api/v1/target-groups/{name}/targets/{addr}", delete(deregister))
+        .route("/api/v1/reload", post(reload))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
+        .with_state(state)
+}
+
+/// Serves the admin API until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// `Some(401 response)` unless the request carries the admin bearer token.
+fn unauthorized(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
+    if auth::authorized(headers, state.token.as_deref()) {
+        return None;
+    }
+    let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    Some(resp)
+}
+
+async fn health(State(state): State<AdminState>) -> Response {
+    let listening = !state.edge.bound_addrs().is_empty();
+    let groups: serde_json::Map<String, serde_json::Value> = state
+        .edge
+        .target_groups()
+        .into_iter()
+        .map(|g| {
+            let healthy = g.targets.iter().filter(|t| t.state == flotilla_edge::TargetState::Healthy).count();
+            (g.name, json!({ "healthy": healthy, "total": g.targets.len() }))
+        })
+        .collect();
+    let status = if listening { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if listening { "ok" } else { "unavailable" },
+        "timestamp": time::now_rfc3339(),
+        "checks": { "listeners": if listening { "ok" } else { "not listening" }, "target_groups": groups },
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let body = state.edge.encode_metrics();
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}
+
+async fn target_groups(State(state): State<AdminState>) -> Response {
+    let groups: Vec<_> = state
+        .edge
+        .target_groups()
+        .into_iter()
+        .map(|g| {
+            json!({
+                "name": g.name,
+                "algorithm": g.algorithm,
+                "targets": g.targets.iter().map(|t| json!({
+                    "addr": t.addr.to_string(),
+                    "zone": t.zone,
+                    "weight": t.weight,
+                    "state": t.state.as_str(),
+                    "in_flight": t.in_flight,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({ "target_groups": groups })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    addr: String,
+    zone: Option<String>,
+    weight: Option<u32>,
+}
+
+async fn register(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<RegisterBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.body_text()),
+    };
+    let Ok(addr) = body.addr.parse::<SocketAddr>() else {
+        return error(StatusCode::BAD_REQUEST, "addr must be ip:port, e.g. \"127.0.0.1:9003\"");
+    };
+    let weight = body.weight.unwrap_or(1);
+    if !(1..=1000).contains(&weight) {
+        return error(StatusCode::BAD_REQUEST, "weight must be between 1 and 1000");
+    }
+    let target = flotilla_config::TargetConfig { addr, zone: body.zone, weight };
+    match state.edge.register(&name, target) {
+        Ok(true) => {
+            (StatusCode::CREATED, Json(json!({ "addr": addr.to_string(), "state": "initial" }))).into_response()
+        }
+        Ok(false) => (StatusCode::OK, Json(json!({ "addr": addr.to_string(), "updated": true }))).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
+    }
+}
+
+async fn deregister(
+    State(state): State<AdminState>,
+    Path((name, addr)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        return error(StatusCode::BAD_REQUEST, "target must be ip:port");
+    };
+    match state.edge.deregister(&name, addr) {
+        Ok(()) => {
+            (StatusCode::ACCEPTED, Json(json!({ "addr": addr.to_string(), "state": "draining" }))).into_response()
+        }
+        Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
+    }
+}
+
+async fn reload(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    let control = state.control.clone();
+    match tokio::task::spawn_blocking(move || control.reload()).await {
+        Ok(Ok(())) => Json(json!({ "reloaded": true })).into_response(),
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

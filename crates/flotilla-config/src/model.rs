@@ -1,0 +1,221 @@
+//! The validated, typed configuration every other crate consumes. Built once by `load`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole validated config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from (used to reload it and to resolve relative paths).
+    pub source: PathBuf,
+    pub edge: EdgeConfig,
+    pub admin: Option<AdminConfig>,
+    /// First match wins.
+    pub routes: Vec<RouteConfig>,
+    pub target_groups: BTreeMap<String, TargetGroupConfig>,
+    /// Non-fatal findings (unset environment variables, groups with no targets) to log at start.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeConfig {
+    pub listen: Vec<SocketAddr>,
+    pub zone: Option<String>,
+    pub tls: Option<TlsConfig>,
+    pub access_log: bool,
+    pub request_id_header: String,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
+/// A timeout on every phase of a request, so no client or target can hold resources forever.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    /// Time a client has to send a complete request head.
+    pub header_read: Duration,
+    /// How long a keep-alive connection may sit with no request in flight.
+    pub idle: Duration,
+    /// TCP connect to a target.
+    pub connect: Duration,
+    /// From sending the request to a target to receiving its response head.
+    pub target_response: Duration,
+    /// How long SIGTERM waits for in-flight requests before exiting anyway.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            connect: Duration::from_secs(5),
+            target_response: Duration::from_secs(60),
+            shutdown: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Maximum bytes of one request head (request line plus headers).
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Larger bodies get 413; bodies are streamed, not buffered, so this is a policy, not memory.
+    pub max_request_body: u64,
+    /// Concurrent client connections per listener set; beyond it new connections wait in the backlog.
+    pub max_connections: usize,
+    /// Request bodies up to this size are buffered so the request can be retried on another target.
+    pub max_retry_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_request_body: 100 * 1024 * 1024,
+            max_connections: 10_000,
+            max_retry_body: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub listen: Vec<SocketAddr>,
+    /// SNI chooses among these; the first is the default for clients that send no SNI.
+    pub certificates: Vec<CertificateFiles>,
+    pub min_version: TlsVersion,
+    pub redirect_http: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token for mutating calls. `None` means mutating calls are refused.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    pub host: HostPattern,
+    pub path: PathPattern,
+    pub target_group: String,
+}
+
+/// Which Host headers a route accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Any,
+    /// Lower-case exact host name.
+    Exact(String),
+    /// `*.example.com`: stored as ".example.com"; matches any name with that suffix.
+    Suffix(String),
+}
+
+impl HostPattern {
+    /// `host` must already be lower-case and stripped of its port.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+}
+
+/// A path pattern: `/static/*` is a prefix match on `/static/`, anything else is exact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPattern {
+    Prefix(String),
+    Exact(String),
+}
+
+impl PathPattern {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathPattern::Prefix(p) => path.starts_with(p.as_str()),
+            PathPattern::Exact(p) => path == p,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetGroupConfig {
+    pub name: String,
+    pub targets: Vec<TargetConfig>,
+    pub algorithm: Algorithm,
+    /// Header whose value is hashed when `algorithm = "hash_header"`.
+    pub hash_header: Option<String>,
+    pub deregistration_delay: Duration,
+    pub slow_start: Duration,
+    pub stickiness: Stickiness,
+    pub retries: u32,
+    pub health_check: HealthCheck,
+    pub passive: Passive,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetConfig {
+    pub addr: SocketAddr,
+    pub zone: Option<String>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    /// Power of two random choices, weighted, comparing in-flight requests per weight.
+    LeastOutstanding,
+    Random,
+    HashHeader,
+    HashIp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stickiness {
+    pub enabled: bool,
+    pub cookie: String,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub enabled: bool,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Inclusive status ranges that count as healthy.
+    pub matcher: Vec<(u16, u16)>,
+}
+
+impl HealthCheck {
+    pub fn is_healthy_status(&self, status: u16) -> bool {
+        self.matcher.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+}
+
+/// Passive health: real traffic ejects a target at once, active checks bring it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passive {
+    /// Consecutive 5xx responses (502/503/504 or any 5xx) from a target that eject it; 0 = off.
+    pub consecutive_5xx: u32,
+    /// Consecutive failed connects that eject it; 0 = off.
+    pub consecutive_connect_failures: u32,
+}

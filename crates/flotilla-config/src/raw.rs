@@ -1,0 +1,145 @@
+//! The file as written: serde structs that mirror the TOML and keep spans for later errors.
+//! Nothing here is validated; `validate.rs` turns this into the typed [`crate::Config`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub(crate) type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub edge: Option<S<RawEdge>>,
+    pub admin: Option<S<RawAdmin>>,
+    #[serde(default)]
+    pub routes: Vec<S<RawRoute>>,
+    #[serde(default)]
+    pub target_groups: BTreeMap<S<String>, S<RawTargetGroup>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEdge {
+    #[serde(default)]
+    pub listen: Vec<S<String>>,
+    pub zone: Option<S<String>>,
+    pub tls: Option<S<RawTls>>,
+    pub access_log: Option<bool>,
+    pub request_id_header: Option<S<String>>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTimeouts {
+    pub header_read: Option<S<String>>,
+    pub idle: Option<S<String>>,
+    pub connect: Option<S<String>>,
+    pub target_response: Option<S<String>>,
+    pub shutdown: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub max_header_bytes: Option<S<SizeLit>>,
+    pub max_headers: Option<S<i64>>,
+    pub max_request_body: Option<S<SizeLit>>,
+    pub max_connections: Option<S<i64>>,
+    pub max_retry_body: Option<S<SizeLit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    #[serde(default)]
+    pub listen: Vec<S<String>>,
+    #[serde(default)]
+    pub certificates: Vec<S<RawCert>>,
+    pub min_version: Option<S<String>>,
+    pub redirect_http: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCert {
+    pub cert: S<String>,
+    pub key: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub listen: Option<S<String>>,
+    pub token: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub host: Option<S<String>>,
+    pub path: Option<S<String>>,
+    pub target_group: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTargetGroup {
+    #[serde(default)]
+    pub targets: Vec<S<RawTarget>>,
+    pub algorithm: Option<S<String>>,
+    pub hash_header: Option<S<String>>,
+    pub deregistration_delay: Option<S<String>>,
+    pub slow_start: Option<S<String>>,
+    pub stickiness: Option<S<RawStickiness>>,
+    pub retries: Option<S<i64>>,
+    pub health_check: Option<S<RawHealthCheck>>,
+    pub passive: Option<S<RawPassive>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawTarget {
+    Addr(String),
+    Full { addr: String, zone: Option<String>, weight: Option<i64> },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStickiness {
+    pub enabled: Option<bool>,
+    pub cookie: Option<S<String>>,
+    pub duration: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    pub enabled: Option<bool>,
+    pub path: Option<S<String>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub healthy_threshold: Option<S<i64>>,
+    pub unhealthy_threshold: Option<S<i64>>,
+    pub matcher: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPassive {
+    pub consecutive_5xx: Option<S<i64>>,
+    pub consecutive_connect_failures: Option<S<i64>>,
+}
+
+/// A size written as a string with units or as a plain byte count.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum SizeLit {
+    Bytes(i64),
+    Text(String),
+}

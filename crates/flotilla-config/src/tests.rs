@@ -1,0 +1,171 @@
+//! Data-driven config tests: one `check_err(input, expected)` helper, many cases.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    (name == "FLOTILLA_ADMIN_TOKEN").then(|| "t0ken".to_string())
+}
+
+fn ok(text: &str) -> Config {
+    match parse(Path::new("flotilla.toml"), text, &env) {
+        Ok(c) => c,
+        Err(e) => panic!("expected valid config, got:\n{e}"),
+    }
+}
+
+/// Asserts the config is refused with exactly these rendered errors.
+fn check_err(text: &str, expected: &[&str]) {
+    let err = parse(Path::new("flotilla.toml"), text, &env).expect_err("config should be invalid");
+    let got: Vec<String> = err.errors().iter().map(ToString::to_string).collect();
+    assert_eq!(got, expected, "\nfull error:\n{err}");
+}
+
+const SKELETON: &str = r#"
+[edge]
+listen = ["127.0.0.1:8080"]
+zone = "a"                      # optional; zone of this edge node
+
+[admin]
+listen = "127.0.0.1:9090"
+token = "${FLOTILLA_ADMIN_TOKEN}"   # bearer token for mutating calls; env expansion
+
+[[routes]]                      # first match wins
+host = "*"                      # exact or *.example.com
+path = "/*"                     # prefix glob
+target_group = "web"
+
+[target_groups.web]
+targets = ["127.0.0.1:9001", { addr = "127.0.0.1:9002", zone = "b", weight = 2 }]
+algorithm = "least_outstanding" # round_robin | least_outstanding (power of two choices) | random | hash_header | hash_ip
+deregistration_delay = "60s"
+slow_start = "30s"              # 0 = off
+stickiness = { enabled = true, cookie = "flotilla_sticky", duration = "1d" }
+retries = 2                     # idempotent requests, on connect failure / reset / 502-503 from a target
+[target_groups.web.health_check]
+path = "/health"
+interval = "30s"
+timeout = "5s"
+healthy_threshold = 2
+unhealthy_threshold = 3
+matcher = "200-399"
+"#;
+
+#[test]
+fn the_issue_skeleton_parses_as_written() {
+    let c = ok(SKELETON);
+    assert_eq!(c.edge.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+    assert_eq!(c.edge.zone.as_deref(), Some("a"));
+    assert_eq!(c.admin.as_ref().unwrap().token.as_deref(), Some("t0ken"));
+    let web = &c.target_groups["web"];
+    assert_eq!(web.targets.len(), 2);
+    assert_eq!(web.targets[1].weight, 2);
+    assert_eq!(web.targets[1].zone.as_deref(), Some("b"));
+    assert_eq!(web.algorithm, Algorithm::LeastOutstanding);
+    assert_eq!(web.slow_start, Duration::from_secs(30));
+    assert!(web.stickiness.enabled);
+    assert_eq!(web.health_check.interval, Duration::from_secs(30));
+    assert!(web.health_check.is_healthy_status(302));
+    assert!(!web.health_check.is_healthy_status(404));
+    assert_eq!(c.routes[0].path, PathPattern::Prefix("/".into()));
+}
+
+#[test]
+fn defaults_match_the_seeds() {
+    let c = ok("[edge]\nlisten=[\"127.0.0.1:1\"]\n[target_groups.w]\ntargets=[\"127.0.0.1:2\"]\n[[routes]]\ntarget_group=\"w\"\n");
+    let w = &c.target_groups["w"];
+    assert_eq!(w.health_check.interval, Duration::from_secs(30));
+    assert_eq!((w.health_check.healthy_threshold, w.health_check.unhealthy_threshold), (2, 3));
+    assert_eq!(w.deregistration_delay, Duration::from_secs(60));
+    assert_eq!(w.retries, 2);
+    assert!(c.admin.is_none());
+}
+
+#[test]
+fn syntax_errors_are_located() {
+    check_err("[edge]\nlisten = [\"127.0.0.1:1\"\n", &["flotilla.toml:3:1: invalid array: expected `]`"]);
+}
+
+#[test]
+fn unknown_keys_are_located() {
+    let err = parse(Path::new("f.toml"), "[edge]\nlisten = []\nlisen = 3\n", &env).unwrap_err();
+    let e = &err.errors()[0];
+    assert_eq!((e.line, e.col), (3, 1), "{err}");
+    assert!(e.message.contains("unknown field `lisen`"), "{err}");
+}
+
+#[test]
+fn every_semantic_error_is_reported_at_its_value() {
+    check_err(
+        r#"[edge]
+listen = ["nonsense"]
+[[routes]]
+path = "static/*"
+target_group = "nope"
+[target_groups.web]
+targets = ["127.0.0.1:1", "127.0.0.1:1"]
+algorithm = "fastest"
+deregistration_delay = "60"
+[target_groups.web.health_check]
+interval = "5s"
+timeout = "10s"
+matcher = "200-"
+healthy_threshold = 0
+"#,
+        &[
+            "flotilla.toml:2:11: edge.listen: \"nonsense\" is not an address: expected host:port, e.g. \"127.0.0.1:8080\"",
+            "flotilla.toml:7:27: target_groups.web.targets: 127.0.0.1:1 is listed twice",
+            "flotilla.toml:8:13: target_groups.web.algorithm: unknown algorithm \"fastest\" (round_robin, least_outstanding, random, hash_header, hash_ip)",
+            "flotilla.toml:12:11: target_groups.web.health_check.timeout must be greater than 0 and at most the interval (5s)",
+            "flotilla.toml:14:21: target_groups.web.health_check.healthy_threshold must be between 1 and 10, got 0",
+            "flotilla.toml:13:11: target_groups.web.health_check.matcher: \"\" is not an HTTP status code (100-599)",
+            "flotilla.toml:9:24: target_groups.web.deregistration_delay: invalid duration \"60\": missing unit (ms, s, m, h, d, w)",
+            "flotilla.toml:4:8: routes.path \"static/*\" must start with '/'",
+            "flotilla.toml:5:16: routes.target_group \"nope\" is not defined (known: web)",
+            "flotilla.toml:1:1: [edge] needs at least one address in listen (or in [edge.tls].listen)",
+        ],
+    );
+}
+
+#[test]
+fn tls_files_must_exist_and_redirect_needs_a_tls_listener() {
+    check_err(
+        "[edge]\nlisten=[\"127.0.0.1:1\"]\n[edge.tls]\ncertificates=[{cert=\"missing.pem\", key=\"missing.key\"}]\nredirect_http=true\n",
+        &[
+            "flotilla.toml:4:21: edge.tls.certificates.cert: file missing.pem does not exist",
+            "flotilla.toml:4:40: edge.tls.certificates.key: file missing.key does not exist",
+            "flotilla.toml:3:1: edge.tls.redirect_http needs a TLS listener in edge.tls.listen",
+        ],
+    );
+}
+
+#[test]
+fn host_and_path_patterns() {
+    let c = ok(r#"[edge]
+listen=["127.0.0.1:1"]
+[[routes]]
+host = "*.Example.com"
+path = "/api/*"
+target_group = "w"
+[[routes]]
+host = "exact.io"
+path = "/login"
+target_group = "w"
+[target_groups.w]
+"#);
+    let (a, b) = (&c.routes[0], &c.routes[1]);
+    assert!(a.host.matches("www.example.com") && !a.host.matches("example.com"));
+    assert!(a.path.matches("/api/x") && !a.path.matches("/api"));
+    assert!(b.host.matches("exact.io") && !b.host.matches("www.exact.io"));
+    assert!(b.path.matches("/login") && !b.path.matches("/login/x"));
+    assert!(c.warnings.iter().any(|w| w.contains("no targets")));
+}
+
+#[test]
+fn unset_token_is_a_warning_not_an_error() {
+    let c = ok("[edge]\nlisten=[\"127.0.0.1:1\"]\n[admin]\ntoken=\"${UNSET_VAR}\"\n");
+    assert_eq!(c.admin.unwrap().token, None);
+    assert!(c.warnings.iter().any(|w| w.contains("UNSET_VAR")), "{:?}", c.warnings);
+}

@@ -1,0 +1,512 @@
+//! Raw → typed: checks every value, collects every error with its location, fills defaults.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{ConfigError, Locator};
+use crate::model::*;
+use crate::raw::*;
+use crate::{env, units};
+
+pub(crate) struct Ctx<'a> {
+    pub loc: Locator<'a>,
+    pub base_dir: &'a Path,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    pub errors: Vec<ConfigError>,
+    pub warnings: Vec<String>,
+}
+
+impl Ctx<'_> {
+    fn err<T>(&mut self, spanned: &S<T>, msg: impl Into<String>) {
+        self.err_at(spanned.span().start, msg);
+    }
+
+    fn err_at(&mut self, offset: usize, msg: impl Into<String>) {
+        let e = self.loc.error(offset, msg);
+        self.errors.push(e);
+    }
+
+    fn duration(&mut self, v: &Option<S<String>>, key: &str, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match units::parse_duration(v.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.err(v, format!("{key}: {e}"));
+                default
+            }
+        }
+    }
+
+    fn size(&mut self, v: &Option<S<SizeLit>>, key: &str, default: u64) -> u64 {
+        let Some(v) = v else { return default };
+        let parsed = match v.get_ref() {
+            SizeLit::Bytes(n) if *n >= 0 => Ok(*n as u64),
+            SizeLit::Bytes(n) => Err(format!("must not be negative, got {n}")),
+            SizeLit::Text(t) => units::parse_size(t),
+        };
+        parsed.unwrap_or_else(|e| {
+            self.err(v, format!("{key}: {e}"));
+            default
+        })
+    }
+
+    fn int(&mut self, v: &Option<S<i64>>, key: &str, range: std::ops::RangeInclusive<i64>, default: i64) -> i64 {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if range.contains(&n) {
+            n
+        } else {
+            self.err(v, format!("{key} must be between {} and {}, got {n}", range.start(), range.end()));
+            default
+        }
+    }
+
+    fn socket_addr(&mut self, v: &S<String>, key: &str) -> Option<SocketAddr> {
+        match resolve(v.get_ref()) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.err(v, format!("{key}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn expand(&mut self, v: &S<String>, key: &str) -> String {
+        match env::expand(v.get_ref(), self.env) {
+            Ok((s, unset)) => {
+                for name in unset {
+                    self.warnings.push(format!("{key}: environment variable {name} is not set; using an empty value"));
+                }
+                s
+            }
+            Err(e) => {
+                self.err(v, format!("{key}: {e}"));
+                String::new()
+            }
+        }
+    }
+
+    fn existing_file(&mut self, v: &S<String>, key: &str) -> PathBuf {
+        let raw = self.expand(v, key);
+        let path = self.base_dir.join(raw);
+        if !path.is_file() {
+            self.err(v, format!("{key}: file {} does not exist", path.display()));
+        }
+        path
+    }
+}
+
+/// Accepts "127.0.0.1:80", "[::1]:80" and "localhost:80" (resolved once, now).
+fn resolve(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(format!("{s:?} is not an address: expected host:port, e.g. \"127.0.0.1:8080\""));
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Option<Config> {
+    let edge = edge(cx, raw.edge.as_ref());
+    let admin = raw.admin.as_ref().and_then(|a| admin(cx, a));
+    let mut target_groups = BTreeMap::new();
+    for (name, tg) in &raw.target_groups {
+        if !valid_name(name.get_ref()) {
+            cx.err(name, format!("target group name {:?} must be letters, digits, '-' or '_'", name.get_ref()));
+        }
+        let g = target_group(cx, name.get_ref(), tg);
+        target_groups.insert(name.get_ref().clone(), g);
+    }
+    let mut routes = Vec::new();
+    for r in &raw.routes {
+        if let Some(route) = route(cx, r, &target_groups) {
+            routes.push(route);
+        }
+    }
+    if routes.is_empty() && !target_groups.is_empty() && cx.errors.is_empty() {
+        cx.warnings.push("no [[routes]]: every request will get 404".into());
+    }
+    if let Some(edge_raw) = &raw.edge {
+        if edge.listen.is_empty() && edge.tls.as_ref().is_none_or(|t| t.listen.is_empty()) {
+            cx.err(edge_raw, "[edge] needs at least one address in listen (or in [edge.tls].listen)");
+        }
+    }
+    cx.errors.is_empty().then(|| Config {
+        source,
+        edge,
+        admin,
+        routes,
+        target_groups,
+        warnings: std::mem::take(&mut cx.warnings),
+    })
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn edge(cx: &mut Ctx<'_>, raw: Option<&S<RawEdge>>) -> EdgeConfig {
+    let Some(raw) = raw else {
+        return EdgeConfig {
+            listen: vec![],
+            zone: None,
+            tls: None,
+            access_log: true,
+            request_id_header: "x-request-id".into(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+        };
+    };
+    let r = raw.get_ref();
+    let listen = r.listen.iter().filter_map(|l| cx.socket_addr(l, "edge.listen")).collect();
+    let d = Timeouts::default();
+    let t = &r.timeouts;
+    let timeouts = Timeouts {
+        header_read: cx.duration(&t.header_read, "edge.timeouts.header_read", d.header_read),
+        idle: cx.duration(&t.idle, "edge.timeouts.idle", d.idle),
+        connect: cx.duration(&t.connect, "edge.timeouts.connect", d.connect),
+        target_response: cx.duration(&t.target_response, "edge.timeouts.target_response", d.target_response),
+        shutdown: cx.duration(&t.shutdown, "edge.timeouts.shutdown", d.shutdown),
+    };
+    for (v, key) in [
+        (&t.header_read, "header_read"),
+        (&t.idle, "idle"),
+        (&t.connect, "connect"),
+        (&t.target_response, "target_response"),
+    ] {
+        if let Some(v) = v {
+            if units::parse_duration(v.get_ref()) == Ok(Duration::ZERO) {
+                cx.err(v, format!("edge.timeouts.{key} must be greater than 0"));
+            }
+        }
+    }
+    let dl = Limits::default();
+    let l = &r.limits;
+    let limits = Limits {
+        max_header_bytes: cx.size(&l.max_header_bytes, "edge.limits.max_header_bytes", dl.max_header_bytes as u64)
+            as usize,
+        max_headers: cx.int(&l.max_headers, "edge.limits.max_headers", 8..=10_000, dl.max_headers as i64) as usize,
+        max_request_body: cx.size(&l.max_request_body, "edge.limits.max_request_body", dl.max_request_body),
+        max_connections: cx.int(
+            &l.max_connections,
+            "edge.limits.max_connections",
+            1..=1_000_000,
+            dl.max_connections as i64,
+        ) as usize,
+        max_retry_body: cx.size(&l.max_retry_body, "edge.limits.max_retry_body", dl.max_retry_body as u64).min(16 << 20)
+            as usize,
+    };
+    if limits.max_header_bytes < 1024 {
+        if let Some(v) = &l.max_header_bytes {
+            cx.err(v, "edge.limits.max_header_bytes must be at least 1KiB");
+        }
+    }
+    let request_id_header = match &r.request_id_header {
+        Some(h) if http_token(h.get_ref()) => h.get_ref().to_ascii_lowercase(),
+        Some(h) => {
+            cx.err(h, format!("edge.request_id_header: {:?} is not a valid header name", h.get_ref()));
+            String::new()
+        }
+        None => "x-request-id".into(),
+    };
+    EdgeConfig {
+        listen,
+        zone: r.zone.as_ref().map(|z| z.get_ref().clone()),
+        tls: r.tls.as_ref().and_then(|t| tls(cx, t)),
+        access_log: r.access_log.unwrap_or(true),
+        request_id_header,
+        timeouts,
+        limits,
+    }
+}
+
+fn http_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn tls(cx: &mut Ctx<'_>, raw: &S<RawTls>) -> Option<TlsConfig> {
+    let r = raw.get_ref();
+    let listen: Vec<_> = r.listen.iter().filter_map(|l| cx.socket_addr(l, "edge.tls.listen")).collect();
+    if r.certificates.is_empty() {
+        cx.err(raw, "[edge.tls] needs at least one entry in certificates = [{ cert = ..., key = ... }]");
+    }
+    let certificates = r
+        .certificates
+        .iter()
+        .map(|c| CertificateFiles {
+            cert: cx.existing_file(&c.get_ref().cert, "edge.tls.certificates.cert"),
+            key: cx.existing_file(&c.get_ref().key, "edge.tls.certificates.key"),
+        })
+        .collect();
+    let min_version = match r.min_version.as_ref().map(|v| v.get_ref().as_str()) {
+        None | Some("1.2") => TlsVersion::V1_2,
+        Some("1.3") => TlsVersion::V1_3,
+        Some(other) => {
+            let msg = format!("edge.tls.min_version must be \"1.2\" or \"1.3\", got {other:?}");
+            if let Some(v) = &r.min_version {
+                cx.err(v, msg);
+            }
+            TlsVersion::V1_2
+        }
+    };
+    let redirect_http = r.redirect_http.unwrap_or(false);
+    if redirect_http && listen.is_empty() {
+        cx.err(raw, "edge.tls.redirect_http needs a TLS listener in edge.tls.listen");
+    }
+    Some(TlsConfig { listen, certificates, min_version, redirect_http })
+}
+
+fn admin(cx: &mut Ctx<'_>, raw: &S<RawAdmin>) -> Option<AdminConfig> {
+    let r = raw.get_ref();
+    let listen = match &r.listen {
+        Some(l) => cx.socket_addr(l, "admin.listen")?,
+        None => SocketAddr::from(([127, 0, 0, 1], 9090)),
+    };
+    let token = r.token.as_ref().map(|t| cx.expand(t, "admin.token")).filter(|t| !t.is_empty());
+    if token.is_none() {
+        cx.warnings.push("admin.token is empty: mutating admin API calls are disabled".into());
+    }
+    Some(AdminConfig { listen, token })
+}
+
+fn route(cx: &mut Ctx<'_>, raw: &S<RawRoute>, groups: &BTreeMap<String, TargetGroupConfig>) -> Option<RouteConfig> {
+    let r = raw.get_ref();
+    let host = match &r.host {
+        None => HostPattern::Any,
+        Some(h) => {
+            let v = h.get_ref().to_ascii_lowercase();
+            if v == "*" {
+                HostPattern::Any
+            } else if let Some(rest) = v.strip_prefix("*.") {
+                if rest.is_empty() || rest.contains('*') {
+                    cx.err(h, format!("routes.host {v:?}: only a leading \"*.\" wildcard is allowed"));
+                }
+                HostPattern::Suffix(format!(".{rest}"))
+            } else if v.contains('*') || v.is_empty() {
+                cx.err(h, format!("routes.host {v:?}: use an exact name, \"*.example.com\" or \"*\""));
+                HostPattern::Any
+            } else {
+                HostPattern::Exact(v)
+            }
+        }
+    };
+    let path = match &r.path {
+        None => PathPattern::Prefix("/".into()),
+        Some(p) => {
+            let v = p.get_ref();
+            if !v.starts_with('/') {
+                cx.err(p, format!("routes.path {v:?} must start with '/'"));
+            }
+            match v.strip_suffix('*') {
+                Some(prefix) if !prefix.contains('*') => PathPattern::Prefix(prefix.to_string()),
+                _ if v.contains('*') => {
+                    cx.err(p, format!("routes.path {v:?}: '*' is only allowed at the end (a prefix match)"));
+                    PathPattern::Exact(v.clone())
+                }
+                _ => PathPattern::Exact(v.clone()),
+            }
+        }
+    };
+    let Some(tg) = &r.target_group else {
+        cx.err(raw, "route needs target_group = \"name\"");
+        return None;
+    };
+    if !groups.contains_key(tg.get_ref()) {
+        let known: Vec<_> = groups.keys().map(String::as_str).collect();
+        cx.err(tg, format!("routes.target_group {:?} is not defined (known: {})", tg.get_ref(), known.join(", ")));
+    }
+    Some(RouteConfig { host, path, target_group: tg.get_ref().clone() })
+}
+
+fn target_group(cx: &mut Ctx<'_>, name: &str, raw: &S<RawTargetGroup>) -> TargetGroupConfig {
+    let r = raw.get_ref();
+    let key = |k: &str| format!("target_groups.{name}.{k}");
+    let mut seen = HashSet::new();
+    let mut targets = Vec::new();
+    for t in &r.targets {
+        let (addr, zone, weight) = match t.get_ref() {
+            RawTarget::Addr(a) => (a, None, 1),
+            RawTarget::Full { addr, zone, weight } => (addr, zone.clone(), weight.unwrap_or(1)),
+        };
+        let Ok(addr) = resolve(addr).map_err(|e| cx.err(t, format!("{}: {e}", key("targets")))) else {
+            continue;
+        };
+        if !(1..=1000).contains(&weight) {
+            cx.err(t, format!("{}: weight must be between 1 and 1000, got {weight}", key("targets")));
+        }
+        if !seen.insert(addr) {
+            cx.err(t, format!("{}: {addr} is listed twice", key("targets")));
+        }
+        targets.push(TargetConfig { addr, zone, weight: weight.clamp(1, 1000) as u32 });
+    }
+    if targets.is_empty() {
+        cx.warnings.push(format!("target group {name:?} has no targets yet; its routes answer 503"));
+    }
+    let algorithm = match r.algorithm.as_ref().map(|a| a.get_ref().as_str()) {
+        None | Some("least_outstanding") => Algorithm::LeastOutstanding,
+        Some("round_robin") => Algorithm::RoundRobin,
+        Some("random") => Algorithm::Random,
+        Some("hash_header") => Algorithm::HashHeader,
+        Some("hash_ip") => Algorithm::HashIp,
+        Some(other) => {
+            let msg = format!(
+                "{}: unknown algorithm {other:?} (round_robin, least_outstanding, random, hash_header, hash_ip)",
+                key("algorithm")
+            );
+            if let Some(a) = &r.algorithm {
+                cx.err(a, msg);
+            }
+            Algorithm::LeastOutstanding
+        }
+    };
+    let hash_header = r.hash_header.as_ref().map(|h| {
+        if !http_token(h.get_ref()) {
+            cx.err(h, format!("{}: {:?} is not a valid header name", key("hash_header"), h.get_ref()));
+        }
+        h.get_ref().to_ascii_lowercase()
+    });
+    if algorithm == Algorithm::HashHeader && hash_header.is_none() {
+        if let Some(a) = &r.algorithm {
+            cx.err(a, format!("{}: algorithm = \"hash_header\" needs hash_header = \"Header-Name\"", key("algorithm")));
+        }
+    }
+    let stickiness = match &r.stickiness {
+        None => Stickiness { enabled: false, cookie: "flotilla_sticky".into(), duration: Duration::from_secs(86_400) },
+        Some(s) => {
+            let s = s.get_ref();
+            let cookie = match &s.cookie {
+                Some(c) if http_token(c.get_ref()) => c.get_ref().clone(),
+                Some(c) => {
+                    cx.err(c, format!("{}: {:?} is not a valid cookie name", key("stickiness.cookie"), c.get_ref()));
+                    String::new()
+                }
+                None => "flotilla_sticky".into(),
+            };
+            Stickiness {
+                enabled: s.enabled.unwrap_or(true),
+                cookie,
+                duration: cx.duration(&s.duration, &key("stickiness.duration"), Duration::from_secs(86_400)),
+            }
+        }
+    };
+    let health_check = health_check(cx, name, r.health_check.as_ref());
+    let passive = match &r.passive {
+        None => Passive { consecutive_5xx: 5, consecutive_connect_failures: 1 },
+        Some(p) => {
+            let p = p.get_ref();
+            Passive {
+                consecutive_5xx: cx.int(&p.consecutive_5xx, &key("passive.consecutive_5xx"), 0..=1000, 5) as u32,
+                consecutive_connect_failures: cx.int(
+                    &p.consecutive_connect_failures,
+                    &key("passive.consecutive_connect_failures"),
+                    0..=1000,
+                    1,
+                ) as u32,
+            }
+        }
+    };
+    TargetGroupConfig {
+        name: name.to_string(),
+        targets,
+        algorithm,
+        hash_header,
+        deregistration_delay: cx.duration(
+            &r.deregistration_delay,
+            &key("deregistration_delay"),
+            Duration::from_secs(60),
+        ),
+        slow_start: cx.duration(&r.slow_start, &key("slow_start"), Duration::ZERO),
+        stickiness,
+        retries: cx.int(&r.retries, &key("retries"), 0..=10, 2) as u32,
+        health_check,
+        passive,
+    }
+}
+
+fn health_check(cx: &mut Ctx<'_>, name: &str, raw: Option<&S<RawHealthCheck>>) -> HealthCheck {
+    let mut hc = HealthCheck {
+        enabled: true,
+        path: "/health".into(),
+        interval: Duration::from_secs(30),
+        timeout: Duration::from_secs(5),
+        healthy_threshold: 2,
+        unhealthy_threshold: 3,
+        matcher: vec![(200, 399)],
+    };
+    let Some(raw) = raw else { return hc };
+    let r = raw.get_ref();
+    let key = |k: &str| format!("target_groups.{name}.health_check.{k}");
+    hc.enabled = r.enabled.unwrap_or(true);
+    if let Some(p) = &r.path {
+        if !p.get_ref().starts_with('/') {
+            cx.err(p, format!("{} must start with '/'", key("path")));
+        }
+        hc.path = p.get_ref().clone();
+    }
+    hc.interval = cx.duration(&r.interval, &key("interval"), hc.interval);
+    hc.timeout = cx.duration(&r.timeout, &key("timeout"), hc.timeout);
+    if hc.interval.is_zero() {
+        cx.err_at(
+            r.interval.as_ref().map_or(raw.span().start, |v| v.span().start),
+            format!("{} must be greater than 0", key("interval")),
+        );
+    }
+    if hc.timeout.is_zero() || hc.timeout > hc.interval {
+        cx.err_at(
+            r.timeout.as_ref().map_or(raw.span().start, |v| v.span().start),
+            format!("{} must be greater than 0 and at most the interval ({:?})", key("timeout"), hc.interval),
+        );
+    }
+    hc.healthy_threshold = cx.int(&r.healthy_threshold, &key("healthy_threshold"), 1..=10, 2) as u32;
+    hc.unhealthy_threshold = cx.int(&r.unhealthy_threshold, &key("unhealthy_threshold"), 1..=10, 3) as u32;
+    if let Some(m) = &r.matcher {
+        match parse_matcher(m.get_ref()) {
+            Ok(v) => hc.matcher = v,
+            Err(e) => cx.err(m, format!("{}: {e}", key("matcher"))),
+        }
+    }
+    hc
+}
+
+/// "200", "200-399", "200,204,300-399".
+fn parse_matcher(s: &str) -> Result<Vec<(u16, u16)>, String> {
+    let code = |t: &str| -> Result<u16, String> {
+        t.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+            .ok_or_else(|| format!("{t:?} is not an HTTP status code (100-599)"))
+    };
+    s.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (code(a)?, code(b)?);
+                if a > b {
+                    return Err(format!("range {part:?} is backwards"));
+                }
+                Ok((a, b))
+            }
+            None => code(part).map(|c| (c, c)),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_matcher;
+
+    #[test]
+    fn matchers() {
+        assert_eq!(parse_matcher("200-399"), Ok(vec![(200, 399)]));
+        assert_eq!(parse_matcher("200,204"), Ok(vec![(200, 200), (204, 204)]));
+        assert!(parse_matcher("399-200").is_err());
+        assert!(parse_matcher("ok").is_err());
+        assert!(parse_matcher("700").is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! Header rules for a proxy: hop-by-hop removal (RFC 9110 §7.6.1), forwarding headers,
+//! request ids, and the framing checks that keep request smuggling out.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including any named in `Connection`. When `keep_upgrade` is set
+/// (a WebSocket handshake), `Connection: upgrade` and `Upgrade` survive so the target sees them.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// True for a client's `Connection: upgrade` + `Upgrade: …` handshake request.
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Sets X-Forwarded-For (appended), -Proto, -Host, -Port and RFC 7239 `Forwarded` (appended).
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: &str, port: u16) {
+    static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+    static XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+    let ip = client.to_string();
+    let xff = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(&XFF, v);
+    }
+    headers.insert(&XFP, HeaderValue::from_static(proto));
+    if let Ok(v) = HeaderValue::from_str(host) {
+        headers.insert(&XFH, v);
+    }
+    headers.insert(&XFPORT, HeaderValue::from(port));
+    let node = match client {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(_) => format!("\"[{ip}]\""),
+    };
+    let fwd = format!("for={node};host=\"{host}\";proto={proto}");
+    let fwd = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {fwd}"),
+        None => fwd,
+    };
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        headers.insert(header::FORWARDED, v);
+    }
+}
+
+/// Refuses framing that different HTTP parsers could read differently (request smuggling):
+/// Transfer-Encoding together with Content-Length, several Content-Length headers, and a
+/// Transfer-Encoding other than plain `chunked`.
+pub(crate) fn framing_is_ambiguous(headers: &HeaderMap) -> bool {
+    let cl = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    let te: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if cl > 1 || (cl == 1 && !te.is_empty()) {
+        return true;
+    }
+    match te.as_slice() {
+        [] => false,
+        [v] => !v.as_bytes().eq_ignore_ascii_case(b"chunked"),
+        _ => true,
+    }
+}
+
+/// A client-supplied request id is kept if it is short and printable, else a new one is made.
+pub(crate) fn request_id(headers: &HeaderMap, name: &HeaderName) -> HeaderValue {
+    if let Some(v) = headers.get(name) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The request's host, lower-cased, without port: from the absolute-form URI if present
+/// (RFC 9112 §3.2.2: it wins over Host), else from the Host header.
+pub(crate) fn host_of(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
+    let raw = match uri.authority() {
+        Some(a) => a.host().to_string(),
+        None => {
+            let h = headers.get(header::HOST)?.to_str().ok()?;
+            let auth: http::uri::Authority = h.parse().ok()?;
+            auth.host().to_string()
+        }
+    };
+    Some(raw.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// Finds a cookie's value in the request's Cookie headers.
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        (k == name).then_some(v.trim_matches('"'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("te", "trailers"),
+            ("x-app", "ok"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-app"));
+    }
+
+    #[test]
+    fn upgrade_survives_for_websockets() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
+        add_forwarded(&mut h, "::1".parse().unwrap(), "https", "a.example", 443);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["forwarded"], "for=\"[::1]\";host=\"a.example\";proto=https");
+    }
+
+    #[test]
+    fn ambiguous_framing_is_detected() {
+        assert!(framing_is_ambiguous(&map(&[("content-length", "5"), ("transfer-encoding", "chunked")])));
+        assert!(framing_is_ambiguous(&map(&[("content-length", "5"), ("content-length", "6")])));
+        assert!(framing_is_ambiguous(&map(&[("transfer-encoding", "gzip, chunked")])));
+        assert!(!framing_is_ambiguous(&map(&[("transfer-encoding", "chunked")])));
+        assert!(!framing_is_ambiguous(&map(&[("content-length", "5")])));
+    }
+
+    #[test]
+    fn hosts_and_cookies() {
+        let h = map(&[("host", "WWW.Example.com:8080"), ("cookie", "a=1; flotilla_sticky=abc")]);
+        assert_eq!(host_of(&"/x".parse().unwrap(), &h).as_deref(), Some("www.example.com"));
+        assert_eq!(host_of(&"http://other.io/x".parse().unwrap(), &h).as_deref(), Some("other.io"));
+        assert_eq!(cookie(&h, "flotilla_sticky"), Some("abc"));
+        assert_eq!(cookie(&h, "b"), None);
+    }
+
+    #[test]
+    fn request_ids() {
+        let name = HeaderName::from_static("x-request-id");
+        let kept = request_id(&map(&[("x-request-id", "abc-123")]), &name);
+        assert_eq!(kept, "abc-123");
+        let fresh = request_id(&map(&[("x-request-id", "has space")]), &name);
+        assert_eq!(fresh.len(), 32);
+    }
+}

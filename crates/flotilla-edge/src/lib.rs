@@ -1,0 +1,308 @@
+//! Flotilla's data path: an L7 load balancer in the mould of AWS ALB and HAProxy.
+//!
+//! [`Edge`] owns the listeners and a swappable [`Runtime`] (routes, target groups, limits) that a
+//! reload replaces atomically; requests already running keep the snapshot they started with.
+//! The edge knows nothing of the fleet: targets arrive from config or from [`Edge::register`].
+
+mod balance;
+mod error;
+mod group;
+mod headers;
+mod health;
+mod listener;
+pub mod metrics;
+mod proxy;
+mod route;
+mod target;
+mod tls;
+mod upgrade;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use flotilla_config::{Config, Limits, TargetConfig, Timeouts};
+use http::header::HeaderName;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::sync::{watch, Semaphore};
+
+pub use error::EdgeError;
+pub use proxy::Body;
+pub use target::TargetState;
+
+use group::TargetGroup;
+use metrics::{EdgeMetrics, StateLabels};
+use target::TargetSource;
+
+/// Everything a request needs that a reload may change, swapped as one unit.
+pub(crate) struct Runtime {
+    routes: route::Routes,
+    groups: HashMap<String, Arc<TargetGroup>>,
+    /// Set when plain listeners should answer 301 to this HTTPS port.
+    https_redirect: Option<u16>,
+    request_id_header: HeaderName,
+    access_log: bool,
+    timeouts: Timeouts,
+    limits: Limits,
+}
+
+pub(crate) struct Shared {
+    runtime: ArcSwap<Runtime>,
+    metrics: Arc<EdgeMetrics>,
+    client: hyper_util::client::legacy::Client<HttpConnector, Body>,
+    health_client: health::Client,
+    tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
+    server_builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    conn_limit: Arc<Semaphore>,
+    graceful: Mutex<Option<GracefulShutdown>>,
+    zone: Option<String>,
+}
+
+impl Shared {
+    fn watcher(&self) -> Option<Watcher> {
+        self.graceful.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(GracefulShutdown::watcher)
+    }
+}
+
+/// A running (or ready to run) edge node.
+pub struct Edge {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    listen: Vec<SocketAddr>,
+    tls_listen: Vec<SocketAddr>,
+    bound: Mutex<Vec<SocketAddr>>,
+}
+
+/// A target as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct TargetView {
+    pub addr: SocketAddr,
+    pub zone: Option<String>,
+    pub weight: u32,
+    pub state: TargetState,
+    pub in_flight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupView {
+    pub name: String,
+    pub algorithm: String,
+    pub targets: Vec<TargetView>,
+}
+
+impl Edge {
+    /// Builds the edge from a validated config (loads TLS material; binds nothing yet).
+    pub fn new(cfg: &Config) -> Result<Self, EdgeError> {
+        let metrics = Arc::new(EdgeMetrics::new());
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(cfg.edge.timeouts.connect));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(512)
+            .build(connector);
+        let tls = cfg.edge.tls.as_ref().map(tls::acceptor).transpose()?;
+        let shared = Arc::new_cyclic(|_| Shared {
+            runtime: ArcSwap::from_pointee(Runtime::empty(cfg)),
+            metrics,
+            client,
+            health_client: health::client(),
+            tls: ArcSwapOption::from(tls.map(Arc::new)),
+            server_builder: listener::server_builder(&cfg.edge),
+            conn_limit: Arc::new(Semaphore::new(cfg.edge.limits.max_connections)),
+            graceful: Mutex::new(Some(GracefulShutdown::new())),
+            zone: cfg.edge.zone.clone(),
+        });
+        let (stop, _) = watch::channel(false);
+        let edge = Self {
+            shared,
+            stop,
+            listen: cfg.edge.listen.clone(),
+            tls_listen: cfg.edge.tls.as_ref().map(|t| t.listen.clone()).unwrap_or_default(),
+            bound: Mutex::new(Vec::new()),
+        };
+        Ok(edge)
+    }
+
+    /// Binds every listener and starts serving; returns the bound addresses (plain, then TLS).
+    /// Must run inside a tokio runtime. Target groups and health checks start here too.
+    pub fn start(&self, cfg: &Config) -> Result<Vec<SocketAddr>, EdgeError> {
+        self.apply(cfg, &HashMap::new());
+        let mut bound = Vec::new();
+        let mut listeners = Vec::new();
+        for (addrs, tls) in [(&self.listen, false), (&self.tls_listen, true)] {
+            for &addr in addrs {
+                let l = listener::bind(addr)?;
+                bound.push(l.local_addr().map_err(|source| EdgeError::Bind { addr, source })?);
+                listeners.push((l, tls));
+            }
+        }
+        for (l, tls) in listeners {
+            tokio::spawn(listener::accept_loop(l, tls, self.shared.clone(), self.stop.subscribe()));
+        }
+        tracing::info!(listen = ?bound, "edge listening");
+        *self.bound.lock().unwrap_or_else(|e| e.into_inner()) = bound.clone();
+        Ok(bound)
+    }
+
+    /// Applies a new config without dropping requests: routes and groups swap atomically,
+    /// targets keep their health state, removed config targets drain. Listener addresses are
+    /// fixed for the life of the process (a change is logged and ignored).
+    pub fn reload(&self, cfg: &Config) -> Result<(), EdgeError> {
+        let tls = cfg.edge.tls.as_ref().map(tls::acceptor).transpose()?;
+        if cfg.edge.listen != self.listen
+            || cfg.edge.tls.as_ref().map(|t| &t.listen).unwrap_or(&Vec::new()) != &self.tls_listen
+        {
+            tracing::warn!("listen addresses changed: they take effect only after a restart");
+        }
+        self.shared.tls.store(tls.map(Arc::new));
+        let current = self.shared.runtime.load().groups.clone();
+        self.apply(cfg, &current);
+        tracing::info!(file = %cfg.source.display(), "configuration reloaded");
+        Ok(())
+    }
+
+    fn apply(&self, cfg: &Config, current: &HashMap<String, Arc<TargetGroup>>) {
+        let mut groups = HashMap::new();
+        for (name, gcfg) in &cfg.target_groups {
+            let g = match current.get(name) {
+                Some(g) => {
+                    g.reconfigure(gcfg.clone());
+                    g.clone()
+                }
+                None => TargetGroup::new(
+                    gcfg.clone(),
+                    self.shared.zone.clone(),
+                    self.shared.metrics.clone(),
+                    self.shared.health_client.clone(),
+                ),
+            };
+            groups.insert(name.clone(), g);
+        }
+        for (name, g) in current {
+            if !groups.contains_key(name) {
+                for t in g.targets().iter() {
+                    g.drain(t.addr);
+                }
+            }
+        }
+        let mut rt = Runtime::empty(cfg);
+        rt.routes = route::Routes::new(&cfg.routes, &groups);
+        rt.groups = groups;
+        self.shared.runtime.store(Arc::new(rt));
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to `timeouts.shutdown`), then returns.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let graceful = self.shared.graceful.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(graceful) = graceful else { return };
+        let limit = self.shared.runtime.load().timeouts.shutdown;
+        let open = graceful.count();
+        tracing::info!(connections = open, "draining client connections");
+        if tokio::time::timeout(limit, graceful.shutdown()).await.is_err() {
+            tracing::warn!(after = ?limit, "shutdown timeout reached with connections still open");
+        }
+    }
+
+    pub fn bound_addrs(&self) -> Vec<SocketAddr> {
+        self.bound.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn target_groups(&self) -> Vec<GroupView> {
+        let rt = self.shared.runtime.load();
+        let mut out: Vec<GroupView> = rt
+            .groups
+            .values()
+            .map(|g| GroupView {
+                name: g.name.clone(),
+                algorithm: format!("{:?}", g.config().algorithm),
+                targets: g
+                    .targets()
+                    .iter()
+                    .map(|t| TargetView {
+                        addr: t.addr,
+                        zone: t.zone.clone(),
+                        weight: t.weight(),
+                        state: t.state(),
+                        in_flight: t.outstanding(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Registers a target (the fleet and the admin API call this). Returns false if it was
+    /// already registered (its weight is updated).
+    pub fn register(&self, group: &str, target: TargetConfig) -> Result<bool, EdgeError> {
+        let g = self.group(group)?;
+        Ok(g.add(&target, TargetSource::Api))
+    }
+
+    /// Deregisters a target with draining.
+    pub fn deregister(&self, group: &str, addr: SocketAddr) -> Result<(), EdgeError> {
+        let g = self.group(group)?;
+        if g.drain(addr) {
+            Ok(())
+        } else {
+            Err(EdgeError::UnknownTarget { group: group.into(), addr })
+        }
+    }
+
+    fn group(&self, name: &str) -> Result<Arc<TargetGroup>, EdgeError> {
+        self.shared.runtime.load().groups.get(name).cloned().ok_or_else(|| group::not_found(name))
+    }
+
+    /// Prometheus text exposition of the edge's metrics.
+    pub fn encode_metrics(&self) -> String {
+        let rt = self.shared.runtime.load();
+        let m = &self.shared.metrics;
+        for g in rt.groups.values() {
+            let mut counts = [0i64; 4];
+            for t in g.targets().iter() {
+                counts[t.state() as usize] += 1;
+            }
+            for (i, state) in ["initial", "healthy", "unhealthy", "draining"].into_iter().enumerate() {
+                m.targets.get_or_create(&StateLabels { target_group: g.name.clone(), state }).set(counts[i]);
+            }
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &m.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+impl Runtime {
+    fn empty(cfg: &Config) -> Self {
+        let https_redirect =
+            cfg.edge.tls.as_ref().filter(|t| t.redirect_http).and_then(|t| t.listen.first()).map(|a| a.port());
+        Self {
+            routes: route::Routes::new(&[], &HashMap::new()),
+            groups: HashMap::new(),
+            https_redirect,
+            request_id_header: HeaderName::from_bytes(cfg.edge.request_id_header.as_bytes())
+                .unwrap_or(HeaderName::from_static("x-request-id")),
+            access_log: cfg.edge.access_log,
+            timeouts: cfg.edge.timeouts.clone(),
+            limits: cfg.edge.limits.clone(),
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Edge>();
+    is::<Bytes>();
+}

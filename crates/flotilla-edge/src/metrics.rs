@@ -1,0 +1,131 @@
+//! The edge's Prometheus metrics, named in one place. Hot-path handles (per-target counters,
+//! per-group histograms) are resolved once when a target or group is created.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub target_group: String,
+    pub target: String,
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub target_group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub target_group: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Who failed and how, e.g. "client_bad_request", "no_route", "target_connect", "target_timeout".
+    pub kind: &'static str,
+}
+
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Latency buckets in seconds: fine below 100 ms where an edge lives, coarse above.
+const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+pub struct EdgeMetrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<GroupLabels, Histogram, fn() -> Histogram>,
+    pub targets: Family<StateLabels, Gauge>,
+    pub retries: Family<GroupLabels, Counter>,
+    pub fail_open: Family<GroupLabels, Counter>,
+    pub ejections: Family<GroupLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub active_connections: Gauge,
+    pub connections: Counter,
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+impl EdgeMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("flotilla");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration =
+            Family::<GroupLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram as fn() -> _);
+        let targets = Family::<StateLabels, Gauge>::default();
+        let retries = Family::<GroupLabels, Counter>::default();
+        let fail_open = Family::<GroupLabels, Counter>::default();
+        let ejections = Family::<GroupLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let active_connections = Gauge::default();
+        let connections = Counter::default();
+        registry.register(
+            "http_requests",
+            "Requests proxied, by target group, target and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request received to response head sent, by target group",
+            duration.clone(),
+        );
+        registry.register(
+            "targets",
+            "Targets by target group and state (initial, healthy, unhealthy, draining)",
+            targets.clone(),
+        );
+        registry.register("retries", "Requests retried on another target", retries.clone());
+        registry.register(
+            "fail_open",
+            "Requests sent to an unhealthy target because no target was healthy",
+            fail_open.clone(),
+        );
+        registry.register("target_ejections", "Targets ejected by passive health checks", ejections.clone());
+        registry.register("edge_errors", "Responses the edge generated itself, by cause", errors.clone());
+        registry.register("active_connections", "Open client connections", active_connections.clone());
+        registry.register("connections", "Client connections accepted", connections.clone());
+        Self {
+            registry,
+            requests,
+            duration,
+            targets,
+            retries,
+            fail_open,
+            ejections,
+            errors,
+            active_connections,
+            connections,
+        }
+    }
+
+    pub(crate) fn target_counters(&self, group: &str, target: &str) -> [Counter; 5] {
+        CLASSES.map(|class| {
+            self.requests
+                .get_or_create(&RequestLabels { target_group: group.into(), target: target.into(), class })
+                .clone()
+        })
+    }
+
+    pub(crate) fn error(&self, kind: &'static str) {
+        self.errors.get_or_create(&ErrorLabels { kind }).inc();
+    }
+}
+
+impl Default for EdgeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Status class index 0..5 for 1xx..5xx.
+pub(crate) fn class_index(status: u16) -> usize {
+    (usize::from(status / 100)).clamp(1, 5) - 1
+}

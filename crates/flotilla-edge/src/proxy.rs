@@ -1,0 +1,371 @@
+//! One request through the edge, as named phases: check framing → route → read body →
+//! rewrite headers → pick target → send (retrying where safe) → rewrite response → log.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use flotilla_config::Algorithm;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Body as _, Incoming};
+
+use crate::error::ProxyError;
+use crate::group::{PickRequest, TargetGroup};
+use crate::metrics::class_index;
+use crate::target::Target;
+use crate::{headers, upgrade, Runtime, Shared};
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type on both sides of the proxy: streamed, never buffered whole unless replayable.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Facts about the client connection a request arrived on.
+pub(crate) struct Conn {
+    pub peer: SocketAddr,
+    pub local_port: u16,
+    pub tls: bool,
+}
+
+/// What the access log records about one exchange.
+#[derive(Default)]
+pub(crate) struct Outcome {
+    pub group: Option<Arc<TargetGroup>>,
+    pub target: Option<SocketAddr>,
+    pub attempts: u32,
+}
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let rt = shared.runtime.load_full();
+    let rid = headers::request_id(req.headers(), &rt.request_id_header);
+    let (method, version) = (req.method().clone(), req.version());
+    let path = req.uri().path().to_owned();
+    let mut out = Outcome::default();
+    let mut resp = match forward(&shared, &rt, &conn, req, &rid, &mut out).await {
+        Ok(r) => r,
+        Err(e) => {
+            shared.metrics.error(e.kind());
+            error_response(e, &rid)
+        }
+    };
+    resp.headers_mut().insert(rt.request_id_header.clone(), rid.clone());
+    let status = resp.status().as_u16();
+    let elapsed = start.elapsed();
+    if let Some(g) = &out.group {
+        g.duration.observe(elapsed.as_secs_f64());
+    }
+    if rt.access_log {
+        tracing::info!(
+            target: "flotilla::access",
+            client = %conn.peer.ip(),
+            method = %method,
+            path = %path,
+            version = ?version,
+            status,
+            target_group = out.group.as_ref().map(|g| g.name.as_str()).unwrap_or("-"),
+            target_addr = %out.target.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+            attempts = out.attempts,
+            duration_ms = elapsed.as_micros() as f64 / 1000.0,
+            request_id = rid.to_str().unwrap_or("-"),
+        );
+    }
+    Ok(resp)
+}
+
+async fn forward(
+    shared: &Shared,
+    rt: &Runtime,
+    conn: &Conn,
+    req: Request<Incoming>,
+    rid: &HeaderValue,
+    out: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    if headers::framing_is_ambiguous(req.headers()) {
+        return Err(ProxyError::BadRequest);
+    }
+    let host = match headers::host_of(req.uri(), req.headers()) {
+        Some(h) => h,
+        // HTTP/1.1 requires Host (RFC 9112 §3.2); 1.0 clients may omit it.
+        None if req.version() == Version::HTTP_11 || req.version() == Version::HTTP_2 => {
+            return Err(ProxyError::BadRequest)
+        }
+        None => String::new(),
+    };
+    if !conn.tls {
+        if let Some(port) = rt.https_redirect {
+            return Ok(redirect_to_https(&host, port, req.uri()));
+        }
+    }
+    let group = rt.routes.find(&host, req.uri().path()).ok_or(ProxyError::NoRoute)?.clone();
+    out.group = Some(group.clone());
+    if req.version() != Version::HTTP_2 && headers::is_upgrade(req.headers()) {
+        return upgrade::forward(shared, &group, conn, req, &host, rid, out).await;
+    }
+    let cfg = group.config();
+    let (mut parts, body) = req.into_parts();
+    let fault = BodyFault::default();
+    let mut body = read_body(body, rt, &fault).await?;
+    prepare_headers(&mut parts, conn, &host, rid, &rt.request_id_header, false);
+
+    let sticky_in = cfg.stickiness.enabled.then(|| headers::cookie(&parts.headers, &cfg.stickiness.cookie)).flatten();
+    let ip_bytes;
+    let hash_key: Option<&[u8]> = match cfg.algorithm {
+        Algorithm::HashIp => {
+            ip_bytes = conn.peer.ip().to_string();
+            Some(ip_bytes.as_bytes())
+        }
+        Algorithm::HashHeader => {
+            cfg.hash_header.as_ref().and_then(|h| parts.headers.get(h.as_str())).map(|v| v.as_bytes())
+        }
+        _ => None,
+    };
+    let idempotent = is_idempotent(&parts.method);
+    let attempts = 1 + cfg.retries;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last_err = ProxyError::NoTarget;
+    let mut last_resp: Option<(Response<Incoming>, Arc<Target>)> = None;
+    loop {
+        let pick = PickRequest { sticky: sticky_in, hash_key, exclude: &tried };
+        let Some(target) = group.pick(&pick) else { break };
+        let Some(attempt_body) = body.next() else { break };
+        out.attempts += 1;
+        out.target = Some(target.addr);
+        let guard = target.begin();
+        let request = outgoing(&parts, &target, attempt_body);
+        let retryable = match tokio::time::timeout(rt.timeouts.target_response, shared.client.request(request)).await {
+            Err(_) => return Err(ProxyError::TargetTimeout),
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::debug!(target = %target.addr, error = %e, "connect to target failed");
+                group.report_connect_failure(&target);
+                last_err = ProxyError::TargetConnect;
+                body.replayable()
+            }
+            Ok(Err(e)) => {
+                if let Some(client_fault) = fault.get() {
+                    // The client's body broke mid-stream: not the target's fault.
+                    return Err(client_fault);
+                }
+                tracing::debug!(target = %target.addr, error = %e, "target connection failed");
+                group.report_connect_failure(&target);
+                last_err = ProxyError::TargetReset;
+                idempotent && body.replayable()
+            }
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                group.report_response(&target, status.as_u16());
+                let retry = idempotent
+                    && body.replayable()
+                    && matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE)
+                    && tried.len() + 1 < attempts as usize;
+                if !retry {
+                    return Ok(finish(resp, &target, guard, &cfg.stickiness, sticky_in, conn.tls));
+                }
+                last_resp = Some((resp, target.clone()));
+                true
+            }
+        };
+        drop(guard);
+        tried.push(target.addr);
+        if !retryable || tried.len() >= attempts as usize {
+            break;
+        }
+        group.retries.inc();
+    }
+    match last_resp {
+        // Every retry failed too: the target's own 502/503 says more than ours would.
+        Some((resp, target)) => {
+            let guard = target.begin();
+            Ok(finish(resp, &target, guard, &cfg.stickiness, sticky_in, conn.tls))
+        }
+        None => Err(last_err),
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+/// Removes hop-by-hop headers and adds forwarding and request-id headers, once per request.
+pub(crate) fn prepare_headers(
+    parts: &mut Parts,
+    conn: &Conn,
+    host: &str,
+    rid: &HeaderValue,
+    rid_name: &header::HeaderName,
+    upgrade: bool,
+) {
+    let proto = if conn.tls { "https" } else { "http" };
+    if !parts.headers.contains_key(header::HOST) {
+        // HTTP/2 carries the host in :authority; HTTP/1.1 targets need it as Host.
+        if let Some(v) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::add_forwarded(&mut parts.headers, conn.peer.ip(), proto, host, conn.local_port);
+    parts.headers.insert(rid_name.clone(), rid.clone());
+}
+
+/// The request as sent to one target: origin-form path, HTTP/1.1, the prepared headers.
+pub(crate) fn outgoing(parts: &Parts, target: &Target, body: Body) -> Request<Body> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(target.authority.clone());
+    uri.path_and_query =
+        parts.uri.path_and_query().cloned().or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
+/// Turns a target's response into the client's: strip hop-by-hop, set the sticky cookie, and
+/// tie the in-flight guard to the body so draining waits for the last byte.
+pub(crate) fn finish(
+    resp: Response<Incoming>,
+    target: &Target,
+    guard: crate::target::InFlight,
+    sticky: &flotilla_config::Stickiness,
+    sticky_in: Option<&str>,
+    tls: bool,
+) -> Response<Body> {
+    target.by_class[class_index(resp.status().as_u16())].inc();
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    if sticky.enabled && sticky_in != Some(target.id.as_str()) {
+        let cookie = format!(
+            "{}={}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax{}",
+            sticky.cookie,
+            target.id,
+            sticky.duration.as_secs(),
+            if tls { "; Secure" } else { "" }
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            parts.headers.append(header::SET_COOKIE, v);
+        }
+    }
+    let body = body
+        .map_frame(move |f| {
+            let _in_flight = &guard;
+            f
+        })
+        .map_err(BoxError::from)
+        .boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+/// A request body that can be sent more than once when it is empty or small enough to buffer.
+enum ReplayBody {
+    Empty,
+    Buffered(Bytes),
+    Stream(Option<Body>),
+}
+
+impl ReplayBody {
+    fn replayable(&self) -> bool {
+        !matches!(self, ReplayBody::Stream(_))
+    }
+
+    /// The body for the next attempt, or `None` if a streamed body was already sent.
+    fn next(&mut self) -> Option<Body> {
+        match self {
+            ReplayBody::Empty => Some(empty()),
+            ReplayBody::Buffered(b) => Some(Full::new(b.clone()).map_err(|e| match e {}).boxed_unsync()),
+            ReplayBody::Stream(s) => s.take(),
+        }
+    }
+}
+
+/// Records why a streamed client body failed, so the failure is blamed on the client (400/413)
+/// rather than on the target that saw the body break off.
+#[derive(Clone, Default)]
+struct BodyFault(Arc<std::sync::atomic::AtomicU8>);
+
+impl BodyFault {
+    fn set(&self, e: &BoxError) {
+        let code = if e.is::<http_body_util::LengthLimitError>() { 2 } else { 1 };
+        self.0.store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<ProxyError> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Some(ProxyError::ClientBody),
+            2 => Some(ProxyError::BodyTooLarge),
+            _ => None,
+        }
+    }
+}
+
+async fn read_body(body: Incoming, rt: &Runtime, fault: &BodyFault) -> Result<ReplayBody, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(ReplayBody::Empty);
+    }
+    let limits = &rt.limits;
+    let len = body.size_hint().exact();
+    if len.is_some_and(|n| n > limits.max_request_body) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    if len.is_some_and(|n| n <= limits.max_retry_body as u64) {
+        let collect = Limited::new(body, limits.max_retry_body).collect();
+        return match tokio::time::timeout(rt.timeouts.header_read, collect).await {
+            Ok(Ok(c)) => Ok(ReplayBody::Buffered(c.to_bytes())),
+            _ => Err(ProxyError::ClientBody),
+        };
+    }
+    let limited = Limited::new(body, limits.max_request_body.min(usize::MAX as u64) as usize);
+    let fault = fault.clone();
+    let body = limited.map_err(move |e| {
+        fault.set(&e);
+        e
+    });
+    Ok(ReplayBody::Stream(Some(body.boxed_unsync())))
+}
+
+pub(crate) fn empty() -> Body {
+    Empty::new().map_err(|e| match e {}).boxed_unsync()
+}
+
+fn small(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync());
+    *resp.status_mut() = status;
+    resp
+}
+
+pub(crate) fn error_response(e: ProxyError, rid: &HeaderValue) -> Response<Body> {
+    let status = e.status();
+    let body = format!(
+        "{{\"status\":{},\"error\":\"{}\",\"request_id\":\"{}\"}}\n",
+        status.as_u16(),
+        e.message(),
+        rid.to_str().unwrap_or("")
+    );
+    let mut resp = small(status, body);
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if e == ProxyError::BadRequest {
+        // After a framing problem the connection's byte stream cannot be trusted: close it.
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+fn redirect_to_https(host: &str, port: u16, uri: &Uri) -> Response<Body> {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 { format!("https://{host}{pq}") } else { format!("https://{host}:{port}{pq}") };
+    let mut resp = small(StatusCode::MOVED_PERMANENTLY, String::new());
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}

@@ -1,0 +1,80 @@
+//! WebSocket (HTTP/1.1 Upgrade) pass-through: forward the handshake, and on 101 splice the two
+//! upgraded connections together. The in-flight guard lives as long as the tunnel.
+
+use std::net::SocketAddr;
+
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::error::ProxyError;
+use crate::group::{PickRequest, TargetGroup};
+use crate::proxy::{empty, finish, outgoing, prepare_headers, Body, Conn, Outcome};
+use crate::Shared;
+
+pub(crate) async fn forward(
+    shared: &Shared,
+    group: &TargetGroup,
+    conn: &Conn,
+    mut req: Request<Incoming>,
+    host: &str,
+    rid: &HeaderValue,
+    out: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let rt = shared.runtime.load();
+    let cfg = group.config();
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (mut parts, _body) = req.into_parts();
+    prepare_headers(&mut parts, conn, host, rid, &rt.request_id_header, true);
+    let sticky_in =
+        cfg.stickiness.enabled.then(|| crate::headers::cookie(&parts.headers, &cfg.stickiness.cookie)).flatten();
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    loop {
+        let target = group
+            .pick(&PickRequest { sticky: sticky_in, hash_key: None, exclude: &tried })
+            .ok_or(if tried.is_empty() { ProxyError::NoTarget } else { ProxyError::TargetConnect })?;
+        out.attempts += 1;
+        out.target = Some(target.addr);
+        let guard = target.begin();
+        let request = outgoing(&parts, &target, empty());
+        match tokio::time::timeout(rt.timeouts.target_response, shared.client.request(request)).await {
+            Err(_) => return Err(ProxyError::TargetTimeout),
+            // Nothing reached the target: safe to try another.
+            Ok(Err(e)) if e.is_connect() => {
+                group.report_connect_failure(&target);
+                tried.push(target.addr);
+                if tried.len() > cfg.retries as usize {
+                    return Err(ProxyError::TargetConnect);
+                }
+            }
+            Ok(Err(_)) => {
+                group.report_connect_failure(&target);
+                return Err(ProxyError::TargetReset);
+            }
+            Ok(Ok(mut resp)) => {
+                group.report_response(&target, resp.status().as_u16());
+                if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    return Ok(finish(resp, &target, guard, &cfg.stickiness, sticky_in, conn.tls));
+                }
+                target.by_class[0].inc();
+                let target_upgrade = hyper::upgrade::on(&mut resp);
+                let addr = target.addr;
+                tokio::spawn(async move {
+                    let _in_flight = guard;
+                    match tokio::try_join!(client_upgrade, target_upgrade) {
+                        Ok((c, t)) => {
+                            let (mut c, mut t) = (TokioIo::new(c), TokioIo::new(t));
+                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut t).await {
+                                tracing::debug!(target = %addr, error = %e, "upgraded connection ended");
+                            }
+                        }
+                        Err(e) => tracing::debug!(target = %addr, error = %e, "upgrade failed"),
+                    }
+                });
+                let (parts, _) = resp.into_parts();
+                return Ok(Response::from_parts(parts, empty()));
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! `flotilla`: the one binary. Parses the command line, sets up logging, and hands off to a
+//! subcommand: `up` (run everything the config describes), `validate`, `demo-app`.
+
+mod demo;
+mod logging;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "flotilla", version, about = "A self-hosted production edge: load balancer, cache, fleet, watch")]
+struct Cli {
+    /// Log format: json (one object per line; the access log is always JSON) or text.
+    #[arg(long, global = true, default_value = "json", value_parser = ["json", "text"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the edge (and admin API) described by the config file until SIGTERM.
+    Up {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file; prints every error as FILE:LINE:COL: message.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// A small web app for the quickstart and tests (/, /whoami, /health, /work, /ws, /static).
+    DemoApp {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "demo")]
+        id: String,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Up { config } => {
+            let _guard = logging::init(&cli.log_format);
+            report(runtime().and_then(|rt| rt.block_on(up::run(config))))
+        }
+        Command::DemoApp { port, id, bind } => {
+            let _guard = logging::init(&cli.log_format);
+            report(runtime().and_then(|rt| rt.block_on(demo::run(bind, port, id))))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("flotilla: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    match flotilla_config::load(path) {
+        Ok(cfg) => {
+            for w in &cfg.warnings {
+                eprintln!("{}: warning: {w}", path.display());
+            }
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

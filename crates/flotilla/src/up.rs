@@ -1,0 +1,77 @@
+//! `flotilla up`: load the config, start the edge and the admin API, then supervise signals:
+//! SIGHUP reloads, SIGTERM/SIGINT drain and exit 0.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use flotilla_admin::{AdminState, Control};
+use flotilla_edge::Edge;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Reloads from the same file the process started with.
+struct Reloader {
+    path: PathBuf,
+    edge: Arc<Edge>,
+}
+
+impl Control for Reloader {
+    fn reload(&self) -> Result<(), String> {
+        let cfg = flotilla_config::load(&self.path).map_err(|e| e.to_string())?;
+        for w in &cfg.warnings {
+            tracing::warn!(warning = %w, "config");
+        }
+        self.edge.reload(&cfg).map_err(|e| e.to_string())
+    }
+}
+
+pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let cfg = flotilla_config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in &cfg.warnings {
+        tracing::warn!(warning = %w, "config");
+    }
+    let edge = Arc::new(Edge::new(&cfg).context("starting the edge")?);
+    edge.start(&cfg).context("starting the edge")?;
+    let reloader = Arc::new(Reloader { path: path.clone(), edge: edge.clone() });
+
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = match &cfg.admin {
+        Some(admin) => {
+            let listener = tokio::net::TcpListener::bind(admin.listen)
+                .await
+                .with_context(|| format!("admin API: cannot listen on {}", admin.listen))?;
+            tracing::info!(listen = %admin.listen, "admin API listening");
+            let state = AdminState { edge: edge.clone(), token: admin.token.clone(), control: reloader.clone() };
+            Some(tokio::spawn(flotilla_admin::serve(listener, state, async move {
+                let _ = admin_stop_rx.await;
+            })))
+        }
+        None => None,
+    };
+
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                let r = reloader.clone();
+                match tokio::task::spawn_blocking(move || r.reload()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "reload refused; the previous configuration keeps serving"),
+                    Err(e) => tracing::error!(error = %e, "reload task failed"),
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    edge.shutdown().await;
+    let _ = admin_stop_tx.send(());
+    if let Some(t) = admin_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Test harness: starts the real `flotilla` binary and real demo-app processes on loopback,
+//! and gives tests a small HTTP client. Processes are killed when their handles drop.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+
+/// A port that was free a moment ago (the small race is acceptable on a test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flotilla-test-{name}-{}-{}", std::process::id(), fastrand_u32()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn fastrand_u32() -> u32 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    t.subsec_nanos()
+}
+
+/// A process that is SIGKILLed on drop unless it already exited.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for exit and returns the code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct DemoApp {
+    pub port: u16,
+    pub id: String,
+    pub proc: Proc,
+}
+
+impl DemoApp {
+    pub fn start(id: &str) -> Self {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["demo-app", "--port", &port.to_string(), "--id", id])
+            .env("FLOTILLA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port);
+        Self { port, id: id.into(), proc: Proc { child } }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+pub struct Flotilla {
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub proc: Proc,
+}
+
+impl Flotilla {
+    /// Writes `body` after an `[edge]`/`[admin]` header with fresh ports and starts `flotilla up`.
+    /// `{dir}` in the body is replaced by the scratch directory.
+    pub fn start(name: &str, body: &str) -> Self {
+        let port = free_port();
+        let admin_port = free_port();
+        let dir = scratch_dir(name);
+        let header = format!(
+            "[edge]\nlisten = [\"127.0.0.1:{port}\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"test-token\"\n\n"
+        );
+        Self::start_raw(name, &dir, &(header + &body.replace("{dir}", dir.to_str().unwrap())), port, admin_port)
+    }
+
+    pub fn start_raw(_name: &str, dir: &std::path::Path, text: &str, port: u16, admin_port: u16) -> Self {
+        let config = dir.join("flotilla.toml");
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(dir.join("flotilla.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["up", "--config", config.to_str().unwrap()])
+            .env("FLOTILLA_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let f = Self { port, admin_port, dir: dir.to_path_buf(), config, proc: Proc { child } };
+        wait_for_port(port);
+        wait_for_port(admin_port);
+        f
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("flotilla.log")).unwrap_or_default()
+    }
+
+    /// Polls the admin API until `addr` in `group` reports `state` (or panics after `limit`).
+    pub async fn wait_target_state(&self, group: &str, addr: &str, state: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (_, body) = get(&self.admin("/api/v1/target-groups")).await;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let found = v["target_groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|g| g["name"] == group)
+                .flat_map(|g| g["targets"].as_array().unwrap().clone())
+                .find(|t| t["addr"] == addr)
+                .map(|t| t["state"].as_str().unwrap_or("").to_string())
+                .unwrap_or_else(|| "absent".into());
+            if found == state {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{addr} in {group} is {found}, expected {state}\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub async fn get(url: &str) -> (u16, String) {
+    let (s, _, b) = request(&client(), "GET", url, &[], "").await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    (s, b)
+}
+
+pub async fn request(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, http::HeaderMap, String), String> {
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Sends raw bytes on a fresh connection and returns everything read until close or 3 s.
+pub fn raw(addr: SocketAddr, data: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = s.write_all(data);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A target-group TOML block for `apps` with fast health checks (for tests).
+pub fn group_toml(name: &str, apps: &[&DemoApp], extra: &str) -> String {
+    let targets: Vec<String> = apps.iter().map(|a| format!("\"{}\"", a.addr())).collect();
+    format!(
+        "[target_groups.{name}]\ntargets = [{}]\n{extra}\n[target_groups.{name}.health_check]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n",
+        targets.join(", ")
+    )
+}
+
+pub const ROUTE_ALL: &str = "[[routes]]\npath = \"/*\"\ntarget_group = \"web\"\n\n";

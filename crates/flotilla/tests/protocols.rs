@@ -1,0 +1,193 @@
+//! Protocols end to end: WebSocket, TLS with SNI and the HTTP→HTTPS redirect, HTTP/2, and
+//! malformed HTTP/1.1 that must be refused without harming the next client.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn started(name: &str, apps: &[&DemoApp], extra_top: &str) -> Flotilla {
+    let f = Flotilla::start(name, &(extra_top.to_string() + ROUTE_ALL + &group_toml("web", apps, "")));
+    for a in apps {
+        f.wait_target_state("web", &a.addr(), "healthy", Duration::from_secs(10)).await;
+    }
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_the_edge() {
+    let app = DemoApp::start("ws");
+    let f = started("ws", &[&app], "").await;
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", f.port)).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..5 {
+        ws.send(Message::Text(format!("hello {i}").into())).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(reply, Message::Text(format!("hello {i}").into()));
+    }
+    ws.send(Message::Binary(vec![0u8, 1, 2, 255].into())).await.unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    assert_eq!(reply, Message::Binary(vec![0u8, 1, 2, 255].into()));
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_and_forwarded_headers() {
+    let app = DemoApp::start("h2");
+    let f = started("h2", &[&app], "").await;
+    let c: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    for _ in 0..3 {
+        let resp = c.get(f.url("/echo?x=1").parse().unwrap()).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["uri"], "/echo?x=1");
+        let headers: Vec<(String, String)> = serde_json::from_value(v["headers"].clone()).unwrap();
+        let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("host"), Some(format!("127.0.0.1:{}", f.port)), "{headers:?}");
+        assert_eq!(get("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+        assert_eq!(get("x-forwarded-proto").as_deref(), Some("http"));
+        assert!(get("x-request-id").is_some_and(|id| id.len() == 32));
+    }
+}
+
+struct Pki {
+    ca_pem: String,
+}
+
+/// A throwaway CA and a leaf for `names`, written as cert.pem/key.pem into `dir`.
+fn make_pki(dir: &std::path::Path, names: &[&str]) -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Flotilla Test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let leaf = params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+    Pki { ca_pem: ca.pem() }
+}
+
+fn tls_connector(pki: &Pki, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_sni_h2_over_alpn_and_http_redirect() {
+    let app = DemoApp::start("tls");
+    let tls_port = free_port();
+    let dir = scratch_dir("tls-pki");
+    let pki = make_pki(&dir, &["localhost", "app.test"]);
+    let tls = format!(
+        "[edge.tls]\nlisten = [\"127.0.0.1:{tls_port}\"]\ncertificates = [{{ cert = \"{0}/cert.pem\", key = \"{0}/key.pem\" }}]\nmin_version = \"1.2\"\nredirect_http = true\n\n",
+        dir.display()
+    );
+    // [edge.tls] must follow [edge]'s keys: splice it in after the generated header.
+    let port = free_port();
+    let admin_port = free_port();
+    let text = format!(
+        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\n\n{tls}[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n{ROUTE_ALL}{}",
+        group_toml("web", &[&app], "")
+    );
+    let f = Flotilla::start_raw("tls", &dir, &text, port, admin_port);
+    wait_for_port(tls_port);
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+
+    // Plain HTTP answers 301 to the HTTPS listener, keeping path and query.
+    let raw_resp = raw(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        b"GET /whoami?a=1 HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(raw_resp.starts_with("HTTP/1.1 301"), "{raw_resp}");
+    assert!(raw_resp.contains(&format!("location: https://app.test:{tls_port}/whoami?a=1")), "{raw_resp}");
+
+    for (alpn, version) in [(&b"http/1.1"[..], http::Version::HTTP_11), (&b"h2"[..], http::Version::HTTP_2)] {
+        for sni in ["localhost", "app.test"] {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+            let stream = tls_connector(&pki, &[alpn]).connect(name, tcp).await.unwrap();
+            assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn));
+            let req = http::Request::get("/echo").header("host", sni).body(Empty::<Bytes>::new()).unwrap();
+            let resp = if version == http::Version::HTTP_2 {
+                let (mut send, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+                tokio::spawn(conn);
+                let mut req = req;
+                *req.uri_mut() = format!("https://{sni}/echo").parse().unwrap();
+                send.send_request(req).await.unwrap()
+            } else {
+                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+                tokio::spawn(conn);
+                send.send_request(req).await.unwrap()
+            };
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.version(), version);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let text = String::from_utf8_lossy(&body);
+            assert!(text.contains("[\"x-forwarded-proto\",\"https\"]"), "{text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_4xx_and_the_next_client_is_served() {
+    let app = DemoApp::start("m");
+    let f = started("malformed", &[&app], "").await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], f.port));
+    let cases: &[(&str, &[u8], &[&str])] = &[
+        (
+            "conflicting Content-Length",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            &["400"],
+        ),
+        (
+            "non-chunked Transfer-Encoding",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            &["400", "501"],
+        ),
+        ("missing Host in HTTP/1.1", b"GET /echo HTTP/1.1\r\n\r\n", &["400"]),
+        ("HTTP/0.9", b"GET /echo\r\n\r\n", &["400"]),
+        ("bare LF in headers", b"GET /echo HTTP/1.1\nHost: x\nX-A: 1\n\n", &["200", "400"]),
+        ("NUL in header value", b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", &["400"]),
+        ("obs-fold", b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", &["400"]),
+        (
+            "invalid chunk size",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            &["400"],
+        ),
+    ];
+    let big = format!("GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(70 * 1024));
+    let mut all: Vec<(&str, Vec<u8>, &[&str])> = cases.iter().map(|(n, d, s)| (*n, d.to_vec(), *s)).collect();
+    all.push(("oversized headers", big.into_bytes(), &["431", "400"]));
+    for (name, data, statuses) in all {
+        let resp = raw(addr, &data);
+        let status = resp.get(9..12).unwrap_or("");
+        assert!(statuses.contains(&status), "{name}: expected one of {statuses:?}, got {resp:?}");
+        // The next request on a fresh connection is served normally.
+        let (s, body) = get(&f.url("/whoami")).await;
+        assert_eq!((s, body.as_str()), (200, "m"), "after {name}");
+    }
+    let (s, _) = get(&format!("http://127.0.0.1:{}/health", f.admin_port)).await;
+    assert_eq!(s, 200);
+}
