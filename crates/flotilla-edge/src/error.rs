@@ -26,6 +26,7 @@ pub enum EdgeError {
 pub(crate) enum ProxyError {
     /// The client sent something we refuse to forward (smuggling risk, bad framing).
     BadRequest,
+    HeadTooLarge,
     BodyTooLarge,
     /// The client was too slow or went away while sending its body.
     ClientBody,
@@ -43,6 +44,7 @@ impl ProxyError {
     pub(crate) fn status(self) -> StatusCode {
         match self {
             ProxyError::BadRequest | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
@@ -55,6 +57,7 @@ impl ProxyError {
     pub(crate) fn kind(self) -> &'static str {
         match self {
             ProxyError::BadRequest => "client_bad_request",
+            ProxyError::HeadTooLarge => "client_head_too_large",
             ProxyError::BodyTooLarge => "client_body_too_large",
             ProxyError::ClientBody => "client_body",
             ProxyError::NoRoute => "no_route",
@@ -68,6 +71,7 @@ impl ProxyError {
     pub(crate) fn message(self) -> &'static str {
         match self {
             ProxyError::BadRequest => "bad request",
+            ProxyError::HeadTooLarge => "request head too large",
             ProxyError::BodyTooLarge => "request body too large",
             ProxyError::ClientBody => "could not read request body",
             ProxyError::NoRoute => "no route for this host and path",

@@ -6,6 +6,7 @@
 
 mod balance;
 mod error;
+mod framing;
 mod group;
 mod headers;
 mod health;
@@ -28,8 +29,7 @@ use flotilla_config::{Config, Limits, TargetConfig, Timeouts};
 use http::header::HeaderName;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 pub use error::EdgeError;
 pub use proxy::Body;
@@ -57,15 +57,17 @@ pub(crate) struct Shared {
     client: hyper_util::client::legacy::Client<HttpConnector, Body>,
     health_client: health::Client,
     tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
-    server_builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    server_builders: listener::ServerBuilders,
     conn_limit: Arc<Semaphore>,
-    graceful: Mutex<Option<GracefulShutdown>>,
+    /// Every connection task holds a clone; shutdown drops this one and waits for the rest.
+    alive: Mutex<Option<mpsc::Sender<()>>>,
     zone: Option<String>,
 }
 
 impl Shared {
-    fn watcher(&self) -> Option<Watcher> {
-        self.graceful.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(GracefulShutdown::watcher)
+    /// A token that keeps shutdown waiting while it lives; `None` once shutdown began.
+    fn alive_token(&self) -> Option<mpsc::Sender<()>> {
+        self.alive.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -76,6 +78,7 @@ pub struct Edge {
     listen: Vec<SocketAddr>,
     tls_listen: Vec<SocketAddr>,
     bound: Mutex<Vec<SocketAddr>>,
+    alive_rx: tokio::sync::Mutex<Option<mpsc::Receiver<()>>>,
 }
 
 /// A target as the admin API shows it.
@@ -109,15 +112,16 @@ impl Edge {
             .pool_max_idle_per_host(512)
             .build(connector);
         let tls = cfg.edge.tls.as_ref().map(tls::acceptor).transpose()?;
-        let shared = Arc::new_cyclic(|_| Shared {
+        let (alive_tx, alive_rx) = mpsc::channel(1);
+        let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime::empty(cfg)),
             metrics,
             client,
             health_client: health::client(),
             tls: ArcSwapOption::from(tls.map(Arc::new)),
-            server_builder: listener::server_builder(&cfg.edge),
+            server_builders: listener::server_builders(&cfg.edge),
             conn_limit: Arc::new(Semaphore::new(cfg.edge.limits.max_connections)),
-            graceful: Mutex::new(Some(GracefulShutdown::new())),
+            alive: Mutex::new(Some(alive_tx)),
             zone: cfg.edge.zone.clone(),
         });
         let (stop, _) = watch::channel(false);
@@ -127,6 +131,7 @@ impl Edge {
             listen: cfg.edge.listen.clone(),
             tls_listen: cfg.edge.tls.as_ref().map(|t| t.listen.clone()).unwrap_or_default(),
             bound: Mutex::new(Vec::new()),
+            alive_rx: tokio::sync::Mutex::new(Some(alive_rx)),
         };
         Ok(edge)
     }
@@ -202,12 +207,12 @@ impl Edge {
     /// Stops accepting, lets in-flight requests finish (up to `timeouts.shutdown`), then returns.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        let graceful = self.shared.graceful.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(graceful) = graceful else { return };
+        drop(self.shared.alive.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let Some(mut alive_rx) = self.alive_rx.lock().await.take() else { return };
         let limit = self.shared.runtime.load().timeouts.shutdown;
-        let open = graceful.count();
-        tracing::info!(connections = open, "draining client connections");
-        if tokio::time::timeout(limit, graceful.shutdown()).await.is_err() {
+        tracing::info!(connections = self.shared.metrics.active_connections.get(), "draining client connections");
+        // recv() yields None once every connection task has dropped its sender.
+        if tokio::time::timeout(limit, alive_rx.recv()).await.is_err() {
             tracing::warn!(after = ?limit, "shutdown timeout reached with connections still open");
         }
     }

@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
+use crate::framing::{FramingFlags, Tracked, Tracker};
 use crate::proxy::{self, Conn};
 use crate::{EdgeError, Shared};
 
@@ -26,21 +26,70 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, EdgeError> {
     bind().map_err(|source| EdgeError::Bind { addr, source })
 }
 
-pub(crate) fn server_builder(cfg: &flotilla_config::EdgeConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+/// Runs a hyper connection until it ends; when `stop` turns true, asks it to finish gracefully
+/// (HTTP/1.1: close after the in-flight response; HTTP/2: GOAWAY) and keeps driving it.
+macro_rules! drive {
+    ($conn:expr, $stop:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        let mut stop = $stop;
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
+/// The HTTP/1.1 and HTTP/2 server settings, built once.
+#[derive(Clone)]
+pub(crate) struct ServerBuilders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+pub(crate) fn server_builders(cfg: &flotilla_config::EdgeConfig) -> ServerBuilders {
+    let mut h1 = http1::Builder::new();
+    // hyper runs the head timer from the moment a connection waits for a request head, so it
+    // also bounds keep-alive idle time and slow (slowloris) heads.
+    h1.timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(cfg.timeouts.header_read)
         .max_buf_size(cfg.limits.max_header_bytes.max(8192))
         .max_headers(cfg.limits.max_headers);
-    b.http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(cfg.limits.max_header_bytes as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    b
+    ServerBuilders { h1, h2 }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Decides between HTTP/1.1 and prior-knowledge HTTP/2 on a plain connection by peeking at the
+/// first bytes, within `limit`: a client that sends nothing is dropped instead of held forever.
+/// `None`: closed or too slow.
+async fn sniff_h2(stream: &TcpStream, limit: Duration) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        // A partial preface (rare): wait briefly for the rest rather than spin on peek.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 pub(crate) async fn accept_loop(
@@ -67,8 +116,8 @@ pub(crate) async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
-        let Some(watcher) = shared.watcher() else { return };
-        tokio::spawn(serve(shared.clone(), stream, peer, local_port, tls, watcher, permit));
+        let Some(alive) = shared.alive_token() else { return };
+        tokio::spawn(serve(shared.clone(), stream, peer, local_port, tls, (stop.clone(), alive), permit));
     }
 }
 
@@ -78,20 +127,23 @@ async fn serve(
     peer: SocketAddr,
     local_port: u16,
     tls: bool,
-    watcher: Watcher,
+    (stop, _alive): (watch::Receiver<bool>, mpsc::Sender<()>),
     _permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     shared.metrics.connections.inc();
     shared.metrics.active_connections.inc();
     let _active = scopeguard(&shared);
-    let conn = Arc::new(Conn { peer, local_port, tls });
+    let framing = FramingFlags::new();
+    let max_head = shared.runtime.load().limits.max_header_bytes;
+    let tracker = Tracker::new(framing.clone(), max_head);
+    let conn = Arc::new(Conn { peer, local_port, tls, framing });
     let svc_shared = shared.clone();
     let svc = service_fn(move |req| proxy::handle(svc_shared.clone(), conn.clone(), req));
-    let builder = shared.server_builder.clone();
+    let builders = &shared.server_builders;
+    let timeout = shared.runtime.load().timeouts.header_read;
     let result = if tls {
         let Some(acceptor) = shared.tls.load_full() else { return };
-        let timeout = shared.runtime.load().timeouts.header_read;
         let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -103,9 +155,24 @@ async fn serve(
                 return;
             }
         };
-        watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned()).await
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = TokioIo::new(Tracked::new(stream, tracker));
+        if h2 {
+            drive!(builders.h2.serve_connection(io, svc), stop)
+        } else {
+            drive!(builders.h1.serve_connection(io, svc).with_upgrades(), stop)
+        }
     } else {
-        watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned()).await
+        let Some(h2) = sniff_h2(&stream, timeout).await else {
+            tracing::debug!(client = %peer, "connection closed or silent before a request");
+            return;
+        };
+        let io = TokioIo::new(Tracked::new(stream, tracker));
+        if h2 {
+            drive!(builders.h2.serve_connection(io, svc), stop)
+        } else {
+            drive!(builders.h1.serve_connection(io, svc).with_upgrades(), stop)
+        }
     };
     if let Err(e) = result {
         tracing::debug!(client = %peer, error = %e, "connection ended with error");

@@ -29,6 +29,8 @@ pub(crate) struct Conn {
     pub peer: SocketAddr,
     pub local_port: u16,
     pub tls: bool,
+    /// Set by the connection's framing tracker (see `framing.rs`).
+    pub framing: Arc<crate::framing::FramingFlags>,
 }
 
 /// What the access log records about one exchange.
@@ -89,6 +91,13 @@ async fn forward(
     rid: &HeaderValue,
     out: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
+    if req.version() != Version::HTTP_2 {
+        match conn.framing.next_request() {
+            Some(crate::framing::Verdict::Ambiguous) => return Err(ProxyError::BadRequest),
+            Some(crate::framing::Verdict::HeadTooLarge) => return Err(ProxyError::HeadTooLarge),
+            None => {}
+        }
+    }
     if headers::framing_is_ambiguous(req.headers()) {
         return Err(ProxyError::BadRequest);
     }
@@ -353,7 +362,7 @@ pub(crate) fn error_response(e: ProxyError, rid: &HeaderValue) -> Response<Body>
     let mut resp = small(status, body);
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if e == ProxyError::BadRequest {
+    if matches!(e, ProxyError::BadRequest | ProxyError::HeadTooLarge) {
         // After a framing problem the connection's byte stream cannot be trusted: close it.
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -183,11 +183,55 @@ async fn malformed_requests_get_4xx_and_the_next_client_is_served() {
     for (name, data, statuses) in all {
         let resp = raw(addr, &data);
         let status = resp.get(9..12).unwrap_or("");
-        assert!(statuses.contains(&status), "{name}: expected one of {statuses:?}, got {resp:?}");
+        let head = &resp[..resp.len().min(300)];
+        assert!(statuses.contains(&status), "{name}: expected one of {statuses:?}, got {head:?}");
         // The next request on a fresh connection is served normally.
         let (s, body) = get(&f.url("/whoami")).await;
         assert_eq!((s, body.as_str()), (200, "m"), "after {name}");
     }
     let (s, _) = get(&format!("http://127.0.0.1:{}/health", f.admin_port)).await;
     assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_connections_are_closed_after_header_read() {
+    use std::io::Read;
+    let app = DemoApp::start("idle");
+    let port = free_port();
+    let admin_port = free_port();
+    let dir = scratch_dir("idle");
+    let text = format!(
+        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\ntimeouts = {{ header_read = \"1s\" }}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{ROUTE_ALL}{}",
+        group_toml("web", &[&app], "")
+    );
+    let _f = Flotilla::start_raw("idle", &dir, &text, port, admin_port);
+    // A client that connects and never sends a byte is dropped, not held forever.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).unwrap_or(usize::MAX);
+    assert_eq!(n, 0, "expected the edge to close the silent connection");
+    assert!(started.elapsed() < Duration::from_secs(9));
+    // A slowloris head (one byte now and then) is cut off too.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::Write;
+    let mut closed = false;
+    for b in b"GET /whoami HTTP/1.1\r\nHost: x\r\n".iter().cycle().take(40) {
+        if slow.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let mut probe = [0u8; 256];
+        slow.set_nonblocking(true).unwrap();
+        let r = slow.read(&mut probe);
+        slow.set_nonblocking(false).unwrap();
+        if r.is_ok() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a slowloris head must not be held open for 12 s");
 }

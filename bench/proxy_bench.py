@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Pass-through proxy benchmark: flotilla vs HAProxy vs nginx, side by side, in one run.
+
+Every proxy sits in front of the same fast backend (nginx answering a fixed 200 from memory), with
+keep-alive to the backend, one worker, pinned to CPU 1 with `taskset`. The load generator (wrk
+for HTTP/1.1 and TLS, h2load for HTTP/2) and the backend share CPU 0. Logging is off everywhere.
+
+Because the backend and the load generator share a core, req/s can be capped by them rather than by
+the proxy; the CPU time the proxy itself spends per request (from /proc/PID/stat) is printed too,
+and is the fairer figure when req/s is capped.
+
+Usage: bench/run-proxy.sh [--duration 10] [--connections 64] (it builds release and installs
+nginx, haproxy, wrk and h2load from Debian if missing). Loopback only.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+BACKEND_PORT = 18001
+HTTP_PORT = 18080
+TLS_PORT = 18443
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def wait_port(port, limit=10.0):
+    import socket
+
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def tree(pid):
+    """pid and all its descendants (nginx master + workers)."""
+    out = [pid]
+    try:
+        kids = sh(["pgrep", "-P", str(pid)]).stdout.split()
+    except subprocess.CalledProcessError:
+        kids = []
+    for k in kids:
+        out += tree(int(k))
+    return out
+
+
+def make_cert(d):
+    sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", f"{d}/key.pem", "-out", f"{d}/cert.pem", "-days", "2", "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=DNS:localhost"])
+    with open(f"{d}/both.pem", "w") as f:
+        f.write(open(f"{d}/cert.pem").read() + open(f"{d}/key.pem").read())
+
+
+def nginx_conf(d, body):
+    conf = f"""
+worker_processes 1;
+pid {d}/nginx-%s.pid;
+error_log {d}/nginx-%s-error.log warn;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  {body}
+}}
+"""
+    return conf
+
+
+def start_backend(d):
+    conf = nginx_conf(d, f"""
+  server {{
+    listen 127.0.0.1:{BACKEND_PORT} reuseport backlog=4096;
+    location / {{ default_type text/plain; return 200 "hello from the backend\\n"; }}
+  }}""") % ("backend", "backend")
+    path = f"{d}/backend.conf"
+    open(path, "w").write(conf)
+    p = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", path, "-p", d], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    wait_port(BACKEND_PORT)
+    return p
+
+
+def start_flotilla(d, binary):
+    conf = f"""
+[edge]
+listen = ["127.0.0.1:{HTTP_PORT}"]
+access_log = false
+[edge.tls]
+listen = ["127.0.0.1:{TLS_PORT}"]
+certificates = [{{ cert = "{d}/cert.pem", key = "{d}/key.pem" }}]
+[[routes]]
+target_group = "web"
+[target_groups.web]
+targets = ["127.0.0.1:{BACKEND_PORT}"]
+algorithm = "round_robin"
+[target_groups.web.health_check]
+path = "/"
+interval = "5s"
+"""
+    path = f"{d}/flotilla.toml"
+    open(path, "w").write(conf)
+    env = dict(os.environ, FLOTILLA_LOG="warn")
+    p = subprocess.Popen(["taskset", "-c", "1", binary, "up", "--config", path], stdout=subprocess.DEVNULL,
+                         stderr=open(f"{d}/flotilla.err", "w"), env=env)
+    wait_port(HTTP_PORT)
+    wait_port(TLS_PORT)
+    time.sleep(0.5)  # first health checks pass (healthy_threshold 2 with an immediate first check)
+    return p
+
+
+def start_haproxy(d):
+    conf = f"""
+global
+  nbthread 1
+  cpu-map auto:1/1 1
+  maxconn 20000
+  tune.ssl.default-dh-param 2048
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{HTTP_PORT} proto h2,h1
+  bind 127.0.0.1:{TLS_PORT} ssl crt {d}/both.pem alpn h2,http/1.1
+  default_backend be
+backend be
+  option forwardfor
+  server s1 127.0.0.1:{BACKEND_PORT}
+"""
+    path = f"{d}/haproxy.cfg"
+    open(path, "w").write(conf)
+    p = subprocess.Popen(["taskset", "-c", "1", "haproxy", "-f", path, "-db"], stdout=subprocess.DEVNULL,
+                         stderr=open(f"{d}/haproxy.err", "w"))
+    wait_port(HTTP_PORT)
+    wait_port(TLS_PORT)
+    return p
+
+
+def start_nginx(d):
+    conf = nginx_conf(d, f"""
+  upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{HTTP_PORT} backlog=4096;
+    listen 127.0.0.1:{TLS_PORT} ssl http2 backlog=4096;
+    ssl_certificate {d}/cert.pem;
+    ssl_certificate_key {d}/key.pem;
+    location / {{
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}""") % ("proxy", "proxy")
+    path = f"{d}/nginx-proxy.conf"
+    open(path, "w").write(conf)
+    p = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", path, "-p", d], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    wait_port(HTTP_PORT)
+    wait_port(TLS_PORT)
+    return p
+
+
+def parse_wrk(out):
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    lat = {}
+    for pct, val, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+        lat[pct] = float(val) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    return rps, total, lat.get("50"), lat.get("99"), (int(errors.group(1)) if errors else 0), sock.group(1) if sock else ""
+
+
+def run_wrk(url, duration, conns):
+    out = sh(["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", url]).stdout
+    return parse_wrk(out)
+
+
+def run_h2load(url, duration, conns):
+    out = sh(["taskset", "-c", "0", "h2load", "-c", str(conns), "-m", "10", "-D", str(duration), "-t", "1",
+              "--warm-up-time=1", url]).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+    succeeded = int(re.search(r"(\d+) succeeded", out).group(1))
+    # h2load reports request time as min/max/mean/sd; it has no percentiles: report mean and max.
+    m = re.search(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)", out)
+    conv = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    mean = float(m.group(5)) * conv[m.group(6)] if m else None
+    mx = float(m.group(3)) * conv[m.group(4)] if m else None
+    return rps, done, mean, mx, done - succeeded, ""
+
+
+SCENARIOS = [
+    ("http1", "HTTP/1.1 GET", lambda d, c: run_wrk(f"http://127.0.0.1:{HTTP_PORT}/", d, c)),
+    ("tls", "HTTPS (TLS 1.3) GET", lambda d, c: run_wrk(f"https://localhost:{TLS_PORT}/", d, c)),
+    ("h2", "HTTP/2 over TLS GET (h2load, mean/max latency)", lambda d, c: run_h2load(f"https://localhost:{TLS_PORT}/", d, max(8, c // 4))),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--only", default="")
+    args = ap.parse_args()
+    d = tempfile.mkdtemp(prefix="flotilla-bench-")
+    make_cert(d)
+    backend = start_backend(d)
+    proxies = [("flotilla", lambda: start_flotilla(d, args.binary)), ("haproxy", lambda: start_haproxy(d)),
+               ("nginx", lambda: start_nginx(d))]
+    results = {}
+    try:
+        for name, start in proxies:
+            p = start()
+            try:
+                pids = tree(p.pid)
+                for key, _, fn in SCENARIOS:
+                    if args.only and key not in args.only.split(","):
+                        continue
+                    fn(2, args.connections)  # warm-up: pools, TLS session caches, page cache
+                    before = cpu_ticks(pids)
+                    rps, total, p50, p99, errs, sock = fn(args.duration, args.connections)
+                    cpu_us = (cpu_ticks(pids) - before) / TICK * 1e6 / max(total, 1)
+                    results[(key, name)] = (rps, p50, p99, cpu_us, errs, sock)
+                    print(f"{key:6} {name:9} {rps:10.0f} req/s  p50 {p50 or 0:7.3f} ms  p99 {p99 or 0:7.3f} ms  "
+                          f"cpu {cpu_us:6.1f} us/req  errors {errs} {sock}", file=sys.stderr, flush=True)
+            finally:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                time.sleep(0.5)
+    finally:
+        backend.send_signal(signal.SIGTERM)
+        backend.wait(timeout=10)
+        shutil.rmtree(d, ignore_errors=True)
+
+    print(f"\nPass-through proxy, {args.connections} connections, {args.duration}s per run, proxy pinned to CPU 1,"
+          f" load generator + backend on CPU 0.\n")
+    print("| scenario | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req | flotilla/other req/s | flotilla/other CPU per req |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for key, label, _ in SCENARIOS:
+        f = results.get((key, "flotilla"))
+        for name, _ in proxies:
+            r = results.get((key, name))
+            if not r:
+                continue
+            rps, p50, p99, cpu, errs, _ = r
+            ratio = f"{f[0] / rps:.2f}" if f and name != "flotilla" else "—"
+            cratio = f"{f[3] / cpu:.2f}" if f and name != "flotilla" and cpu > 0 else "—"
+            p50s = f"{p50:.3f}" if p50 is not None else "—"
+            p99s = f"{p99:.3f}" if p99 is not None else "—"
+            print(f"| {label} | {name} | {rps:.0f} | {p50s} | {p99s} | {cpu:.1f} | {ratio} | {cratio} |")
+
+
+if __name__ == "__main__":
+    main()
