@@ -141,7 +141,7 @@ def start_haproxy(d):
 global
   nbthread 1
   cpu-map auto:1/1 1
-  maxconn 20000
+  maxconn 4096
   tune.ssl.default-dh-param 2048
 defaults
   mode http
@@ -152,7 +152,7 @@ defaults
   option http-keep-alive
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{HTTP_PORT} proto h2,h1
+  bind 127.0.0.1:{HTTP_PORT}
   bind 127.0.0.1:{TLS_PORT} ssl crt {d}/both.pem alpn h2,http/1.1
   default_backend be
 backend be

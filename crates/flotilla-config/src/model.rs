@@ -25,6 +25,9 @@ pub struct EdgeConfig {
     pub zone: Option<String>,
     pub tls: Option<TlsConfig>,
     pub access_log: bool,
+    /// Worker threads, each with its own listeners (SO_REUSEPORT) and backend pool; 0 = one per
+    /// CPU this process may run on.
+    pub workers: usize,
     pub request_id_header: String,
     pub timeouts: Timeouts,
     pub limits: Limits,

@@ -27,6 +27,7 @@ pub(crate) struct RawEdge {
     pub zone: Option<S<String>>,
     pub tls: Option<S<RawTls>>,
     pub access_log: Option<bool>,
+    pub workers: Option<S<i64>>,
     pub request_id_header: Option<S<String>>,
     #[serde(default)]
     pub timeouts: RawTimeouts,

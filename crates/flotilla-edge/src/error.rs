@@ -13,6 +13,10 @@ pub enum EdgeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start an edge worker: {0}")]
+    Worker(String),
+    #[error("the edge has been shut down")]
+    Stopped,
     #[error("TLS: {0}")]
     Tls(String),
     #[error("target group {0:?} does not exist")]

@@ -17,6 +17,7 @@ mod route;
 mod target;
 mod tls;
 mod upgrade;
+mod worker;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,8 +28,6 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use flotilla_config::{Config, Limits, TargetConfig, Timeouts};
 use http::header::HeaderName;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 pub use error::EdgeError;
@@ -54,21 +53,13 @@ pub(crate) struct Runtime {
 pub(crate) struct Shared {
     runtime: ArcSwap<Runtime>,
     metrics: Arc<EdgeMetrics>,
-    client: hyper_util::client::legacy::Client<HttpConnector, Body>,
+    connect_timeout: Duration,
     health_client: health::Client,
     tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
     server_builders: listener::ServerBuilders,
     conn_limit: Arc<Semaphore>,
-    /// Every connection task holds a clone; shutdown drops this one and waits for the rest.
-    alive: Mutex<Option<mpsc::Sender<()>>>,
-    zone: Option<String>,
-}
 
-impl Shared {
-    /// A token that keeps shutdown waiting while it lives; `None` once shutdown began.
-    fn alive_token(&self) -> Option<mpsc::Sender<()>> {
-        self.alive.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
+    zone: Option<String>,
 }
 
 /// A running (or ready to run) edge node.
@@ -78,7 +69,10 @@ pub struct Edge {
     listen: Vec<SocketAddr>,
     tls_listen: Vec<SocketAddr>,
     bound: Mutex<Vec<SocketAddr>>,
+    /// Every worker thread holds a clone; shutdown drops this one and waits for the rest.
+    alive_tx: Mutex<Option<mpsc::Sender<()>>>,
     alive_rx: tokio::sync::Mutex<Option<mpsc::Receiver<()>>>,
+    workers: usize,
 }
 
 /// A target as the admin API shows it.
@@ -102,26 +96,16 @@ impl Edge {
     /// Builds the edge from a validated config (loads TLS material; binds nothing yet).
     pub fn new(cfg: &Config) -> Result<Self, EdgeError> {
         let metrics = Arc::new(EdgeMetrics::new());
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.edge.timeouts.connect));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(512)
-            .build(connector);
         let tls = cfg.edge.tls.as_ref().map(tls::acceptor).transpose()?;
         let (alive_tx, alive_rx) = mpsc::channel(1);
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime::empty(cfg)),
             metrics,
-            client,
+            connect_timeout: cfg.edge.timeouts.connect,
             health_client: health::client(),
             tls: ArcSwapOption::from(tls.map(Arc::new)),
             server_builders: listener::server_builders(&cfg.edge),
             conn_limit: Arc::new(Semaphore::new(cfg.edge.limits.max_connections)),
-            alive: Mutex::new(Some(alive_tx)),
             zone: cfg.edge.zone.clone(),
         });
         let (stop, _) = watch::channel(false);
@@ -131,7 +115,12 @@ impl Edge {
             listen: cfg.edge.listen.clone(),
             tls_listen: cfg.edge.tls.as_ref().map(|t| t.listen.clone()).unwrap_or_default(),
             bound: Mutex::new(Vec::new()),
+            alive_tx: Mutex::new(Some(alive_tx)),
             alive_rx: tokio::sync::Mutex::new(Some(alive_rx)),
+            workers: match cfg.edge.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
         };
         Ok(edge)
     }
@@ -141,18 +130,26 @@ impl Edge {
     pub fn start(&self, cfg: &Config) -> Result<Vec<SocketAddr>, EdgeError> {
         self.apply(cfg, &HashMap::new());
         let mut bound = Vec::new();
-        let mut listeners = Vec::new();
+        let mut per_worker: Vec<Vec<(std::net::TcpListener, bool)>> = (0..self.workers).map(|_| Vec::new()).collect();
         for (addrs, tls) in [(&self.listen, false), (&self.tls_listen, true)] {
             for &addr in addrs {
-                let l = listener::bind(addr)?;
-                bound.push(l.local_addr().map_err(|source| EdgeError::Bind { addr, source })?);
-                listeners.push((l, tls));
+                // The first bind resolves port 0; the other workers bind the port it got.
+                let first = listener::bind(addr)?;
+                let actual = first.local_addr().map_err(|source| EdgeError::Bind { addr, source })?;
+                bound.push(actual);
+                per_worker[0].push((first, tls));
+                for listeners in per_worker.iter_mut().skip(1) {
+                    listeners.push((listener::bind(actual)?, tls));
+                }
             }
         }
-        for (l, tls) in listeners {
-            tokio::spawn(listener::accept_loop(l, tls, self.shared.clone(), self.stop.subscribe()));
+        let alive = self.alive_tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(alive) = alive else { return Err(EdgeError::Stopped) };
+        for (i, listeners) in per_worker.into_iter().enumerate() {
+            worker::spawn(i, self.shared.clone(), listeners, self.stop.subscribe(), alive.clone())
+                .map_err(|e| EdgeError::Worker(e.to_string()))?;
         }
-        tracing::info!(listen = ?bound, "edge listening");
+        tracing::info!(listen = ?bound, workers = self.workers, "edge listening");
         *self.bound.lock().unwrap_or_else(|e| e.into_inner()) = bound.clone();
         Ok(bound)
     }
@@ -207,11 +204,11 @@ impl Edge {
     /// Stops accepting, lets in-flight requests finish (up to `timeouts.shutdown`), then returns.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        drop(self.shared.alive.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(self.alive_tx.lock().unwrap_or_else(|e| e.into_inner()).take());
         let Some(mut alive_rx) = self.alive_rx.lock().await.take() else { return };
         let limit = self.shared.runtime.load().timeouts.shutdown;
         tracing::info!(connections = self.shared.metrics.active_connections.get(), "draining client connections");
-        // recv() yields None once every connection task has dropped its sender.
+        // recv() yields None once every worker has drained its connections and exited.
         if tokio::time::timeout(limit, alive_rx.recv()).await.is_err() {
             tracing::warn!(after = ?limit, "shutdown timeout reached with connections still open");
         }

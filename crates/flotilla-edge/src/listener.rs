@@ -8,20 +8,27 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use crate::framing::{FramingFlags, Tracked, Tracker};
 use crate::proxy::{self, Conn};
+use crate::worker::Worker;
 use crate::{EdgeError, Shared};
 
-/// Binds with a deep backlog (the std default of 128 drops SYNs under load) and SO_REUSEADDR.
-pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, EdgeError> {
-    let bind = || -> std::io::Result<TcpListener> {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        socket.listen(4096)
+/// Binds a listening socket for one worker: SO_REUSEPORT so every worker has its own accept
+/// queue on the same address (the kernel spreads connections), a deep backlog (the std default
+/// of 128 drops SYNs under load), non-blocking, ready to hand to any runtime.
+pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, EdgeError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = || -> std::io::Result<std::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        Ok(socket.into())
     };
     bind().map_err(|source| EdgeError::Bind { addr, source })
 }
@@ -96,6 +103,7 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     tls: bool,
     shared: Arc<Shared>,
+    worker: Arc<Worker>,
     mut stop: watch::Receiver<bool>,
 ) {
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -116,13 +124,24 @@ pub(crate) async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
-        let Some(alive) = shared.alive_token() else { return };
-        tokio::spawn(serve(shared.clone(), stream, peer, local_port, tls, (stop.clone(), alive), permit));
+        let alive = worker.alive.clone();
+        tokio::spawn(serve(
+            shared.clone(),
+            worker.clone(),
+            stream,
+            peer,
+            local_port,
+            tls,
+            (stop.clone(), alive),
+            permit,
+        ));
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     shared: Arc<Shared>,
+    worker: Arc<Worker>,
     stream: TcpStream,
     peer: SocketAddr,
     local_port: u16,
@@ -137,7 +156,7 @@ async fn serve(
     let framing = FramingFlags::new();
     let max_head = shared.runtime.load().limits.max_header_bytes;
     let tracker = Tracker::new(framing.clone(), max_head);
-    let conn = Arc::new(Conn { peer, local_port, tls, framing });
+    let conn = Arc::new(Conn { peer, local_port, tls, framing, client: worker.client.clone() });
     let svc_shared = shared.clone();
     let svc = service_fn(move |req| proxy::handle(svc_shared.clone(), conn.clone(), req));
     let builders = &shared.server_builders;

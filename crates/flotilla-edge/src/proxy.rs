@@ -31,6 +31,8 @@ pub(crate) struct Conn {
     pub tls: bool,
     /// Set by the connection's framing tracker (see `framing.rs`).
     pub framing: Arc<crate::framing::FramingFlags>,
+    /// This worker's backend connection pool.
+    pub client: crate::worker::ProxyClient,
 }
 
 /// What the access log records about one exchange.
@@ -150,7 +152,7 @@ async fn forward(
         out.target = Some(target.addr);
         let guard = target.begin();
         let request = outgoing(&parts, &target, attempt_body);
-        let retryable = match tokio::time::timeout(rt.timeouts.target_response, shared.client.request(request)).await {
+        let retryable = match tokio::time::timeout(rt.timeouts.target_response, conn.client.request(request)).await {
             Err(_) => return Err(ProxyError::TargetTimeout),
             Ok(Err(e)) if e.is_connect() => {
                 tracing::debug!(target = %target.addr, error = %e, "connect to target failed");

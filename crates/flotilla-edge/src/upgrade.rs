@@ -38,7 +38,7 @@ pub(crate) async fn forward(
         out.target = Some(target.addr);
         let guard = target.begin();
         let request = outgoing(&parts, &target, empty());
-        match tokio::time::timeout(rt.timeouts.target_response, shared.client.request(request)).await {
+        match tokio::time::timeout(rt.timeouts.target_response, conn.client.request(request)).await {
             Err(_) => return Err(ProxyError::TargetTimeout),
             // Nothing reached the target: safe to try another.
             Ok(Err(e)) if e.is_connect() => {

@@ -49,7 +49,10 @@ fn main() -> ExitCode {
         Command::Validate { config } => validate(&config),
         Command::Up { config } => {
             let _guard = logging::init(&cli.log_format);
-            report(runtime().and_then(|rt| rt.block_on(up::run(config))))
+            // The data path runs on its own worker threads (see flotilla-edge's worker.rs); this
+            // runtime only carries the control plane: admin API, health checks, signals.
+            let control = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Into::into);
+            report(control.and_then(|rt| rt.block_on(up::run(config))))
         }
         Command::DemoApp { port, id, bind } => {
             let _guard = logging::init(&cli.log_format);

@@ -1,0 +1,77 @@
+//! Edge workers, thread-per-core as in HAProxy and nginx: each worker is an OS thread with a
+//! current-thread tokio runtime, its own SO_REUSEPORT listeners and its own backend connection
+//! pool, so a request never crosses threads. Shared state (routes, groups, metrics) is read
+//! through atomics and `ArcSwap`. The control plane (admin API, health checks, reloads) runs on
+//! the runtime that called `Edge::start`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{mpsc, watch};
+
+use crate::proxy::Body;
+use crate::{listener, Shared};
+
+pub(crate) type ProxyClient = hyper_util::client::legacy::Client<HttpConnector, Body>;
+
+/// What every connection task of one worker shares.
+pub(crate) struct Worker {
+    pub client: ProxyClient,
+    /// Each connection holds a clone; the worker waits for all of them before it exits.
+    pub alive: mpsc::Sender<()>,
+}
+
+fn client(connect_timeout: Duration) -> ProxyClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(512)
+        .build(connector)
+}
+
+/// Starts worker `index` on its own thread. `_edge_alive` keeps `Edge::shutdown` waiting until
+/// this worker has drained its connections and exited.
+pub(crate) fn spawn(
+    index: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<(std::net::TcpListener, bool)>,
+    stop: watch::Receiver<bool>,
+    _edge_alive: mpsc::Sender<()>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name(format!("flotilla-edge-{index}")).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(worker = index, error = %e, "cannot start edge worker runtime");
+                return;
+            }
+        };
+        rt.block_on(run(shared, listeners, stop));
+        drop(_edge_alive);
+    })?;
+    Ok(())
+}
+
+async fn run(shared: Arc<Shared>, listeners: Vec<(std::net::TcpListener, bool)>, mut stop: watch::Receiver<bool>) {
+    let (alive, mut alive_rx) = mpsc::channel::<()>(1);
+    let worker = Arc::new(Worker { client: client(shared.connect_timeout), alive });
+    for (l, tls) in listeners {
+        match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => {
+                tokio::spawn(listener::accept_loop(l, tls, shared.clone(), worker.clone(), stop.clone()));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot register listener with worker runtime"),
+        }
+    }
+    let _ = stop.wait_for(|s| *s).await;
+    // Connections finish their in-flight requests; `recv` yields None when the last one is gone.
+    drop(worker);
+    let limit = shared.runtime.load().timeouts.shutdown;
+    let _ = tokio::time::timeout(limit, alive_rx.recv()).await;
+}
