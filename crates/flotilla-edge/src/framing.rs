@@ -101,10 +101,21 @@ impl Tracker {
             match self.state {
                 State::Off => return,
                 State::Head => {
-                    let take = match find_head_end(&self.line, data) {
-                        Some(end) => end,
-                        None => data.len(),
-                    };
+                    let end = find_head_end(&self.line, data);
+                    // Fast path: a whole head in this read, nothing buffered: parse in place.
+                    if let (true, Some(end)) = (self.line.is_empty(), end) {
+                        if end > self.max_head {
+                            self.flags.flag(self.seq, Verdict::HeadTooLarge);
+                            self.state = State::Off;
+                            return;
+                        }
+                        if has_content(&data[..end], &[]) {
+                            self.on_head(&data[..end]);
+                        }
+                        data = &data[end..];
+                        continue;
+                    }
+                    let take = end.unwrap_or(data.len());
                     if self.line.len() + take > self.max_head {
                         self.flags.flag(self.seq, Verdict::HeadTooLarge);
                         self.state = State::Off;
@@ -113,7 +124,10 @@ impl Tracker {
                     self.line.extend_from_slice(&data[..take]);
                     data = &data[take..];
                     if head_complete(&self.line) {
-                        self.on_head();
+                        let head = std::mem::take(&mut self.line);
+                        self.on_head(&head);
+                        self.line = head;
+                        self.line.clear();
                     }
                 }
                 State::Body(n) => {
@@ -173,10 +187,10 @@ impl Tracker {
         }
     }
 
-    fn on_head(&mut self) {
+    fn on_head(&mut self, head: &[u8]) {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
-        let parsed = req.parse(&self.line);
+        let parsed = req.parse(head);
         let next = match parsed {
             Ok(httparse::Status::Complete(_)) if req.method != Some("PRI") && req.method != Some("CONNECT") => {
                 let mut cl: Option<u64> = None;
@@ -208,7 +222,6 @@ impl Tracker {
             }
             _ => State::Off,
         };
-        self.line.clear();
         if matches!(next, State::Head | State::Body(_)) {
             self.seq += 1;
         }
@@ -221,19 +234,27 @@ impl Tracker {
 fn find_head_end(buffered: &[u8], data: &[u8]) -> Option<usize> {
     // Look for "\n\r\n" or "\n\n" across the boundary: keep up to 2 trailing bytes of context.
     let ctx = &buffered[buffered.len().saturating_sub(2)..];
-    let mut prev2 = [ctx.first().copied().unwrap_or(0), ctx.get(1).copied().unwrap_or(0)];
-    if ctx.len() == 1 {
-        prev2 = [0, ctx[0]];
-    }
-    for (i, &b) in data.iter().enumerate() {
-        if b == b'\n' && (prev2[1] == b'\n' || (prev2[1] == b'\r' && prev2[0] == b'\n')) {
-            // A blank line ends the head, unless it is a leading empty line before any request
-            // line (RFC 9112 §2.2 lets servers skip those).
-            if buffered.len() + i + 1 > 2 || has_content(buffered, &data[..i]) {
-                return Some(i + 1);
+    let at = |i: isize| -> u8 {
+        // Byte at position i of buffered ++ data, where data starts at 0 (negative: buffered).
+        if i >= 0 {
+            data[i as usize]
+        } else {
+            let j = ctx.len() as isize + i;
+            if j >= 0 {
+                ctx[j as usize]
+            } else {
+                0
             }
         }
-        prev2 = [prev2[1], b];
+    };
+    for i in memchr::memchr_iter(b'\n', data) {
+        let i = i as isize;
+        let blank = at(i - 1) == b'\n' || (at(i - 1) == b'\r' && at(i - 2) == b'\n');
+        // A blank line ends the head, unless it is a leading empty line before any request
+        // line (RFC 9112 §2.2 lets servers skip those).
+        if blank && has_content(buffered, &data[..i as usize]) {
+            return Some(i as usize + 1);
+        }
     }
     None
 }

@@ -166,7 +166,8 @@ impl TargetGroup {
                 }
             }
         }
-        let now = Instant::now();
+        // Only slow start needs the clock; skip the read otherwise.
+        let now = if cfg.slow_start.is_zero() { self.started } else { Instant::now() };
         let eligible = |want: TargetState, t: &Arc<Target>| t.state() == want && !req.exclude.contains(&t.addr);
         let mut cands: Vec<Candidate<'_>> = Vec::with_capacity(targets.len());
         let mut in_zone = 0;

@@ -18,6 +18,14 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes hop-by-hop headers, including any named in `Connection`. When `keep_upgrade` is set
 /// (a WebSocket handshake), `Connection: upgrade` and `Upgrade` survive so the target sees them.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Fast path: most messages carry none of these; one linear scan beats a dozen hashed removes.
+    let present = headers.keys().any(|k| HOP_BY_HOP.contains(k) || k == header::UPGRADE || k == header::CONNECTION);
+    if !present {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -52,34 +60,64 @@ pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Sets X-Forwarded-For (appended), -Proto, -Host, -Port and RFC 7239 `Forwarded` (appended).
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: &str, port: u16) {
+/// Per-connection strings for the forwarding headers, built once when the connection opens
+/// rather than formatted again for every request on it.
+pub(crate) struct ClientAddr {
+    /// The client IP as X-Forwarded-For writes it.
+    pub xff: HeaderValue,
+    /// `for=…` as RFC 7239 writes it (IPv6 quoted and bracketed).
+    pub forwarded_for: String,
+    pub port: HeaderValue,
+}
+
+impl ClientAddr {
+    pub(crate) fn new(client: IpAddr, local_port: u16) -> Self {
+        let ip = client.to_string();
+        let forwarded_for = match client {
+            IpAddr::V4(_) => format!("for={ip}"),
+            IpAddr::V6(_) => format!("for=\"[{ip}]\""),
+        };
+        let xff = HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown"));
+        Self { xff, forwarded_for, port: HeaderValue::from(local_port) }
+    }
+}
+
+/// Sets X-Forwarded-For (appended), -Proto, -Host, -Port and RFC 7239 `Forwarded` (appended).
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'static str, host: &str) {
     static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
     static XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-    let ip = client.to_string();
-    let xff = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
+    let xff = match headers.get(&XFF).map(HeaderValue::as_bytes) {
+        Some(prev) if !prev.trim_ascii().is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client.xff.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.xff.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        _ => Some(client.xff.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(&XFF, v);
     }
     headers.insert(&XFP, HeaderValue::from_static(proto));
     if let Ok(v) = HeaderValue::from_str(host) {
         headers.insert(&XFH, v);
     }
-    headers.insert(&XFPORT, HeaderValue::from(port));
-    let node = match client {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(_) => format!("\"[{ip}]\""),
-    };
-    let fwd = format!("for={node};host=\"{host}\";proto={proto}");
-    let fwd = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {fwd}"),
-        None => fwd,
-    };
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
+    headers.insert(&XFPORT, client.port.clone());
+    let prev = headers.get(header::FORWARDED).map(HeaderValue::as_bytes);
+    let mut fwd = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + client.forwarded_for.len() + host.len() + 20);
+    if let Some(p) = prev {
+        fwd.extend_from_slice(p);
+        fwd.extend_from_slice(b", ");
+    }
+    fwd.extend_from_slice(client.forwarded_for.as_bytes());
+    fwd.extend_from_slice(b";host=\"");
+    fwd.extend_from_slice(host.as_bytes());
+    fwd.extend_from_slice(b"\";proto=");
+    fwd.extend_from_slice(proto.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&fwd) {
         headers.insert(header::FORWARDED, v);
     }
 }
@@ -108,22 +146,46 @@ pub(crate) fn request_id(headers: &HeaderMap, name: &HeaderName) -> HeaderValue 
             return v.clone();
         }
     }
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+    // 32 lowercase hex digits, written directly (no formatter on the hot path).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for slot in id.iter_mut().rev() {
+        *slot = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// The request's host, lower-cased, without port: from the absolute-form URI if present
 /// (RFC 9112 §3.2.2: it wins over Host), else from the Host header.
 pub(crate) fn host_of(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
     let raw = match uri.authority() {
-        Some(a) => a.host().to_string(),
-        None => {
-            let h = headers.get(header::HOST)?.to_str().ok()?;
-            let auth: http::uri::Authority = h.parse().ok()?;
-            auth.host().to_string()
-        }
+        Some(a) => a.host(),
+        None => host_without_port(headers.get(header::HOST)?.to_str().ok()?)?,
     };
     Some(raw.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// "example.com:8080" → "example.com", "[::1]:80" → "[::1]"; `None` for an invalid Host value.
+fn host_without_port(h: &str) -> Option<&str> {
+    let host = if h.starts_with('[') {
+        let end = h.find(']')?;
+        let rest = &h[end + 1..];
+        if !(rest.is_empty() || rest.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))) {
+            return None;
+        }
+        &h[..=end]
+    } else {
+        match h.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            Some(_) => return None,
+            None => h,
+        }
+    };
+    let ok = !host.is_empty()
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':'));
+    ok.then_some(host)
 }
 
 /// Finds a cookie's value in the request's Cookie headers.
@@ -172,7 +234,8 @@ mod tests {
     #[test]
     fn forwarded_headers_append() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
-        add_forwarded(&mut h, "::1".parse().unwrap(), "https", "a.example", 443);
+        add_forwarded(&mut h, &ClientAddr::new("::1".parse().unwrap(), 443), "https", "a.example");
+        assert_eq!(h["x-forwarded-port"], "443");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["forwarded"], "for=\"[::1]\";host=\"a.example\";proto=https");
@@ -193,6 +256,10 @@ mod tests {
         assert_eq!(host_of(&"/x".parse().unwrap(), &h).as_deref(), Some("www.example.com"));
         assert_eq!(host_of(&"http://other.io/x".parse().unwrap(), &h).as_deref(), Some("other.io"));
         assert_eq!(cookie(&h, "flotilla_sticky"), Some("abc"));
+        assert_eq!(host_without_port("[::1]:8080"), Some("[::1]"));
+        assert_eq!(host_without_port("a.b"), Some("a.b"));
+        assert_eq!(host_without_port("a.b:x"), None);
+        assert_eq!(host_without_port("a b"), None);
         assert_eq!(cookie(&h, "b"), None);
     }
 

@@ -27,10 +27,11 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 /// Facts about the client connection a request arrived on.
 pub(crate) struct Conn {
     pub peer: SocketAddr,
-    pub local_port: u16,
     pub tls: bool,
     /// Set by the connection's framing tracker (see `framing.rs`).
     pub framing: Arc<crate::framing::FramingFlags>,
+    /// Forwarding-header strings for this client, built once per connection.
+    pub client_addr: headers::ClientAddr,
     /// This worker's backend connection pool.
     pub client: crate::worker::ProxyClient,
 }
@@ -131,7 +132,7 @@ async fn forward(
     let ip_bytes;
     let hash_key: Option<&[u8]> = match cfg.algorithm {
         Algorithm::HashIp => {
-            ip_bytes = conn.peer.ip().to_string();
+            ip_bytes = conn.client_addr.xff.clone();
             Some(ip_bytes.as_bytes())
         }
         Algorithm::HashHeader => {
@@ -222,7 +223,7 @@ pub(crate) fn prepare_headers(
         }
     }
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::add_forwarded(&mut parts.headers, conn.peer.ip(), proto, host, conn.local_port);
+    headers::add_forwarded(&mut parts.headers, &conn.client_addr, proto, host);
     parts.headers.insert(rid_name.clone(), rid.clone());
 }
 
