@@ -12,6 +12,7 @@ mod headers;
 mod health;
 mod listener;
 pub mod metrics;
+mod pool;
 mod proxy;
 mod route;
 mod target;

@@ -157,7 +157,7 @@ async fn serve(
     let max_head = shared.runtime.load().limits.max_header_bytes;
     let tracker = Tracker::new(framing.clone(), max_head);
     let client_addr = crate::headers::ClientAddr::new(peer.ip(), local_port);
-    let conn = Arc::new(Conn { peer, tls, framing, client_addr, client: worker.client.clone() });
+    let conn = Arc::new(Conn { peer, tls, framing, client_addr, pool: worker.pool.clone() });
     let svc_shared = shared.clone();
     let svc = service_fn(move |req| proxy::handle(svc_shared.clone(), conn.clone(), req));
     let builders = &shared.server_builders;

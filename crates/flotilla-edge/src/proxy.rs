@@ -17,6 +17,7 @@ use hyper::body::{Body as _, Incoming};
 use crate::error::ProxyError;
 use crate::group::{PickRequest, TargetGroup};
 use crate::metrics::class_index;
+use crate::pool::{Lease, LeasedBody, SendError};
 use crate::target::Target;
 use crate::{headers, upgrade, Runtime, Shared};
 
@@ -32,8 +33,8 @@ pub(crate) struct Conn {
     pub framing: Arc<crate::framing::FramingFlags>,
     /// Forwarding-header strings for this client, built once per connection.
     pub client_addr: headers::ClientAddr,
-    /// This worker's backend connection pool.
-    pub client: crate::worker::ProxyClient,
+    /// This worker's connection pool to targets.
+    pub pool: Arc<crate::pool::Pool>,
 }
 
 /// What the access log records about one exchange.
@@ -144,7 +145,7 @@ async fn forward(
     let attempts = 1 + cfg.retries;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_err = ProxyError::NoTarget;
-    let mut last_resp: Option<(Response<Incoming>, Arc<Target>)> = None;
+    let mut last_resp: Option<(Response<Incoming>, Lease, Arc<Target>)> = None;
     loop {
         let pick = PickRequest { sticky: sticky_in, hash_key, exclude: &tried };
         let Some(target) = group.pick(&pick) else { break };
@@ -152,39 +153,40 @@ async fn forward(
         out.attempts += 1;
         out.target = Some(target.addr);
         let guard = target.begin();
-        let request = outgoing(&parts, &target, attempt_body);
-        let retryable = match tokio::time::timeout(rt.timeouts.target_response, conn.client.request(request)).await {
-            Err(_) => return Err(ProxyError::TargetTimeout),
-            Ok(Err(e)) if e.is_connect() => {
-                tracing::debug!(target = %target.addr, error = %e, "connect to target failed");
-                group.report_connect_failure(&target);
-                last_err = ProxyError::TargetConnect;
-                body.replayable()
-            }
-            Ok(Err(e)) => {
-                if let Some(client_fault) = fault.get() {
-                    // The client's body broke mid-stream: not the target's fault.
-                    return Err(client_fault);
+        let request = outgoing(&parts, attempt_body);
+        let retryable =
+            match tokio::time::timeout(rt.timeouts.target_response, conn.pool.send(target.addr, request)).await {
+                Err(_) => return Err(ProxyError::TargetTimeout),
+                Ok(Err(SendError::Connect(e))) => {
+                    tracing::debug!(target = %target.addr, error = %e, "connect to target failed");
+                    group.report_connect_failure(&target);
+                    last_err = ProxyError::TargetConnect;
+                    body.replayable()
                 }
-                tracing::debug!(target = %target.addr, error = %e, "target connection failed");
-                group.report_connect_failure(&target);
-                last_err = ProxyError::TargetReset;
-                idempotent && body.replayable()
-            }
-            Ok(Ok(resp)) => {
-                let status = resp.status();
-                group.report_response(&target, status.as_u16());
-                let retry = idempotent
-                    && body.replayable()
-                    && matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE)
-                    && tried.len() + 1 < attempts as usize;
-                if !retry {
-                    return Ok(finish(resp, &target, guard, &cfg.stickiness, sticky_in, conn.tls));
+                Ok(Err(SendError::Failed(e))) => {
+                    if let Some(client_fault) = fault.get() {
+                        // The client's body broke mid-stream: not the target's fault.
+                        return Err(client_fault);
+                    }
+                    tracing::debug!(target = %target.addr, error = %e, "target connection failed");
+                    group.report_connect_failure(&target);
+                    last_err = ProxyError::TargetReset;
+                    idempotent && body.replayable()
                 }
-                last_resp = Some((resp, target.clone()));
-                true
-            }
-        };
+                Ok(Ok((resp, lease))) => {
+                    let status = resp.status();
+                    group.report_response(&target, status.as_u16());
+                    let retry = idempotent
+                        && body.replayable()
+                        && matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE)
+                        && tried.len() + 1 < attempts as usize;
+                    if !retry {
+                        return Ok(finish(resp, &target, guard, Some(lease), &cfg.stickiness, sticky_in, conn.tls));
+                    }
+                    last_resp = Some((resp, lease, target.clone()));
+                    true
+                }
+            };
         drop(guard);
         tried.push(target.addr);
         if !retryable || tried.len() >= attempts as usize {
@@ -194,9 +196,9 @@ async fn forward(
     }
     match last_resp {
         // Every retry failed too: the target's own 502/503 says more than ours would.
-        Some((resp, target)) => {
+        Some((resp, lease, target)) => {
             let guard = target.begin();
-            Ok(finish(resp, &target, guard, &cfg.stickiness, sticky_in, conn.tls))
+            Ok(finish(resp, &target, guard, Some(lease), &cfg.stickiness, sticky_in, conn.tls))
         }
         None => Err(last_err),
     }
@@ -227,16 +229,12 @@ pub(crate) fn prepare_headers(
     parts.headers.insert(rid_name.clone(), rid.clone());
 }
 
-/// The request as sent to one target: origin-form path, HTTP/1.1, the prepared headers.
-pub(crate) fn outgoing(parts: &Parts, target: &Target, body: Body) -> Request<Body> {
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(http::uri::Scheme::HTTP);
-    uri.authority = Some(target.authority.clone());
-    uri.path_and_query =
-        parts.uri.path_and_query().cloned().or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+/// The request as sent to a target: origin-form path, HTTP/1.1, the prepared headers.
+pub(crate) fn outgoing(parts: &Parts, body: Body) -> Request<Body> {
+    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
+    *req.uri_mut() = Uri::from(path);
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = parts.headers.clone();
     req
@@ -248,6 +246,7 @@ pub(crate) fn finish(
     resp: Response<Incoming>,
     target: &Target,
     guard: crate::target::InFlight,
+    lease: Option<Lease>,
     sticky: &flotilla_config::Stickiness,
     sticky_in: Option<&str>,
     tls: bool,
@@ -267,13 +266,7 @@ pub(crate) fn finish(
             parts.headers.append(header::SET_COOKIE, v);
         }
     }
-    let body = body
-        .map_frame(move |f| {
-            let _in_flight = &guard;
-            f
-        })
-        .map_err(BoxError::from)
-        .boxed_unsync();
+    let body = LeasedBody::new(body, lease, guard).map_err(BoxError::from).boxed_unsync();
     Response::from_parts(parts, body)
 }
 

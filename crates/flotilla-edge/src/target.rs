@@ -52,8 +52,6 @@ pub struct Target {
     pub source: TargetSource,
     /// Opaque id used as the sticky-session cookie value (does not reveal the address).
     pub id: String,
-    /// `addr` as a URI authority, built once for every request URI to this target.
-    pub(crate) authority: http::uri::Authority,
     weight: AtomicU32,
     state: AtomicU8,
     outstanding: AtomicU32,
@@ -85,8 +83,6 @@ impl Target {
             zone,
             source,
             id: sticky_id(addr),
-            authority: http::uri::Authority::try_from(addr.to_string().as_str())
-                .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1")),
             weight: AtomicU32::new(weight.max(1)),
             state: AtomicU8::new(initial as u8),
             outstanding: AtomicU32::new(0),

@@ -10,6 +10,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::error::ProxyError;
 use crate::group::{PickRequest, TargetGroup};
+use crate::pool::SendError;
 use crate::proxy::{empty, finish, outgoing, prepare_headers, Body, Conn, Outcome};
 use crate::Shared;
 
@@ -37,26 +38,28 @@ pub(crate) async fn forward(
         out.attempts += 1;
         out.target = Some(target.addr);
         let guard = target.begin();
-        let request = outgoing(&parts, &target, empty());
-        match tokio::time::timeout(rt.timeouts.target_response, conn.client.request(request)).await {
+        let request = outgoing(&parts, empty());
+        match tokio::time::timeout(rt.timeouts.target_response, conn.pool.send(target.addr, request)).await {
             Err(_) => return Err(ProxyError::TargetTimeout),
             // Nothing reached the target: safe to try another.
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(SendError::Connect(_))) => {
                 group.report_connect_failure(&target);
                 tried.push(target.addr);
                 if tried.len() > cfg.retries as usize {
                     return Err(ProxyError::TargetConnect);
                 }
             }
-            Ok(Err(_)) => {
+            Ok(Err(SendError::Failed(_))) => {
                 group.report_connect_failure(&target);
                 return Err(ProxyError::TargetReset);
             }
-            Ok(Ok(mut resp)) => {
+            Ok(Ok((mut resp, lease))) => {
                 group.report_response(&target, resp.status().as_u16());
                 if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                    return Ok(finish(resp, &target, guard, &cfg.stickiness, sticky_in, conn.tls));
+                    return Ok(finish(resp, &target, guard, Some(lease), &cfg.stickiness, sticky_in, conn.tls));
                 }
+                // An upgraded connection never goes back to the pool.
+                drop(lease);
                 target.by_class[0].inc();
                 let target_upgrade = hyper::upgrade::on(&mut resp);
                 let addr = target.addr;

@@ -5,34 +5,17 @@
 //! the runtime that called `Edge::start`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{mpsc, watch};
 
-use crate::proxy::Body;
+use crate::pool::Pool;
 use crate::{listener, Shared};
-
-pub(crate) type ProxyClient = hyper_util::client::legacy::Client<HttpConnector, Body>;
 
 /// What every connection task of one worker shares.
 pub(crate) struct Worker {
-    pub client: ProxyClient,
+    pub pool: Arc<Pool>,
     /// Each connection holds a clone; the worker waits for all of them before it exits.
     pub alive: mpsc::Sender<()>,
-}
-
-fn client(connect_timeout: Duration) -> ProxyClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(512)
-        .build(connector)
 }
 
 /// Starts worker `index` on its own thread. `_edge_alive` keeps `Edge::shutdown` waiting until
@@ -60,7 +43,7 @@ pub(crate) fn spawn(
 
 async fn run(shared: Arc<Shared>, listeners: Vec<(std::net::TcpListener, bool)>, mut stop: watch::Receiver<bool>) {
     let (alive, mut alive_rx) = mpsc::channel::<()>(1);
-    let worker = Arc::new(Worker { client: client(shared.connect_timeout), alive });
+    let worker = Arc::new(Worker { pool: Pool::new(shared.connect_timeout), alive });
     for (l, tls) in listeners {
         match tokio::net::TcpListener::from_std(l) {
             Ok(l) => {
