@@ -155,6 +155,16 @@ frontend fe
   bind 127.0.0.1:{HTTP_PORT}
   bind 127.0.0.1:{TLS_PORT} ssl crt {d}/both.pem alpn h2,http/1.1
   default_backend be
+  # The same header work flotilla does by default: X-Forwarded-*, Forwarded, a request id.
+  unique-id-format %{{+X}}o%ci%cp%fp%Ts%rt%pid
+  unique-id-header X-Request-Id
+  http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
+  http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Forwarded-Port %[dst_port]
+  http-request add-header Forwarded for=%[src];host=%[req.hdr(host)];proto=http if !{{ ssl_fc }}
+  http-request add-header Forwarded for=%[src];host=%[req.hdr(host)];proto=https if {{ ssl_fc }}
+  http-response set-header X-Request-Id %[unique-id]
 backend be
   option forwardfor
   server s1 127.0.0.1:{BACKEND_PORT}
@@ -180,7 +190,14 @@ def start_nginx(d):
       proxy_pass http://be;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      # The same header work flotilla does by default: X-Forwarded-*, Forwarded, a request id.
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Forwarded-Port $server_port;
+      proxy_set_header Forwarded "for=$remote_addr;host=$host;proto=$scheme";
+      proxy_set_header X-Request-Id $request_id;
+      add_header X-Request-Id $request_id;
     }}
   }}""") % ("proxy", "proxy")
     path = f"{d}/nginx-proxy.conf"
@@ -235,42 +252,55 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--only", default="")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds; medians are reported (a shared VM drifts between runs)")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="flotilla-bench-")
     make_cert(d)
     backend = start_backend(d)
     proxies = [("flotilla", lambda: start_flotilla(d, args.binary)), ("haproxy", lambda: start_haproxy(d)),
                ("nginx", lambda: start_nginx(d))]
-    results = {}
+    samples = {}
     try:
-        for name, start in proxies:
-            p = start()
-            try:
-                pids = tree(p.pid)
-                for key, _, fn in SCENARIOS:
-                    if args.only and key not in args.only.split(","):
-                        continue
-                    fn(2, args.connections)  # warm-up: pools, TLS session caches, page cache
-                    before = cpu_ticks(pids)
-                    rps, total, p50, p99, errs, sock = fn(args.duration, args.connections)
-                    cpu_us = (cpu_ticks(pids) - before) / TICK * 1e6 / max(total, 1)
-                    results[(key, name)] = (rps, p50, p99, cpu_us, errs, sock)
-                    print(f"{key:6} {name:9} {rps:10.0f} req/s  p50 {p50 or 0:7.3f} ms  p99 {p99 or 0:7.3f} ms  "
-                          f"cpu {cpu_us:6.1f} us/req  errors {errs} {sock}", file=sys.stderr, flush=True)
-            finally:
-                p.send_signal(signal.SIGTERM)
+        for rnd in range(args.rounds):
+            for name, start in proxies:
+                p = start()
                 try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                time.sleep(0.5)
+                    pids = tree(p.pid)
+                    for key, _, fn in SCENARIOS:
+                        if args.only and key not in args.only.split(","):
+                            continue
+                        fn(2, args.connections)  # warm-up: pools, TLS session caches, page cache
+                        before = cpu_ticks(pids)
+                        rps, total, p50, p99, errs, sock = fn(args.duration, args.connections)
+                        cpu_us = (cpu_ticks(pids) - before) / TICK * 1e6 / max(total, 1)
+                        samples.setdefault((key, name), []).append((rps, p50, p99, cpu_us, errs))
+                        print(f"round {rnd + 1} {key:6} {name:9} {rps:10.0f} req/s  p50 {p50 or 0:7.3f} ms  "
+                              f"p99 {p99 or 0:7.3f} ms  cpu {cpu_us:6.1f} us/req  errors {errs} {sock}",
+                              file=sys.stderr, flush=True)
+                finally:
+                    p.send_signal(signal.SIGTERM)
+                    try:
+                        p.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                    time.sleep(0.5)
     finally:
         backend.send_signal(signal.SIGTERM)
         backend.wait(timeout=10)
         shutil.rmtree(d, ignore_errors=True)
 
-    print(f"\nPass-through proxy, {args.connections} connections, {args.duration}s per run, proxy pinned to CPU 1,"
-          f" load generator + backend on CPU 0.\n")
+    def median(xs):
+        xs = sorted(x for x in xs if x is not None)
+        return xs[len(xs) // 2] if xs else None
+
+    results = {}
+    for k, rows in samples.items():
+        cols = list(zip(*rows))
+        results[k] = (median(cols[0]), median(cols[1]), median(cols[2]), median(cols[3]), sum(cols[4]), "")
+
+    print(f"\nPass-through proxy, {args.connections} connections, {args.duration}s per run, median of {args.rounds}"
+          f" interleaved rounds, proxy pinned to CPU 1, load generator + backend on CPU 0.\n")
     print("| scenario | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req | flotilla/other req/s | flotilla/other CPU per req |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for key, label, _ in SCENARIOS:

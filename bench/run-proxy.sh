@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds flotilla (release), installs the anchors from Debian if missing, runs the proxy benchmark.
-# Usage: bench/run-proxy.sh [--duration 10] [--connections 64] [--only http1,tls,h2]
+# Usage: bench/run-proxy.sh [--duration 10] [--connections 64] [--rounds 3] [--only http1,tls,h2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/flotilla-target}"

@@ -268,3 +268,81 @@ impl std::fmt::Debug for TargetGroup {
 pub(crate) fn not_found(name: &str) -> EdgeError {
     EdgeError::UnknownTargetGroup(name.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_config::{HealthCheck, Passive, Stickiness};
+
+    fn group(zone: Option<&str>, targets: &[(&str, Option<&str>)]) -> Arc<TargetGroup> {
+        let cfg = TargetGroupConfig {
+            name: "g".into(),
+            targets: targets
+                .iter()
+                .map(|(a, z)| TargetConfig { addr: a.parse().unwrap(), zone: z.map(String::from), weight: 1 })
+                .collect(),
+            algorithm: Algorithm::RoundRobin,
+            hash_header: None,
+            deregistration_delay: Duration::from_secs(1),
+            slow_start: Duration::ZERO,
+            stickiness: Stickiness { enabled: false, cookie: "c".into(), duration: Duration::from_secs(1) },
+            retries: 2,
+            // Checks off: targets start healthy and no task is spawned (no runtime needed).
+            health_check: HealthCheck {
+                enabled: false,
+                path: "/".into(),
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                healthy_threshold: 1,
+                unhealthy_threshold: 1,
+                matcher: vec![(200, 399)],
+            },
+            passive: Passive { consecutive_5xx: 5, consecutive_connect_failures: 1 },
+        };
+        TargetGroup::new(cfg, zone.map(String::from), Arc::new(EdgeMetrics::new()), health::client())
+    }
+
+    fn picks(g: &TargetGroup, n: usize) -> std::collections::BTreeMap<SocketAddr, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let t = g.pick(&PickRequest { sticky: None, hash_key: None, exclude: &[] }).unwrap();
+            *m.entry(t.addr).or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn same_zone_targets_are_preferred_and_others_take_over_when_they_fail() {
+        let g = group(Some("a"), &[("127.0.0.1:1", Some("a")), ("127.0.0.1:2", Some("b")), ("127.0.0.1:3", Some("a"))]);
+        let m = picks(&g, 100);
+        assert_eq!(m.len(), 2, "only zone a while it is healthy: {m:?}");
+        assert!(!m.contains_key(&"127.0.0.1:2".parse().unwrap()));
+        for t in g.targets().iter().filter(|t| t.zone.as_deref() == Some("a")) {
+            t.transition(TargetState::Unhealthy);
+        }
+        let m = picks(&g, 10);
+        assert_eq!(m.get(&"127.0.0.1:2".parse().unwrap()), Some(&10), "spill over to zone b: {m:?}");
+    }
+
+    #[test]
+    fn retries_exclude_tried_targets_and_draining_targets_get_nothing() {
+        let g = group(None, &[("127.0.0.1:1", None), ("127.0.0.1:2", None)]);
+        let first: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for _ in 0..10 {
+            let t = g.pick(&PickRequest { sticky: None, hash_key: None, exclude: &[first] }).unwrap();
+            assert_ne!(t.addr, first);
+        }
+        g.targets()[1].transition(TargetState::Draining);
+        assert!(g.pick(&PickRequest { sticky: None, hash_key: None, exclude: &[first] }).is_none());
+        assert_eq!(picks(&g, 5).get(&first), Some(&5));
+    }
+
+    #[test]
+    fn fail_open_uses_unhealthy_targets_but_never_draining_ones() {
+        let g = group(None, &[("127.0.0.1:1", None), ("127.0.0.1:2", None)]);
+        g.targets()[0].transition(TargetState::Unhealthy);
+        g.targets()[1].transition(TargetState::Draining);
+        let m = picks(&g, 5);
+        assert_eq!(m.get(&"127.0.0.1:1".parse().unwrap()), Some(&5), "{m:?}");
+    }
+}

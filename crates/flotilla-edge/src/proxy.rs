@@ -150,6 +150,9 @@ async fn forward(
         let pick = PickRequest { sticky: sticky_in, hash_key, exclude: &tried };
         let Some(target) = group.pick(&pick) else { break };
         let Some(attempt_body) = body.next() else { break };
+        if !tried.is_empty() {
+            group.retries.inc();
+        }
         out.attempts += 1;
         out.target = Some(target.addr);
         let guard = target.begin();
@@ -192,7 +195,6 @@ async fn forward(
         if !retryable || tried.len() >= attempts as usize {
             break;
         }
-        group.retries.inc();
     }
     match last_resp {
         // Every retry failed too: the target's own 502/503 says more than ours would.
@@ -218,6 +220,9 @@ pub(crate) fn prepare_headers(
     upgrade: bool,
 ) {
     let proto = if conn.tls { "https" } else { "http" };
+    // Room for the headers added below in one step (hyper sizes the map to what it parsed, so
+    // each insert could otherwise grow and rehash it).
+    parts.headers.reserve(8);
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 carries the host in :authority; HTTP/1.1 targets need it as Host.
         if let Some(v) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {

@@ -7,6 +7,7 @@ use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ProxyError;
 use crate::group::{PickRequest, TargetGroup};
@@ -63,15 +64,11 @@ pub(crate) async fn forward(
                 target.by_class[0].inc();
                 let target_upgrade = hyper::upgrade::on(&mut resp);
                 let addr = target.addr;
+                let idle = rt.timeouts.idle;
                 tokio::spawn(async move {
                     let _in_flight = guard;
                     match tokio::try_join!(client_upgrade, target_upgrade) {
-                        Ok((c, t)) => {
-                            let (mut c, mut t) = (TokioIo::new(c), TokioIo::new(t));
-                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut t).await {
-                                tracing::debug!(target = %addr, error = %e, "upgraded connection ended");
-                            }
-                        }
+                        Ok((c, t)) => tunnel(TokioIo::new(c), TokioIo::new(t), idle, addr).await,
                         Err(e) => tracing::debug!(target = %addr, error = %e, "upgrade failed"),
                     }
                 });
@@ -80,4 +77,42 @@ pub(crate) async fn forward(
             }
         }
     }
+}
+
+/// Copies bytes both ways until either side closes or nothing moves for `idle`, so abandoned
+/// WebSocket connections do not pin a target forever (ALB applies its idle timeout the same way).
+async fn tunnel<A, B>(client: A, target: B, idle: std::time::Duration, addr: SocketAddr)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut tr, mut tw) = tokio::io::split(target);
+    let mut up = [0u8; 16 * 1024];
+    let mut down = [0u8; 16 * 1024];
+    loop {
+        let step = tokio::time::timeout(idle, async {
+            tokio::select! {
+                r = cr.read(&mut up) => match r {
+                    Ok(0) | Err(_) => Err(()),
+                    Ok(n) => tw.write_all(&up[..n]).await.map_err(|_| ()),
+                },
+                r = tr.read(&mut down) => match r {
+                    Ok(0) | Err(_) => Err(()),
+                    Ok(n) => cw.write_all(&down[..n]).await.map_err(|_| ()),
+                },
+            }
+        })
+        .await;
+        match step {
+            Ok(Ok(())) => {}
+            Ok(Err(())) => break,
+            Err(_) => {
+                tracing::debug!(target = %addr, after = ?idle, "closing idle upgraded connection");
+                break;
+            }
+        }
+    }
+    let _ = cw.shutdown().await;
+    let _ = tw.shutdown().await;
 }

@@ -197,3 +197,60 @@ async fn no_healthy_target_fails_open_and_says_so() {
     assert!(metrics.contains("flotilla_fail_open_total{target_group=\"web\"} 1"), "{metrics}");
     assert!(f.log().contains("failing open"), "{}", f.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_idempotent_requests_are_retried() {
+    let apps = [DemoApp::start("a"), DemoApp::start("b")];
+    let refs: Vec<&DemoApp> = apps.iter().collect();
+    let f = Flotilla::start("retries", &(ROUTE_ALL.to_string() + &group_toml("web", &refs, "retries = 2")));
+    all_healthy(&f, &refs).await;
+    let retries = || async {
+        let m = get(&f.admin("/metrics")).await.1;
+        m.lines()
+            .find(|l| l.starts_with("flotilla_retries_total{target_group=\"web\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let c = client();
+    // A GET answered 503 is tried on the other target too (and the last 503 is passed on).
+    let (status, _, _) = request(&c, "GET", &f.url("/status/503"), &[], "").await.unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(retries().await, 1, "the GET should have been retried once (two targets)");
+    // A POST is never retried after it reached a target.
+    let (status, _, _) = request(&c, "POST", &f.url("/status/503"), &[], "x").await.unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(retries().await, 1, "a POST must not be retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_targets_get_504_and_large_bodies_413() {
+    let app = DemoApp::start("slow");
+    let port = free_port();
+    let admin_port = free_port();
+    let dir = scratch_dir("limits");
+    let text = format!(
+        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\ntimeouts = {{ target_response = \"300ms\" }}\nlimits = {{ max_request_body = \"1KiB\" }}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{ROUTE_ALL}{}",
+        group_toml("web", &[&app], "")
+    );
+    let f = Flotilla::start_raw("limits", &dir, &text, port, admin_port);
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let c = client();
+    let (status, _, body) = request(&c, "GET", &f.url("/slow?ms=3000"), &[], "").await.unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("\"request_id\""), "{body}");
+    let (status, _, _) = request(&c, "POST", &f.url("/echo"), &[], &"x".repeat(2048)).await.unwrap();
+    assert_eq!(status, 413);
+    let (status, _, body) = request(&c, "POST", &f.url("/echo"), &[], &"x".repeat(512)).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"body_len\":512"), "{body}");
+    // One JSON access-log line per request, with the fields operators filter on.
+    let log = f.log();
+    let line = log.lines().find(|l| l.contains("\"status\":504")).expect("access log line for the 504");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["target"], "flotilla::access");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/slow");
+    assert_eq!(v["target_group"], "web");
+    assert!(v["request_id"].as_str().is_some_and(|s| s.len() == 32));
+}

@@ -235,3 +235,23 @@ async fn silent_and_idle_connections_are_closed_after_header_read() {
     }
     assert!(closed, "a slowloris head must not be held open for 12 s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_websocket_tunnels_are_closed() {
+    let app = DemoApp::start("wsidle");
+    let port = free_port();
+    let admin_port = free_port();
+    let dir = scratch_dir("wsidle");
+    let text = format!(
+        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\ntimeouts = {{ idle = \"500ms\" }}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{ROUTE_ALL}{}",
+        group_toml("web", &[&app], "")
+    );
+    let f = Flotilla::start_raw("wsidle", &dir, &text, port, admin_port);
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await.unwrap();
+    ws.send(Message::Text("still here".into())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("still here".into()));
+    // Silence longer than the idle timeout: the edge closes the tunnel.
+    let end = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("tunnel was not closed");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+}
