@@ -128,7 +128,9 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect(addr).await?;
+        // Boxed: connecting is the uncommon path, and its state (connect + handshake) would
+        // otherwise enlarge every request's future.
+        let mut sender = Box::pin(self.connect(addr)).await?;
         match sender.try_send_request(req).await {
             Ok(resp) => Ok((resp, Lease { pool: self.clone(), addr, sender })),
             Err(e) if e.message().is_some() => Err(SendError::Connect(e.into_error().to_string())),

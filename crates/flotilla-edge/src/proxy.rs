@@ -121,7 +121,9 @@ async fn forward(
     let group = rt.routes.find(&host, req.uri().path()).ok_or(ProxyError::NoRoute)?.clone();
     out.group = Some(group.clone());
     if req.version() != Version::HTTP_2 && headers::is_upgrade(req.headers()) {
-        return upgrade::forward(shared, &group, conn, req, &host, rid, out).await;
+        // Boxed: a rare path whose state would otherwise enlarge every request's future (which
+        // tokio copies on each HTTP/2 stream spawn).
+        return Box::pin(upgrade::forward(shared, &group, conn, req, &host, rid, out)).await;
     }
     let cfg = group.config();
     let (mut parts, body) = req.into_parts();
