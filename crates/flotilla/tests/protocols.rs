@@ -67,6 +67,10 @@ struct Pki {
 
 /// A throwaway CA and a leaf for `names`, written as cert.pem/key.pem into `dir`.
 fn make_pki(dir: &std::path::Path, names: &[&str]) -> Pki {
+    make_pki_named(dir, names, "cert.pem", "key.pem")
+}
+
+fn make_pki_named(dir: &std::path::Path, names: &[&str], cert_file: &str, key_file: &str) -> Pki {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -75,8 +79,8 @@ fn make_pki(dir: &std::path::Path, names: &[&str]) -> Pki {
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     let leaf = params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
-    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join(cert_file), leaf.pem()).unwrap();
+    std::fs::write(dir.join(key_file), leaf_key.serialize_pem()).unwrap();
     Pki { ca_pem: ca.pem() }
 }
 
@@ -254,4 +258,30 @@ async fn idle_websocket_tunnels_are_closed() {
     // Silence longer than the idle timeout: the edge closes the tunnel.
     let end = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("tunnel was not closed");
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_among_several_certificates() {
+    let app = DemoApp::start("sni");
+    let tls_port = free_port();
+    let dir = scratch_dir("sni");
+    let a = make_pki_named(&dir, &["a.test"], "a.pem", "a.key");
+    let b = make_pki_named(&dir, &["*.b.test"], "b.pem", "b.key");
+    let port = free_port();
+    let admin_port = free_port();
+    let text = format!(
+        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\n[edge.tls]\nlisten = [\"127.0.0.1:{tls_port}\"]\ncertificates = [{{ cert = \"a.pem\", key = \"a.key\" }}, {{ cert = \"b.pem\", key = \"b.key\" }}]\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{ROUTE_ALL}{}",
+        group_toml("web", &[&app], "")
+    );
+    let _f = Flotilla::start_raw("sni", &dir, &text, port, admin_port);
+    wait_for_port(tls_port);
+    // Each name verifies only against its own CA, so a handshake that succeeds proves the pick.
+    for (sni, pki, ok) in
+        [("a.test", &a, true), ("www.b.test", &b, true), ("www.b.test", &a, false), ("other.test", &a, false)]
+    {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+        let result = tls_connector(pki, &[b"http/1.1"]).connect(name, tcp).await;
+        assert_eq!(result.is_ok(), ok, "SNI {sni}: {:?}", result.err());
+    }
 }
