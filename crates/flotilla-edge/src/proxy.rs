@@ -54,7 +54,8 @@ pub(crate) async fn handle(
     let rt = shared.runtime.load_full();
     let rid = headers::request_id(req.headers(), &rt.request_id_header);
     let (method, version) = (req.method().clone(), req.version());
-    let path = req.uri().path().to_owned();
+    // Only the access log needs the path after the request is consumed.
+    let path = if rt.access_log { req.uri().path().to_owned() } else { String::new() };
     let mut out = Outcome::default();
     let mut resp = match forward(&shared, &rt, &conn, req, &rid, &mut out).await {
         Ok(r) => r,

@@ -226,14 +226,8 @@ async fn only_idempotent_requests_are_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_targets_get_504_and_large_bodies_413() {
     let app = DemoApp::start("slow");
-    let port = free_port();
-    let admin_port = free_port();
-    let dir = scratch_dir("limits");
-    let text = format!(
-        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\ntimeouts = {{ target_response = \"300ms\" }}\nlimits = {{ max_request_body = \"1KiB\" }}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{ROUTE_ALL}{}",
-        group_toml("web", &[&app], "")
-    );
-    let f = Flotilla::start_raw("limits", &dir, &text, port, admin_port);
+    let edge = "timeouts = { target_response = \"300ms\" }\nlimits = { max_request_body = \"1KiB\" }";
+    let f = Flotilla::start_with_edge("limits", edge, &(ROUTE_ALL.to_string() + &group_toml("web", &[&app], "")));
     f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
     let c = client();
     let (status, _, body) = request(&c, "GET", &f.url("/slow?ms=3000"), &[], "").await.unwrap();

@@ -201,14 +201,9 @@ async fn malformed_requests_get_4xx_and_the_next_client_is_served() {
 async fn silent_and_idle_connections_are_closed_after_header_read() {
     use std::io::Read;
     let app = DemoApp::start("idle");
-    let port = free_port();
-    let admin_port = free_port();
-    let dir = scratch_dir("idle");
-    let text = format!(
-        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\ntimeouts = {{ header_read = \"1s\" }}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{ROUTE_ALL}{}",
-        group_toml("web", &[&app], "")
-    );
-    let _f = Flotilla::start_raw("idle", &dir, &text, port, admin_port);
+    let body = ROUTE_ALL.to_string() + &group_toml("web", &[&app], "");
+    let f = Flotilla::start_with_edge("idle", "timeouts = { header_read = \"1s\" }", &body);
+    let port = f.port;
     // A client that connects and never sends a byte is dropped, not held forever.
     let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -243,14 +238,9 @@ async fn silent_and_idle_connections_are_closed_after_header_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_websocket_tunnels_are_closed() {
     let app = DemoApp::start("wsidle");
-    let port = free_port();
-    let admin_port = free_port();
-    let dir = scratch_dir("wsidle");
-    let text = format!(
-        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\ntimeouts = {{ idle = \"500ms\" }}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{ROUTE_ALL}{}",
-        group_toml("web", &[&app], "")
-    );
-    let f = Flotilla::start_raw("wsidle", &dir, &text, port, admin_port);
+    let body = ROUTE_ALL.to_string() + &group_toml("web", &[&app], "");
+    let f = Flotilla::start_with_edge("wsidle", "timeouts = { idle = \"500ms\" }", &body);
+    let port = f.port;
     f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await.unwrap();
     ws.send(Message::Text("still here".into())).await.unwrap();

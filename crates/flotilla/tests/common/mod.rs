@@ -126,6 +126,17 @@ impl Flotilla {
         Self::start_raw(name, &dir, &(header + &body.replace("{dir}", dir.to_str().unwrap())), port, admin_port)
     }
 
+    /// Like `start`, with extra `[edge]` keys (e.g. `timeouts = { idle = "1s" }`).
+    pub fn start_with_edge(name: &str, edge_keys: &str, body: &str) -> Self {
+        let port = free_port();
+        let admin_port = free_port();
+        let dir = scratch_dir(name);
+        let text = format!(
+            "[edge]\nlisten = [\"127.0.0.1:{port}\"]\n{edge_keys}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"test-token\"\n\n{body}"
+        );
+        Self::start_raw(name, &dir, &text, port, admin_port)
+    }
+
     pub fn start_raw(_name: &str, dir: &std::path::Path, text: &str, port: u16, admin_port: u16) -> Self {
         let config = dir.join("flotilla.toml");
         std::fs::write(&config, text).unwrap();
