@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use bytes::Bytes;
 use flotilla_config::{Config, Limits, TargetConfig, Timeouts};
 use http::header::HeaderName;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -303,9 +302,8 @@ impl Runtime {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<Edge>();
-    is::<Bytes>();
-}
+/// The edge is shared between the control plane and its workers.
+const _: () = {
+    const fn is_send_sync<T: Send + Sync>() {}
+    is_send_sync::<Edge>();
+};
