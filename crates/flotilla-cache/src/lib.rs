@@ -1,0 +1,18 @@
+//! Flotilla's HTTP cache semantics (RFC 9111, RFC 9213, RFC 5861), with no sockets and no
+//! storage: the edge asks this crate whether a response may be stored, how long it stays
+//! fresh, what a request may do with a stored copy, and under which key it lives.
+//!
+//! - [`directives`]: Cache-Control / CDN-Cache-Control parsing.
+//! - [`storable`]: may a shared cache store this response?
+//! - [`freshness`]: lifetime (with behaviour clamps), age, and the fresh/stale/revalidate decision.
+//! - [`key`]: primary keys from a behaviour's key policy, Vary secondary keys, Accept-Encoding.
+
+pub mod directives;
+pub mod freshness;
+pub mod key;
+pub mod storable;
+
+pub use directives::CacheControl;
+pub use freshness::{Behavior, Decision, Freshness, Timing};
+pub use key::{Encoding, KeyPolicy, QueryKey};
+pub use storable::NotStored;
