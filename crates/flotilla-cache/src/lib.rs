@@ -11,8 +11,10 @@ pub mod directives;
 pub mod freshness;
 pub mod key;
 pub mod storable;
+pub mod store;
 
 pub use directives::CacheControl;
 pub use freshness::{Behavior, Decision, Freshness, Timing};
 pub use key::{Encoding, KeyPolicy, QueryKey};
 pub use storable::NotStored;
+pub use store::{Entry, Lookup, MemoryStore, PathMatch};

@@ -15,6 +15,8 @@ pub struct Config {
     /// First match wins.
     pub routes: Vec<RouteConfig>,
     pub target_groups: BTreeMap<String, TargetGroupConfig>,
+    pub cache: CacheConfig,
+    pub cache_behaviors: BTreeMap<String, CacheBehaviorConfig>,
     /// Non-fatal findings (unset environment variables, groups with no targets) to log at start.
     pub warnings: Vec<String>,
 }
@@ -118,6 +120,51 @@ pub struct RouteConfig {
     pub host: HostPattern,
     pub path: PathPattern,
     pub target_group: String,
+    /// The cache behaviour for this route, if responses here are cached.
+    pub cache: Option<String>,
+}
+
+/// `[cache]`: the shared storage every cached route uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Byte budget of the in-memory tier (bodies plus an estimate of headers and keys).
+    pub memory: u64,
+    /// Larger responses pass through without being stored.
+    pub max_object: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { memory: 256 << 20, max_object: 8 << 20 }
+    }
+}
+
+/// `[cache_behaviors.NAME]`: TTL policy and key for the routes that name it (CloudFront's model).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheBehaviorConfig {
+    pub name: String,
+    pub min_ttl: Duration,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub compress: bool,
+    pub key: CacheKeyConfig,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheKeyConfig {
+    pub query: QueryKeyConfig,
+    /// Lower-case header names.
+    pub headers: Vec<String>,
+    pub cookies: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryKeyConfig {
+    All,
+    None,
+    Only(Vec<String>),
 }
 
 /// Which Host headers a route accepts.

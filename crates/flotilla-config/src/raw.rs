@@ -17,6 +17,47 @@ pub(crate) struct RawConfig {
     pub routes: Vec<S<RawRoute>>,
     #[serde(default)]
     pub target_groups: BTreeMap<S<String>, S<RawTargetGroup>>,
+    pub cache: Option<S<RawCache>>,
+    #[serde(default)]
+    pub cache_behaviors: BTreeMap<S<String>, S<RawBehavior>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCache {
+    pub memory: Option<S<SizeLit>>,
+    pub max_object: Option<S<SizeLit>>,
+    pub disk: Option<S<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBehavior {
+    pub min_ttl: Option<S<String>>,
+    pub default_ttl: Option<S<String>>,
+    pub max_ttl: Option<S<String>>,
+    pub compress: Option<S<bool>>,
+    pub key: Option<S<RawKey>>,
+    pub stale_while_revalidate: Option<S<String>>,
+    pub stale_if_error: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKey {
+    pub query: Option<S<QueryLit>>,
+    #[serde(default)]
+    pub headers: Vec<S<String>>,
+    #[serde(default)]
+    pub cookies: Vec<S<String>>,
+}
+
+/// `"all"`, `"none"`, or a list of parameter names.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum QueryLit {
+    Word(String),
+    List(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +127,7 @@ pub(crate) struct RawRoute {
     pub host: Option<S<String>>,
     pub path: Option<S<String>>,
     pub target_group: Option<S<String>>,
+    pub cache: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

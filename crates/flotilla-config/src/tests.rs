@@ -169,3 +169,51 @@ fn unset_token_is_a_warning_not_an_error() {
     assert_eq!(c.admin.unwrap().token, None);
     assert!(c.warnings.iter().any(|w| w.contains("UNSET_VAR")), "{:?}", c.warnings);
 }
+
+#[test]
+fn cache_behaviours_and_routes() {
+    let c = ok(r#"[edge]
+listen=["127.0.0.1:1"]
+[cache]
+memory = "64MiB"
+[cache_behaviors.static]
+default_ttl = "1h"
+key = { query = ["v", "w"], headers = ["X-Tenant"], cookies = ["lang"] }
+stale_if_error = "1d"
+[[routes]]
+path = "/static/*"
+target_group = "w"
+cache = "static"
+[target_groups.w]
+targets = ["127.0.0.1:2"]
+"#);
+    assert_eq!(c.cache.memory, 64 << 20);
+    let b = &c.cache_behaviors["static"];
+    assert_eq!(b.default_ttl, Duration::from_secs(3600));
+    assert_eq!(b.max_ttl, Duration::from_secs(365 * 86_400));
+    assert_eq!(b.key.query, QueryKeyConfig::Only(vec!["v".into(), "w".into()]));
+    assert_eq!(b.key.headers, vec!["x-tenant".to_string()]);
+    assert_eq!(c.routes[0].cache.as_deref(), Some("static"));
+}
+
+#[test]
+fn cache_errors_are_located() {
+    check_err(
+        r#"[edge]
+listen=["127.0.0.1:1"]
+[cache_behaviors.b]
+min_ttl = "1h"
+default_ttl = "1m"
+key = { query = "some" }
+[[routes]]
+target_group = "w"
+cache = "nope"
+[target_groups.w]
+"#,
+        &[
+            "flotilla.toml:3:1: cache_behaviors.b: need min_ttl <= default_ttl <= max_ttl (got 3600s, 60s, 31536000s)",
+            "flotilla.toml:6:17: cache_behaviors.b.key.query: \"some\" must be \"all\", \"none\" or a list of names",
+            "flotilla.toml:9:9: routes.cache \"nope\" is not a [cache_behaviors] entry (known: b)",
+        ],
+    );
+}

@@ -123,9 +123,17 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
         let g = target_group(cx, name.get_ref(), tg);
         target_groups.insert(name.get_ref().clone(), g);
     }
+    let cache = raw.cache.as_ref().map(|c| cache(cx, c)).unwrap_or_default();
+    let mut cache_behaviors = BTreeMap::new();
+    for (name, b) in &raw.cache_behaviors {
+        if !valid_name(name.get_ref()) {
+            cx.err(name, format!("cache behavior name {:?} must be letters, digits, '-' or '_'", name.get_ref()));
+        }
+        cache_behaviors.insert(name.get_ref().clone(), behavior(cx, name.get_ref(), b));
+    }
     let mut routes = Vec::new();
     for r in &raw.routes {
-        if let Some(route) = route(cx, r, &target_groups) {
+        if let Some(route) = route(cx, r, &target_groups, &cache_behaviors) {
             routes.push(route);
         }
     }
@@ -143,6 +151,8 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
         admin,
         routes,
         target_groups,
+        cache,
+        cache_behaviors,
         warnings: std::mem::take(&mut cx.warnings),
     })
 }
@@ -277,7 +287,12 @@ fn admin(cx: &mut Ctx<'_>, raw: &S<RawAdmin>) -> Option<AdminConfig> {
     Some(AdminConfig { listen, token })
 }
 
-fn route(cx: &mut Ctx<'_>, raw: &S<RawRoute>, groups: &BTreeMap<String, TargetGroupConfig>) -> Option<RouteConfig> {
+fn route(
+    cx: &mut Ctx<'_>,
+    raw: &S<RawRoute>,
+    groups: &BTreeMap<String, TargetGroupConfig>,
+    behaviors: &BTreeMap<String, CacheBehaviorConfig>,
+) -> Option<RouteConfig> {
     let r = raw.get_ref();
     let host = match &r.host {
         None => HostPattern::Any,
@@ -323,7 +338,95 @@ fn route(cx: &mut Ctx<'_>, raw: &S<RawRoute>, groups: &BTreeMap<String, TargetGr
         let known: Vec<_> = groups.keys().map(String::as_str).collect();
         cx.err(tg, format!("routes.target_group {:?} is not defined (known: {})", tg.get_ref(), known.join(", ")));
     }
-    Some(RouteConfig { host, path, target_group: tg.get_ref().clone() })
+    let cache = r.cache.as_ref().map(|c| {
+        if !behaviors.contains_key(c.get_ref()) {
+            let known: Vec<_> = behaviors.keys().map(String::as_str).collect();
+            cx.err(
+                c,
+                format!(
+                    "routes.cache {:?} is not a [cache_behaviors] entry (known: {})",
+                    c.get_ref(),
+                    known.join(", ")
+                ),
+            );
+        }
+        c.get_ref().clone()
+    });
+    Some(RouteConfig { host, path, target_group: tg.get_ref().clone(), cache })
+}
+
+fn cache(cx: &mut Ctx<'_>, raw: &S<RawCache>) -> CacheConfig {
+    let r = raw.get_ref();
+    let d = CacheConfig::default();
+    let c = CacheConfig {
+        memory: cx.size(&r.memory, "cache.memory", d.memory),
+        max_object: cx.size(&r.max_object, "cache.max_object", d.max_object),
+    };
+    if c.memory < 1 << 20 {
+        if let Some(m) = &r.memory {
+            cx.err(m, "cache.memory must be at least 1MiB");
+        }
+    }
+    if r.disk.is_some() {
+        cx.warnings.push("cache.disk is not implemented yet: only the memory tier is used".into());
+    }
+    c
+}
+
+fn behavior(cx: &mut Ctx<'_>, name: &str, raw: &S<RawBehavior>) -> CacheBehaviorConfig {
+    let r = raw.get_ref();
+    let key = |k: &str| format!("cache_behaviors.{name}.{k}");
+    let min_ttl = cx.duration(&r.min_ttl, &key("min_ttl"), Duration::ZERO);
+    let default_ttl = cx.duration(&r.default_ttl, &key("default_ttl"), Duration::from_secs(86_400));
+    let max_ttl = cx.duration(&r.max_ttl, &key("max_ttl"), Duration::from_secs(365 * 86_400));
+    if !(min_ttl <= default_ttl && default_ttl <= max_ttl) {
+        cx.err(
+            raw,
+            format!("cache_behaviors.{name}: need min_ttl <= default_ttl <= max_ttl (got {min_ttl:?}, {default_ttl:?}, {max_ttl:?})"),
+        );
+    }
+    let compress = r.compress.as_ref().is_some_and(|c| *c.get_ref());
+    if compress {
+        cx.warnings
+            .push(format!("{}: compression is not implemented yet; responses are cached as sent", key("compress")));
+    }
+    let key_cfg = match &r.key {
+        None => CacheKeyConfig { query: QueryKeyConfig::All, headers: vec![], cookies: vec![] },
+        Some(k) => {
+            let k = k.get_ref();
+            let query = match k.query.as_ref().map(|q| (q, q.get_ref())) {
+                None => QueryKeyConfig::All,
+                Some((_, QueryLit::Word(w))) if w == "all" => QueryKeyConfig::All,
+                Some((_, QueryLit::Word(w))) if w == "none" => QueryKeyConfig::None,
+                Some((_, QueryLit::List(l))) => QueryKeyConfig::Only(l.clone()),
+                Some((q, QueryLit::Word(w))) => {
+                    cx.err(q, format!("{}: {w:?} must be \"all\", \"none\" or a list of names", key("key.query")));
+                    QueryKeyConfig::All
+                }
+            };
+            let headers = k
+                .headers
+                .iter()
+                .map(|h| {
+                    if !http_token(h.get_ref()) {
+                        cx.err(h, format!("{}: {:?} is not a header name", key("key.headers"), h.get_ref()));
+                    }
+                    h.get_ref().to_ascii_lowercase()
+                })
+                .collect();
+            CacheKeyConfig { query, headers, cookies: k.cookies.iter().map(|c| c.get_ref().clone()).collect() }
+        }
+    };
+    CacheBehaviorConfig {
+        name: name.to_string(),
+        min_ttl,
+        default_ttl,
+        max_ttl,
+        compress,
+        key: key_cfg,
+        stale_while_revalidate: cx.duration(&r.stale_while_revalidate, &key("stale_while_revalidate"), Duration::ZERO),
+        stale_if_error: cx.duration(&r.stale_if_error, &key("stale_if_error"), Duration::ZERO),
+    }
 }
 
 fn target_group(cx: &mut Ctx<'_>, name: &str, raw: &S<RawTargetGroup>) -> TargetGroupConfig {

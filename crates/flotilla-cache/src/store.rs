@@ -1,0 +1,229 @@
+//! The memory tier: primary key → the stored variants of that URL (one per Vary secondary key).
+//! moka gives a byte-bounded cache with TinyLFU admission and LRU eviction; invalidation by
+//! path, URL or tag uses its predicates, which hide matching entries from lookups at once.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName};
+use http::StatusCode;
+
+use crate::freshness::Freshness;
+use crate::key;
+
+/// One stored response.
+#[derive(Debug)]
+pub struct Entry {
+    pub status: StatusCode,
+    /// As received, minus hop-by-hop fields, `Age` and `Set-Cookie`.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub freshness: Freshness,
+    /// The request's values for the response's Vary headers.
+    pub secondary: String,
+    /// Lower-case host and path of the request it answered (for invalidation).
+    pub host: String,
+    pub path: String,
+    /// From `Surrogate-Key` / `Cache-Tag`.
+    pub tags: Vec<String>,
+}
+
+impl Entry {
+    fn weight(&self) -> u64 {
+        let headers: usize = self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
+        (self.body.len() + headers + self.path.len() + self.secondary.len() + 256) as u64
+    }
+}
+
+/// All stored variants of one primary key.
+#[derive(Debug, Default)]
+pub struct Variants {
+    pub vary: Vec<HeaderName>,
+    pub entries: Vec<Arc<Entry>>,
+}
+
+/// Which entries an invalidation removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    /// `/img/*` → every path starting with `/img/`; `/*` → everything.
+    Prefix(String),
+}
+
+impl PathMatch {
+    pub fn parse(p: &str) -> Self {
+        match p.strip_suffix('*') {
+            Some(prefix) => PathMatch::Prefix(prefix.to_string()),
+            None => PathMatch::Exact(p.to_string()),
+        }
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => p == path,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        }
+    }
+}
+
+pub enum Lookup {
+    Miss,
+    /// The URL is stored, but not for this request's Vary values.
+    VaryMiss,
+    Hit(Arc<Entry>),
+}
+
+pub struct MemoryStore {
+    cache: moka::sync::Cache<String, Arc<Variants>>,
+}
+
+impl MemoryStore {
+    pub fn new(budget_bytes: u64) -> Self {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(budget_bytes)
+            .weigher(|k: &String, v: &Arc<Variants>| {
+                let w: u64 = v.entries.iter().map(|e| e.weight()).sum::<u64>() + k.len() as u64;
+                w.min(u64::from(u32::MAX)) as u32
+            })
+            .support_invalidation_closures()
+            .build();
+        Self { cache }
+    }
+
+    pub fn lookup(&self, primary: &str, request: &HeaderMap) -> Lookup {
+        let Some(variants) = self.cache.get(primary) else { return Lookup::Miss };
+        let secondary = key::secondary(&variants.vary, request);
+        match variants.entries.iter().find(|e| e.secondary == secondary) {
+            Some(e) => Lookup::Hit(e.clone()),
+            None => Lookup::VaryMiss,
+        }
+    }
+
+    /// Stores `entry` for `primary`, replacing the variant with the same secondary key. A
+    /// response that varies on a different set of headers replaces all variants.
+    pub fn insert(&self, primary: String, vary: Vec<HeaderName>, entry: Entry) {
+        let entry = Arc::new(entry);
+        let mut next = Variants { vary: vary.clone(), entries: vec![entry.clone()] };
+        if let Some(old) = self.cache.get(&primary) {
+            if old.vary == vary {
+                next.entries.extend(old.entries.iter().filter(|e| e.secondary != entry.secondary).take(31).cloned());
+            }
+        }
+        self.cache.insert(primary, Arc::new(next));
+    }
+
+    pub fn remove(&self, primary: &str) {
+        self.cache.invalidate(primary);
+    }
+
+    /// Removes every entry whose path matches one of `paths` (any host).
+    pub fn invalidate_paths(&self, paths: Vec<PathMatch>) {
+        if paths.iter().any(|p| *p == PathMatch::Prefix("/".into())) {
+            return self.invalidate_all();
+        }
+        self.predicate(move |v| v.entries.iter().any(|e| paths.iter().any(|p| p.matches(&e.path))));
+    }
+
+    /// Removes the entries for one URL (after a successful unsafe request to it, RFC 9111 §4.4).
+    pub fn invalidate_url(&self, host: &str, path: &str) {
+        let (host, path) = (host.to_string(), path.to_string());
+        self.predicate(move |v| v.entries.iter().any(|e| e.host == host && e.path == path));
+    }
+
+    pub fn invalidate_tags(&self, tags: Vec<String>) {
+        self.predicate(move |v| v.entries.iter().any(|e| e.tags.iter().any(|t| tags.contains(t))));
+    }
+
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    fn predicate(&self, f: impl Fn(&Arc<Variants>) -> bool + Send + Sync + 'static) {
+        if self.cache.invalidate_entries_if(move |_, v| f(v)).is_err() {
+            // Only fails if closures were not enabled at build time, which `new` always does.
+            self.cache.invalidate_all();
+        }
+    }
+
+    /// (entries, weighted bytes) — moka's counts are eventually consistent.
+    pub fn usage(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::directives::CacheControl;
+    use crate::freshness::Timing;
+
+    fn entry(host: &str, path: &str, secondary: &str, tags: &[&str], body: usize) -> Entry {
+        let now = SystemTime::now();
+        Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from(vec![b'x'; body]),
+            freshness: Freshness::new(
+                &CacheControl::default(),
+                Duration::from_secs(60),
+                Timing::new(now, now, &HeaderMap::new()),
+                None,
+            ),
+            secondary: secondary.into(),
+            host: host.into(),
+            path: path.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    fn hit(s: &MemoryStore, key: &str) -> bool {
+        matches!(s.lookup(key, &HeaderMap::new()), Lookup::Hit(_))
+    }
+
+    #[test]
+    fn variants_by_vary_and_replacement() {
+        let s = MemoryStore::new(1 << 20);
+        let ae = vec![http::header::ACCEPT_ENCODING];
+        let mut br = HeaderMap::new();
+        br.insert(http::header::ACCEPT_ENCODING, "br".parse().unwrap());
+        s.insert("k".into(), ae.clone(), entry("h", "/a", &key::secondary(&ae, &br), &[], 10));
+        assert!(matches!(s.lookup("k", &br), Lookup::Hit(_)));
+        assert!(matches!(s.lookup("k", &HeaderMap::new()), Lookup::VaryMiss));
+        s.insert("k".into(), ae.clone(), entry("h", "/a", &key::secondary(&ae, &HeaderMap::new()), &[], 10));
+        assert!(matches!(s.lookup("k", &br), Lookup::Hit(_)), "other variants are kept");
+        assert!(hit(&s, "k"));
+        assert!(matches!(s.lookup("nope", &br), Lookup::Miss));
+    }
+
+    #[test]
+    fn invalidation_by_path_prefix_url_and_tag() {
+        let s = MemoryStore::new(1 << 20);
+        s.insert("1".into(), vec![], entry("a", "/static/app.css", "", &[], 10));
+        s.insert("2".into(), vec![], entry("a", "/img/1.png", "", &["product-42"], 10));
+        s.insert("3".into(), vec![], entry("a", "/img/2.png", "", &[], 10));
+        s.insert("4".into(), vec![], entry("b", "/page", "", &[], 10));
+        s.invalidate_tags(vec!["product-42".into()]);
+        assert!(!hit(&s, "2") && hit(&s, "3"));
+        s.invalidate_paths(vec![PathMatch::parse("/img/*")]);
+        assert!(!hit(&s, "3") && hit(&s, "1"));
+        s.invalidate_url("a", "/page");
+        assert!(hit(&s, "4"), "another host's URL is untouched");
+        s.invalidate_url("b", "/page");
+        assert!(!hit(&s, "4"));
+        s.invalidate_paths(vec![PathMatch::parse("/*")]);
+        assert!(!hit(&s, "1"));
+    }
+
+    #[test]
+    fn the_byte_budget_is_enforced() {
+        let s = MemoryStore::new(1 << 20);
+        for i in 0..64 {
+            s.insert(format!("k{i}"), vec![], entry("h", &format!("/{i}"), "", &[], 64 * 1024));
+        }
+        let (_, bytes) = s.usage();
+        assert!(bytes <= 1 << 20, "{bytes} bytes stored in a 1 MiB budget");
+    }
+}
