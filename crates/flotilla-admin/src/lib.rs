@@ -40,6 +40,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/target-groups/{name}/targets", post(register))
         .route("/api/v1/target-groups/{name}/targets/{addr}", delete(deregister))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/invalidations", post(invalidate))
+        .route("/api/v1/invalidations/{id}", get(invalidation))
+        .route("/api/v1/deployments", post(deployment))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
         .with_state(state)
 }
@@ -51,6 +54,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// Parses a JSON body whatever its Content-Type (`curl -d` sends a form type by default).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -126,14 +134,14 @@ async fn register(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<RegisterBody>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
-    let Json(body) = match body {
+    let body: RegisterBody = match json_body(&body) {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e.body_text()),
+        Err(r) => return r,
     };
     let Ok(addr) = body.addr.parse::<SocketAddr>() else {
         return error(StatusCode::BAD_REQUEST, "addr must be ip:port, e.g. \"127.0.0.1:9003\"");
@@ -181,6 +189,63 @@ async fn reload(State(state): State<AdminState>, headers: HeaderMap) -> Response
         Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed"),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvalidationBody {
+    #[serde(default)]
+    paths: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+fn invalidation_json(i: &flotilla_edge::Invalidation) -> serde_json::Value {
+    let created = i.created_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    json!({
+        "id": i.id,
+        "status": "completed",
+        "paths": i.paths,
+        "tags": i.tags,
+        "all": i.all,
+        "created_at": time::rfc3339(created),
+        "duration_ms": i.duration.as_secs_f64() * 1000.0,
+    })
+}
+
+/// Applied on every worker before the 202 is sent (the store is shared).
+async fn invalidate(State(state): State<AdminState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    let body: InvalidationBody = match json_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if body.paths.is_empty() && body.tags.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "give \"paths\" (e.g. [\"/img/*\"]) or \"tags\"");
+    }
+    if let Some(bad) = body.paths.iter().find(|p| !p.starts_with('/') || p[..p.len().saturating_sub(1)].contains('*')) {
+        return error(StatusCode::BAD_REQUEST, &format!("path {bad:?} must start with '/' and may end with '*' only"));
+    }
+    let record = state.edge.invalidate(body.paths, body.tags, false);
+    (StatusCode::ACCEPTED, Json(invalidation_json(&record))).into_response()
+}
+
+async fn invalidation(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    match id.parse::<u64>().ok().and_then(|id| state.edge.invalidation(id)) {
+        Some(i) => Json(invalidation_json(&i)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such invalidation (the last 1000 are kept)"),
+    }
+}
+
+/// A deployment invalidates everything cached (CloudFront's "invalidate on deploy").
+async fn deployment(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    let record = state.edge.invalidate(vec![], vec![], true);
+    (StatusCode::ACCEPTED, Json(invalidation_json(&record))).into_response()
 }
 
 #[cfg(test)]

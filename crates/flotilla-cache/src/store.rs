@@ -102,7 +102,11 @@ impl MemoryStore {
     /// Stores `entry` for `primary`, replacing the variant with the same secondary key. A
     /// response that varies on a different set of headers replaces all variants.
     pub fn insert(&self, primary: String, vary: Vec<HeaderName>, entry: Entry) {
-        let entry = Arc::new(entry);
+        self.insert_arc(primary, vary, Arc::new(entry));
+    }
+
+    /// As [`MemoryStore::insert`], for an entry the caller keeps serving from.
+    pub fn insert_arc(&self, primary: String, vary: Vec<HeaderName>, entry: Arc<Entry>) {
         let mut next = Variants { vary: vary.clone(), entries: vec![entry.clone()] };
         if let Some(old) = self.cache.get(&primary) {
             if old.vary == vary {

@@ -5,6 +5,7 @@
 //! The edge knows nothing of the fleet: targets arrive from config or from [`Edge::register`].
 
 mod balance;
+mod cached;
 mod error;
 mod framing;
 mod group;
@@ -30,6 +31,7 @@ use flotilla_config::{Config, Limits, TargetConfig, Timeouts};
 use http::header::HeaderName;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+pub use cached::Invalidation;
 pub use error::EdgeError;
 pub use proxy::Body;
 pub use target::TargetState;
@@ -53,6 +55,7 @@ pub(crate) struct Runtime {
 pub(crate) struct Shared {
     runtime: ArcSwap<Runtime>,
     metrics: Arc<EdgeMetrics>,
+    cache: cached::EdgeCache,
     connect_timeout: Duration,
     health_client: health::Client,
     tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
@@ -101,6 +104,7 @@ impl Edge {
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime::empty(cfg)),
             metrics,
+            cache: cached::EdgeCache::new(&cfg.cache),
             connect_timeout: cfg.edge.timeouts.connect,
             health_client: health::client(),
             tls: ArcSwapOption::from(tls.map(Arc::new)),
@@ -196,7 +200,7 @@ impl Edge {
             }
         }
         let mut rt = Runtime::empty(cfg);
-        rt.routes = route::Routes::new(&cfg.routes, &groups);
+        rt.routes = route::Routes::new(&cfg.routes, &groups, &cfg.cache_behaviors, &self.shared.metrics);
         rt.groups = groups;
         self.shared.runtime.store(Arc::new(rt));
     }
@@ -264,6 +268,19 @@ impl Edge {
         self.shared.runtime.load().groups.get(name).cloned().ok_or_else(|| group::not_found(name))
     }
 
+    /// Invalidates cached responses by path (`/a.css`, `/img/*`), by tag, or all; in effect for
+    /// every worker when this returns.
+    pub fn invalidate(&self, paths: Vec<String>, tags: Vec<String>, all: bool) -> Invalidation {
+        self.shared.metrics.cache_invalidations.inc();
+        let record = self.shared.cache.invalidate(paths, tags, all);
+        tracing::info!(id = record.id, paths = ?record.paths, tags = ?record.tags, all, "cache invalidated");
+        record
+    }
+
+    pub fn invalidation(&self, id: u64) -> Option<Invalidation> {
+        self.shared.cache.invalidation(id)
+    }
+
     /// Prometheus text exposition of the edge's metrics.
     pub fn encode_metrics(&self) -> String {
         let rt = self.shared.runtime.load();
@@ -290,7 +307,7 @@ impl Runtime {
         let https_redirect =
             cfg.edge.tls.as_ref().filter(|t| t.redirect_http).and_then(|t| t.listen.first()).map(|a| a.port());
         Self {
-            routes: route::Routes::new(&[], &HashMap::new()),
+            routes: route::Routes::empty(),
             groups: HashMap::new(),
             https_redirect,
             request_id_header: HeaderName::from_bytes(cfg.edge.request_id_header.as_bytes())

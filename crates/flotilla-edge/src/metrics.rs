@@ -27,6 +27,13 @@ pub struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub behavior: String,
+    /// hit | miss | stale | pass
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     /// Who failed and how, e.g. "client_bad_request", "no_route", "target_connect", "target_timeout".
     pub kind: &'static str,
@@ -46,6 +53,8 @@ pub struct EdgeMetrics {
     pub fail_open: Family<GroupLabels, Counter>,
     pub ejections: Family<GroupLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
+    pub cache: Family<CacheLabels, Counter>,
+    pub cache_invalidations: Counter,
     pub active_connections: Gauge,
     pub connections: Counter,
 }
@@ -65,6 +74,8 @@ impl EdgeMetrics {
         let fail_open = Family::<GroupLabels, Counter>::default();
         let ejections = Family::<GroupLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
+        let cache = Family::<CacheLabels, Counter>::default();
+        let cache_invalidations = Counter::default();
         let active_connections = Gauge::default();
         let connections = Counter::default();
         registry.register(
@@ -90,6 +101,12 @@ impl EdgeMetrics {
         );
         registry.register("target_ejections", "Targets ejected by passive health checks", ejections.clone());
         registry.register("edge_errors", "Responses the edge generated itself, by cause", errors.clone());
+        registry.register(
+            "cache_requests",
+            "Requests on cached routes by behaviour and result (hit, miss, stale, pass)",
+            cache.clone(),
+        );
+        registry.register("cache_invalidations", "Invalidation requests applied", cache_invalidations.clone());
         registry.register("active_connections", "Open client connections", active_connections.clone());
         registry.register("connections", "Client connections accepted", connections.clone());
         Self {
@@ -101,6 +118,8 @@ impl EdgeMetrics {
             fail_open,
             ejections,
             errors,
+            cache,
+            cache_invalidations,
             active_connections,
             connections,
         }

@@ -119,18 +119,46 @@ async fn forward(
             return Ok(redirect_to_https(&host, port, req.uri()));
         }
     }
-    let group = rt.routes.find(&host, req.uri().path()).ok_or(ProxyError::NoRoute)?.clone();
+    let route = rt.routes.find(&host, req.uri().path()).ok_or(ProxyError::NoRoute)?;
+    let group = route.group.clone();
     out.group = Some(group.clone());
     if req.version() != Version::HTTP_2 && headers::is_upgrade(req.headers()) {
         // Boxed: a rare path whose state would otherwise enlarge every request's future (which
         // tokio copies on each HTTP/2 stream spawn).
         return Box::pin(upgrade::forward(shared, &group, conn, req, &host, rid, out)).await;
     }
+    if let Some(rule) = route.cache.clone() {
+        let cx = Origin { shared, rt, conn, group: &group, host: &host, rid };
+        return Box::pin(crate::cached::serve(cx, &rule, req, out)).await;
+    }
+    origin(Origin { shared, rt, conn, group: &group, host: &host, rid }, req, out).await
+}
+
+/// Everything the origin phase needs besides the request itself.
+#[derive(Clone, Copy)]
+pub(crate) struct Origin<'a> {
+    pub shared: &'a Shared,
+    pub rt: &'a Runtime,
+    pub conn: &'a Conn,
+    pub group: &'a Arc<TargetGroup>,
+    pub host: &'a str,
+    pub rid: &'a HeaderValue,
+}
+
+/// The origin phase: read the body, rewrite headers, pick a target, send (retrying where safe),
+/// rewrite the response.
+pub(crate) async fn origin(
+    cx: Origin<'_>,
+    req: Request<Incoming>,
+    out: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let Origin { shared, rt, conn, group, host, rid } = cx;
+    let _ = shared;
     let cfg = group.config();
     let (mut parts, body) = req.into_parts();
     let fault = BodyFault::default();
     let mut body = read_body(body, rt, &fault).await?;
-    prepare_headers(&mut parts, conn, &host, rid, &rt.request_id_header, false);
+    prepare_headers(&mut parts, conn, host, rid, &rt.request_id_header, false);
 
     let sticky_in = cfg.stickiness.enabled.then(|| headers::cookie(&parts.headers, &cfg.stickiness.cookie)).flatten();
     let ip_bytes;

@@ -1,16 +1,62 @@
-//! The route table: first match on (host, path prefix) wins, as ALB listener rules do.
+//! The route table: first match on (host, path prefix) wins, as ALB listener rules do. A route
+//! may name a cache behaviour; its rule (TTL policy, key policy, counters) is resolved here once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use flotilla_config::{HostPattern, PathPattern};
+use flotilla_cache::{Behavior, KeyPolicy, QueryKey};
+use flotilla_config::{CacheBehaviorConfig, HostPattern, PathPattern, QueryKeyConfig};
+use http::header::HeaderName;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::group::TargetGroup;
+use crate::metrics::{CacheLabels, EdgeMetrics};
 
 pub(crate) struct Route {
     pub host: HostPattern,
     pub path: PathPattern,
     pub group: Arc<TargetGroup>,
+    pub cache: Option<Arc<CacheRule>>,
+}
+
+/// A cache behaviour as the request path uses it.
+pub(crate) struct CacheRule {
+    pub behavior: Behavior,
+    pub key: KeyPolicy,
+    pub hits: Counter,
+    pub misses: Counter,
+    pub stale: Counter,
+    pub passes: Counter,
+}
+
+impl CacheRule {
+    fn new(cfg: &CacheBehaviorConfig, metrics: &EdgeMetrics) -> Self {
+        let counter = |result: &'static str| {
+            metrics.cache.get_or_create(&CacheLabels { behavior: cfg.name.clone(), result }).clone()
+        };
+        Self {
+            behavior: Behavior {
+                min_ttl: cfg.min_ttl,
+                default_ttl: cfg.default_ttl,
+                max_ttl: cfg.max_ttl,
+                stale_while_revalidate: cfg.stale_while_revalidate,
+                stale_if_error: cfg.stale_if_error,
+            },
+            key: KeyPolicy {
+                query: match &cfg.key.query {
+                    QueryKeyConfig::All => QueryKey::All,
+                    QueryKeyConfig::None => QueryKey::None,
+                    QueryKeyConfig::Only(names) => QueryKey::Only(names.clone()),
+                },
+                headers: cfg.key.headers.iter().filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()).collect(),
+                cookies: cfg.key.cookies.clone(),
+            },
+            hits: counter("hit"),
+            misses: counter("miss"),
+            stale: counter("stale"),
+            passes: counter("pass"),
+        }
+    }
 }
 
 pub(crate) struct Routes {
@@ -18,17 +64,33 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    pub(crate) fn new(cfg: &[flotilla_config::RouteConfig], groups: &HashMap<String, Arc<TargetGroup>>) -> Self {
+    pub(crate) fn empty() -> Self {
+        Self { routes: Vec::new() }
+    }
+
+    pub(crate) fn new(
+        cfg: &[flotilla_config::RouteConfig],
+        groups: &HashMap<String, Arc<TargetGroup>>,
+        behaviors: &BTreeMap<String, CacheBehaviorConfig>,
+        metrics: &EdgeMetrics,
+    ) -> Self {
+        let rules: HashMap<&str, Arc<CacheRule>> =
+            behaviors.iter().map(|(name, b)| (name.as_str(), Arc::new(CacheRule::new(b, metrics)))).collect();
         let routes = cfg
             .iter()
             .filter_map(|r| {
-                Some(Route { host: r.host.clone(), path: r.path.clone(), group: groups.get(&r.target_group)?.clone() })
+                Some(Route {
+                    host: r.host.clone(),
+                    path: r.path.clone(),
+                    group: groups.get(&r.target_group)?.clone(),
+                    cache: r.cache.as_deref().and_then(|c| rules.get(c).cloned()),
+                })
             })
             .collect();
         Self { routes }
     }
 
-    pub(crate) fn find(&self, host: &str, path: &str) -> Option<&Arc<TargetGroup>> {
-        self.routes.iter().find(|r| r.host.matches(host) && r.path.matches(path)).map(|r| &r.group)
+    pub(crate) fn find(&self, host: &str, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.host.matches(host) && r.path.matches(path))
     }
 }

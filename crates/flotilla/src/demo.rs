@@ -20,12 +20,18 @@ struct App {
     id: String,
     healthy: AtomicBool,
     requests: AtomicU64,
+    cached_hits: AtomicU64,
 }
 
 type Shared = Arc<App>;
 
 pub async fn run(bind: IpAddr, port: u16, id: String) -> anyhow::Result<()> {
-    let app = Arc::new(App { id: id.clone(), healthy: AtomicBool::new(true), requests: AtomicU64::new(0) });
+    let app = Arc::new(App {
+        id: id.clone(),
+        healthy: AtomicBool::new(true),
+        requests: AtomicU64::new(0),
+        cached_hits: AtomicU64::new(0),
+    });
     let router = Router::new()
         .route("/", get(index))
         .route("/whoami", get(whoami))
@@ -36,6 +42,7 @@ pub async fn run(bind: IpAddr, port: u16, id: String) -> anyhow::Result<()> {
         .route("/status/{code}", any(status))
         .route("/echo", any(echo))
         .route("/ws", get(ws))
+        .route("/cached", any(cached))
         .route("/static/{*file}", get(static_file))
         .with_state(app);
     let addr = SocketAddr::new(bind, port);
@@ -130,6 +137,31 @@ async fn echo(
         "headers": headers,
         "body_len": body.len(),
     }))
+}
+
+/// A response whose caching headers come from the query (`cc`, `vary`, `tag`, `etag`, `ms` to
+/// delay), and whose body counts the requests this endpoint has served, so a test can tell an
+/// origin fetch from a cache hit.
+async fn cached(
+    State(app): State<Shared>,
+    method: Method,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let n = app.cached_hits.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Some(ms) = q.get("ms").and_then(|m| m.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
+    }
+    let mut resp = format!("{} {} {n}\n", app.id, method).into_response();
+    let h = resp.headers_mut();
+    for (param, name) in [("cc", header::CACHE_CONTROL), ("vary", header::VARY), ("etag", header::ETAG)] {
+        if let Some(v) = q.get(param).and_then(|v| header::HeaderValue::from_str(v).ok()) {
+            h.insert(name, v);
+        }
+    }
+    if let Some(v) = q.get("tag").and_then(|v| header::HeaderValue::from_str(v).ok()) {
+        h.insert("surrogate-key", v);
+    }
+    resp
 }
 
 async fn ws(upgrade: WebSocketUpgrade, State(app): State<Shared>) -> Response {

@@ -1,0 +1,447 @@
+//! The cache layer for routes with a cache behaviour: look up → serve a fresh hit, or fetch from
+//! the origin once per key however many requests miss at the same moment (coalescing), store
+//! what RFC 9111 allows, and answer with `Age` and `Cache-Status` (RFC 9211).
+//!
+//! Not yet here (see issue 3): conditional revalidation with the origin (a stale entry is
+//! refetched whole), background stale-while-revalidate (stale entries are refetched in the
+//! request), compression, the disk tier, ranges. Each of those only makes the cache serve more;
+//! what is here never serves something RFC 9111 forbids.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use flotilla_cache::freshness::{self, Freshness, Timing};
+use flotilla_cache::storable::{self, Exchange};
+use flotilla_cache::{key, CacheControl, Decision, Entry, Lookup, MemoryStore, NotStored, PathMatch};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Frame, Incoming};
+use tokio::sync::watch;
+
+use crate::error::ProxyError;
+use crate::proxy::{origin, Body, BoxError, Origin, Outcome};
+use crate::route::CacheRule;
+
+/// Keys whose last response could not be stored skip coalescing for this long, so uncacheable
+/// URLs are not fetched one request at a time (Varnish's hit-for-miss).
+const PASS_FOR: Duration = Duration::from_secs(10);
+
+/// Shared by all workers: the store, in-flight fetches, recent invalidations.
+pub(crate) struct EdgeCache {
+    pub store: MemoryStore,
+    max_object: usize,
+    inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    pass: moka::sync::Cache<String, ()>,
+    invalidations: Mutex<VecDeque<Invalidation>>,
+    next_id: AtomicU64,
+}
+
+/// One applied invalidation, as the admin API reports it.
+#[derive(Debug, Clone)]
+pub struct Invalidation {
+    pub id: u64,
+    pub paths: Vec<String>,
+    pub tags: Vec<String>,
+    pub all: bool,
+    pub created_at: SystemTime,
+    pub duration: Duration,
+}
+
+enum Join<'a> {
+    Leader(Flight<'a>),
+    Follower(watch::Receiver<bool>),
+}
+
+/// The leader's claim on a key; dropping it (however the fetch ends) wakes the followers.
+struct Flight<'a> {
+    cache: &'a EdgeCache,
+    key: String,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.cache.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+        let _ = self.done.send(true);
+    }
+}
+
+impl EdgeCache {
+    pub(crate) fn new(cfg: &flotilla_config::CacheConfig) -> Self {
+        Self {
+            store: MemoryStore::new(cfg.memory),
+            max_object: cfg.max_object.min(usize::MAX as u64) as usize,
+            inflight: Mutex::new(HashMap::new()),
+            pass: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(PASS_FOR).build(),
+            invalidations: Mutex::new(VecDeque::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn join(&self, key: &str) -> Join<'_> {
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = map.get(key) {
+            return Join::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(false);
+        map.insert(key.to_string(), rx);
+        Join::Leader(Flight { cache: self, key: key.to_string(), done: tx })
+    }
+
+    /// Applies an invalidation before returning (lookups stop seeing matching entries at once).
+    pub(crate) fn invalidate(&self, paths: Vec<String>, tags: Vec<String>, all: bool) -> Invalidation {
+        let started = std::time::Instant::now();
+        if all {
+            self.store.invalidate_all();
+        } else {
+            if !paths.is_empty() {
+                self.store.invalidate_paths(paths.iter().map(|p| PathMatch::parse(p)).collect());
+            }
+            if !tags.is_empty() {
+                self.store.invalidate_tags(tags.clone());
+            }
+        }
+        let record = Invalidation {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            paths,
+            tags,
+            all,
+            created_at: SystemTime::now(),
+            duration: started.elapsed(),
+        };
+        let mut log = self.invalidations.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() >= 1000 {
+            log.pop_front();
+        }
+        log.push_back(record.clone());
+        record
+    }
+
+    pub(crate) fn invalidation(&self, id: u64) -> Option<Invalidation> {
+        self.invalidations.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|i| i.id == id).cloned()
+    }
+}
+
+/// Serves one request on a cached route.
+pub(crate) async fn serve(
+    cx: Origin<'_>,
+    rule: &CacheRule,
+    mut req: Request<Incoming>,
+    out: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let cache = &cx.shared.cache;
+    let path = req.uri().path().to_string();
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let resp = origin(cx, req, out).await?;
+        if resp.status().is_success() || resp.status().is_redirection() {
+            // RFC 9111 §4.4: a successful unsafe request invalidates the URL.
+            cache.store.invalidate_url(cx.host, &path);
+        }
+        return Ok(with_cache_status(resp, "flotilla; fwd=method"));
+    }
+    let primary = key::primary(&rule.key, cx.host, &path, req.uri().query(), req.headers());
+    let req_cc = request_directives(req.headers());
+    let mut collapsed = false;
+    let (stale, fwd, _flight) = loop {
+        let (found, fwd) = match cache.store.lookup(&primary, req.headers()) {
+            Lookup::Hit(e) => (Some(e), "stale"),
+            Lookup::VaryMiss => (None, "vary-miss"),
+            Lookup::Miss => (None, "miss"),
+        };
+        if let Some(e) = &found {
+            match e.freshness.decide(&req_cc, SystemTime::now()) {
+                Decision::Fresh { ttl } => {
+                    rule.hits.inc();
+                    let status =
+                        format!("flotilla; hit; ttl={}{}", ttl.as_secs(), if collapsed { "; collapsed" } else { "" });
+                    return Ok(respond(e, &req, &status));
+                }
+                Decision::StaleAllowed => {
+                    rule.stale.inc();
+                    let over = e.freshness.timing.current_age(SystemTime::now()).saturating_sub(e.freshness.lifetime);
+                    return Ok(respond(e, &req, &format!("flotilla; hit; ttl=-{}", over.as_secs())));
+                }
+                Decision::StaleWhileRevalidate | Decision::Revalidate => {}
+            }
+        }
+        let fwd = if req_cc.no_cache && found.is_some() { "request" } else { fwd };
+        if req_cc.only_if_cached {
+            return Ok(gateway_timeout_only_if_cached());
+        }
+        if cache.pass.contains_key(&primary) {
+            break (found, fwd, None);
+        }
+        match cache.join(&primary) {
+            Join::Leader(flight) => break (found, fwd, Some(flight)),
+            Join::Follower(mut rx) => {
+                collapsed = true;
+                let _ = tokio::time::timeout(cx.rt.timeouts.target_response, rx.wait_for(|done| *done)).await;
+            }
+        }
+    };
+
+    // Ask for the full object: the client's own validators and ranges are answered from it.
+    let client_conditions = strip_conditionals(req.headers_mut());
+    let request_time = SystemTime::now();
+    let head = req.method() == Method::HEAD;
+    let resp = match origin(cx, req, out).await {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(s) = stale.as_ref().filter(|s| s.freshness.usable_on_error(SystemTime::now())) {
+                rule.stale.inc();
+                return Ok(respond_with(s, &client_conditions, head, "flotilla; fwd=stale; detail=stale-if-error"));
+            }
+            return Err(e);
+        }
+    };
+    if resp.status().is_server_error() {
+        if let Some(s) = stale.as_ref().filter(|s| s.freshness.usable_on_error(SystemTime::now())) {
+            rule.stale.inc();
+            let status = format!("flotilla; fwd=stale; fwd-status={}; detail=stale-if-error", resp.status().as_u16());
+            return Ok(respond_with(s, &client_conditions, head, &status));
+        }
+    }
+    rule.misses.inc();
+    let cc = CacheControl::for_cdn(resp.headers());
+    let verdict = storable::check(&Exchange {
+        method: if head { &Method::HEAD } else { &Method::GET },
+        request_headers: &client_conditions.request,
+        status: resp.status(),
+        response_headers: resp.headers(),
+        response_cc: &cc,
+        has_default_ttl: !rule.behavior.default_ttl.is_zero(),
+    })
+    .and_then(|()| if resp.headers().contains_key(header::SET_COOKIE) { Err(NotStored::Private) } else { Ok(()) });
+    let too_big = resp.body().size_hint().exact().is_some_and(|n| n > cache.max_object as u64);
+    if head || too_big || verdict.is_err() {
+        let detail = match verdict {
+            Err(reason) => reason.as_str(),
+            Ok(()) if head => "head",
+            Ok(()) => "too-large",
+        };
+        // Remember response-side reasons so the next requests for this key skip coalescing.
+        if !matches!(verdict, Err(NotStored::Authorization) | Err(NotStored::RequestNoStore)) {
+            cache.pass.insert(primary.clone(), ());
+            rule.passes.inc();
+        }
+        return Ok(with_cache_status(resp, &format!("flotilla; fwd={fwd}; detail={detail}")));
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = match collect_bounded(body, cache.max_object).await {
+        Collected::All(b) => b,
+        Collected::TooLarge(prefix, rest) => {
+            cache.pass.insert(primary.clone(), ());
+            let body = PrefixBody { prefix: Some(prefix), rest }.boxed_unsync();
+            let resp = Response::from_parts(parts, body);
+            return Ok(with_cache_status(resp, &format!("flotilla; fwd={fwd}; detail=too-large")));
+        }
+        Collected::Failed(e) => {
+            tracing::debug!(error = %e, "origin body failed while caching");
+            return Err(ProxyError::TargetReset);
+        }
+    };
+    let response_time = SystemTime::now();
+    let mut headers = parts.headers;
+    headers.remove(header::AGE);
+    let Some(vary) = key::vary_names(&headers) else {
+        return Ok(with_cache_status(
+            Response::from_parts(parts_with(parts.status, headers), full(bytes)),
+            "flotilla; fwd=miss",
+        ));
+    };
+    let lifetime = freshness::lifetime(&cc, &headers, parts.status, Some(&rule.behavior));
+    let timing = Timing::new(request_time, response_time, &headers);
+    let entry = Entry {
+        status: parts.status,
+        secondary: key::secondary(&vary, &client_conditions.request),
+        host: cx.host.to_string(),
+        path,
+        tags: tags(&headers),
+        freshness: Freshness::new(&cc, lifetime, timing, Some(&rule.behavior)),
+        headers,
+        body: bytes,
+    };
+    let entry = Arc::new(entry);
+    cache.store.insert_arc(primary, vary, entry.clone());
+    Ok(respond_with(&entry, &client_conditions, false, &format!("flotilla; fwd={fwd}; stored")))
+}
+
+/// Request directives, with `Pragma: no-cache` standing in for a missing Cache-Control (§5.4).
+fn request_directives(headers: &HeaderMap) -> CacheControl {
+    let mut cc = CacheControl::from_headers(headers);
+    if !headers.contains_key(header::CACHE_CONTROL)
+        && headers.get_all(header::PRAGMA).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+    {
+        cc.no_cache = true;
+    }
+    cc
+}
+
+/// The client's request headers with its conditionals and ranges (removed from what goes to the
+/// origin, evaluated against the stored response instead).
+struct ClientConditions {
+    request: HeaderMap,
+}
+
+fn strip_conditionals(headers: &mut HeaderMap) -> ClientConditions {
+    let request = headers.clone();
+    for h in [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::RANGE,
+        header::IF_RANGE,
+    ] {
+        headers.remove(h);
+    }
+    ClientConditions { request }
+}
+
+fn respond(entry: &Entry, req: &Request<Incoming>, cache_status: &str) -> Response<Body> {
+    let conditions = ClientConditions { request: req.headers().clone() };
+    respond_with(entry, &conditions, req.method() == Method::HEAD, cache_status)
+}
+
+/// A response built from a stored entry: `Age`, `Cache-Status`, and 304 when the client's
+/// validator matches (RFC 9110 §13.1: If-None-Match first, else If-Modified-Since).
+fn respond_with(entry: &Entry, conditions: &ClientConditions, head: bool, cache_status: &str) -> Response<Body> {
+    let mut headers = entry.headers.clone();
+    let age = entry.freshness.timing.current_age(SystemTime::now()).as_secs();
+    headers.insert(header::AGE, HeaderValue::from(age));
+    if let Ok(v) = HeaderValue::from_str(cache_status) {
+        headers.insert(CACHE_STATUS.clone(), v);
+    }
+    if entry.status == StatusCode::OK && not_modified(entry, &conditions.request) {
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        for h in [
+            header::ETAG,
+            header::CACHE_CONTROL,
+            header::EXPIRES,
+            header::VARY,
+            header::DATE,
+            header::CONTENT_LOCATION,
+            header::AGE,
+        ] {
+            if let Some(v) = headers.get(&h) {
+                resp.headers_mut().insert(h, v.clone());
+            }
+        }
+        if let Some(v) = headers.get(&CACHE_STATUS) {
+            resp.headers_mut().insert(CACHE_STATUS.clone(), v.clone());
+        }
+        return resp;
+    }
+    let body = if head { empty() } else { full(entry.body.clone()) };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = entry.status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+fn not_modified(entry: &Entry, request: &HeaderMap) -> bool {
+    if let Some(inm) = request.get(header::IF_NONE_MATCH) {
+        let Some(etag) = entry.headers.get(header::ETAG).and_then(|e| e.to_str().ok()) else { return false };
+        let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
+        return inm.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim() == "*" || weak(t) == weak(etag)));
+    }
+    if let (Some(ims), Some(lm)) = (request.get(header::IF_MODIFIED_SINCE), entry.headers.get(header::LAST_MODIFIED)) {
+        if let (Some(ims), Some(lm)) = (freshness::http_date(ims), freshness::http_date(lm)) {
+            return lm <= ims;
+        }
+    }
+    false
+}
+
+static CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
+
+fn with_cache_status(mut resp: Response<Body>, status: &str) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(status) {
+        resp.headers_mut().insert(CACHE_STATUS.clone(), v);
+    }
+    resp
+}
+
+fn gateway_timeout_only_if_cached() -> Response<Body> {
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    with_cache_status(resp, "flotilla; fwd=miss; detail=only-if-cached")
+}
+
+/// `Surrogate-Key` (space-separated) and `Cache-Tag` (comma-separated) values.
+fn tags(headers: &HeaderMap) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in headers.get_all("surrogate-key").iter().filter_map(|v| v.to_str().ok()) {
+        out.extend(v.split_ascii_whitespace().map(String::from));
+    }
+    for v in headers.get_all("cache-tag").iter().filter_map(|v| v.to_str().ok()) {
+        out.extend(v.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()));
+    }
+    out
+}
+
+fn empty() -> Body {
+    crate::proxy::empty()
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|e| match e {}).boxed_unsync()
+}
+
+fn parts_with(status: StatusCode, headers: HeaderMap) -> http::response::Parts {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = status;
+    parts.headers = headers;
+    parts
+}
+
+enum Collected {
+    All(Bytes),
+    /// Over the limit: what was read so far, and the rest, to stream on uncached.
+    TooLarge(Bytes, Body),
+    Failed(BoxError),
+}
+
+async fn collect_bounded(mut body: Body, limit: usize) -> Collected {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Ok(data) = f.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > limit {
+                        return Collected::TooLarge(buf.freeze(), body);
+                    }
+                }
+            }
+            Err(e) => return Collected::Failed(e),
+        }
+    }
+    Collected::All(buf.freeze())
+}
+
+/// Bytes already read, then the rest of the stream.
+struct PrefixBody {
+    prefix: Option<Bytes>,
+    rest: Body,
+}
+
+impl hyper::body::Body for PrefixBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(p) = self.prefix.take() {
+            return std::task::Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}

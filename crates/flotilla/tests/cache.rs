@@ -1,0 +1,181 @@
+//! The edge cache end to end, against a real demo-app origin: hits and misses with
+//! Cache-Status and Age, what must not be stored, coalescing, Vary, conditional requests,
+//! invalidation (path, tag, deploy, unsafe methods) and stale-if-error.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const BEHAVIOR: &str =
+    "[cache_behaviors.main]\ndefault_ttl = \"1h\"\nstale_if_error = \"1h\"\nkey = { query = \"all\" }\n\n";
+
+fn cached_route(group: &str) -> String {
+    format!("[[routes]]\npath = \"/*\"\ntarget_group = \"{group}\"\ncache = \"main\"\n\n")
+}
+
+async fn cached_edge(name: &str, app: &DemoApp) -> Flotilla {
+    let f = Flotilla::start(name, &(BEHAVIOR.to_string() + &cached_route("web") + &group_toml("web", &[app], "")));
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    f
+}
+
+/// GET through the edge: (status, Cache-Status, Age, body).
+async fn fetch(f: &Flotilla, path: &str, headers: &[(&str, &str)]) -> (u16, String, Option<u64>, String) {
+    let (status, h, body) = request(&client(), "GET", &f.url(path), headers, "").await.unwrap();
+    let cs = h.get("cache-status").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let age = h.get("age").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    (status, cs, age, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_responses_are_served_from_cache() {
+    let app = DemoApp::start("origin");
+    let f = cached_edge("cache-hit", &app).await;
+    let (s1, cs1, _, b1) = fetch(&f, "/cached?cc=max-age=60", &[]).await;
+    assert_eq!((s1, cs1.as_str()), (200, "flotilla; fwd=miss; stored"), "{b1}");
+    let (s2, cs2, age, b2) = fetch(&f, "/cached?cc=max-age=60", &[]).await;
+    assert_eq!(s2, 200);
+    assert!(cs2.starts_with("flotilla; hit; ttl="), "{cs2}");
+    assert_eq!(b1, b2, "a hit must not reach the origin");
+    assert!(age.is_some());
+    // Another query string is another object.
+    let (_, cs3, _, b3) = fetch(&f, "/cached?cc=max-age=60&v=2", &[]).await;
+    assert!(cs3.contains("fwd=miss"), "{cs3}");
+    assert_ne!(b1, b3);
+    let m = get(&f.admin("/metrics")).await.1;
+    assert!(m.contains("flotilla_cache_requests_total{behavior=\"main\",result=\"hit\"} 1"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_must_not_be_stored_is_not() {
+    let app = DemoApp::start("origin");
+    let f = cached_edge("cache-nostore", &app).await;
+    for (path, detail) in [
+        ("/cached?cc=no-store", "no-store"),
+        ("/cached?cc=private,max-age=60", "private"),
+        ("/cached?cc=max-age=60&vary=*", "vary-star"),
+    ] {
+        let (_, cs, _, b1) = fetch(&f, path, &[]).await;
+        assert!(cs.contains(&format!("detail={detail}")), "{path}: {cs}");
+        let (_, _, _, b2) = fetch(&f, path, &[]).await;
+        assert_ne!(b1, b2, "{path} must go to the origin every time");
+    }
+    // Authenticated requests are not stored unless the response allows it (RFC 9111 §3.5).
+    let (_, cs, _, _) = fetch(&f, "/cached?cc=max-age=60&auth=1", &[("authorization", "Bearer x")]).await;
+    assert!(cs.contains("detail=authorization"), "{cs}");
+    let (_, cs, _, _) = fetch(&f, "/cached?cc=s-maxage=60&auth=2", &[("authorization", "Bearer x")]).await;
+    assert!(cs.contains("stored"), "{cs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_make_one_origin_request() {
+    let app = DemoApp::start("origin");
+    let f = cached_edge("cache-coalesce", &app).await;
+    let url = f.url("/cached?cc=max-age=60&ms=400");
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { request(&client(), "GET", &url, &[], "").await.unwrap() })
+        })
+        .collect();
+    let mut bodies = std::collections::BTreeSet::new();
+    let mut collapsed = 0;
+    for t in tasks {
+        let (status, h, body) = t.await.unwrap();
+        assert_eq!(status, 200);
+        collapsed += usize::from(h["cache-status"].to_str().unwrap().contains("collapsed"));
+        bodies.insert(body);
+    }
+    assert_eq!(bodies.len(), 1, "20 concurrent misses must make one origin request: {bodies:?}");
+    assert!(collapsed > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_conditionals_and_head() {
+    let app = DemoApp::start("origin");
+    let f = cached_edge("cache-vary", &app).await;
+    let path = "/cached?cc=max-age=60&vary=Accept-Encoding&etag=%22v1%22";
+    let (_, _, _, br1) = fetch(&f, path, &[("accept-encoding", "gzip, br")]).await;
+    let (_, cs, _, gz1) = fetch(&f, path, &[("accept-encoding", "gzip")]).await;
+    assert!(cs.contains("fwd=vary-miss"), "{cs}");
+    assert_ne!(br1, gz1);
+    // Same preferred encoding, different spelling: the same variant.
+    let (_, cs, _, br2) = fetch(&f, path, &[("accept-encoding", "br;q=1.0, gzip;q=0.5")]).await;
+    assert!(cs.contains("hit"), "{cs}");
+    assert_eq!(br1, br2);
+    // A matching validator gets 304 from the cache.
+    let (s, h, body) =
+        request(&client(), "GET", &f.url(path), &[("accept-encoding", "gzip"), ("if-none-match", "\"v1\"")], "")
+            .await
+            .unwrap();
+    assert_eq!(s, 304, "{body}");
+    assert_eq!(h["etag"], "\"v1\"");
+    // HEAD is answered from the stored GET, without a body.
+    let (s, h, body) = request(&client(), "HEAD", &f.url(path), &[("accept-encoding", "gzip")], "").await.unwrap();
+    assert_eq!((s, body.as_str()), (200, ""));
+    assert!(h["cache-status"].to_str().unwrap().contains("hit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_by_path_tag_deploy_and_unsafe_method() {
+    let app = DemoApp::start("origin");
+    let f = cached_edge("cache-invalidate", &app).await;
+    let c = client();
+    let auth = [("authorization", "Bearer test-token")];
+    let a = "/cached?cc=max-age=600";
+    let tagged = "/cached?cc=max-age=600&tag=product-42%20all";
+    let (_, _, _, a1) = fetch(&f, a, &[]).await;
+    let (_, _, _, t1) = fetch(&f, tagged, &[]).await;
+
+    let (s, _, body) =
+        request(&c, "POST", &f.admin("/api/v1/invalidations"), &auth, r#"{"tags":["product-42"]}"#).await.unwrap();
+    assert_eq!(s, 202, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().unwrap();
+    let (s, _, body) = request(&c, "GET", &f.admin(&format!("/api/v1/invalidations/{id}")), &[], "").await.unwrap();
+    assert!(s == 200 && body.contains("\"completed\""), "{body}");
+    assert_ne!(fetch(&f, tagged, &[]).await.3, t1, "tag invalidation is in effect once the 202 is back");
+    assert_eq!(fetch(&f, a, &[]).await.3, a1, "other objects stay cached");
+
+    let (s, _, _) =
+        request(&c, "POST", &f.admin("/api/v1/invalidations"), &auth, r#"{"paths":["/cach*"]}"#).await.unwrap();
+    assert_eq!(s, 202);
+    let a2 = fetch(&f, a, &[]).await.3;
+    assert_ne!(a2, a1);
+
+    // A successful POST to a URL invalidates what is cached for it.
+    let (s, _, _) = request(&c, "POST", &f.url("/cached"), &[], "x").await.unwrap();
+    assert_eq!(s, 200);
+    let a3 = fetch(&f, a, &[]).await.3;
+    assert_ne!(a3, a2);
+
+    let (s, _, _) = request(&c, "POST", &f.admin("/api/v1/deployments"), &auth, "").await.unwrap();
+    assert_eq!(s, 202);
+    assert_ne!(fetch(&f, a, &[]).await.3, a3);
+
+    let (s, _, _) = request(&c, "POST", &f.admin("/api/v1/invalidations"), &[], r#"{"paths":["/x"]}"#).await.unwrap();
+    assert_eq!(s, 401);
+    let (s, _, _) =
+        request(&c, "POST", &f.admin("/api/v1/invalidations"), &auth, r#"{"paths":["no-slash"]}"#).await.unwrap();
+    assert_eq!(s, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_serves_the_stored_copy_when_the_origin_is_down() {
+    let mut app = DemoApp::start("origin");
+    let f = cached_edge("cache-sie", &app).await;
+    let path = "/cached?cc=max-age=1";
+    let strict = "/cached?cc=max-age=1,must-revalidate";
+    let (_, _, _, b1) = fetch(&f, path, &[]).await;
+    fetch(&f, strict, &[]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    app.proc.kill9();
+    let (s, cs, _, b2) = fetch(&f, path, &[]).await;
+    assert_eq!(s, 200, "{cs}");
+    assert!(cs.contains("stale-if-error"), "{cs}");
+    assert_eq!(b1, b2);
+    // `must-revalidate` forbids serving it stale, even when the origin is down.
+    let (s, _, _, _) = fetch(&f, strict, &[]).await;
+    assert_eq!(s, 502);
+}
