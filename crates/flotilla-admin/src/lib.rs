@@ -57,8 +57,8 @@ pub async fn serve(
 }
 
 /// Parses a JSON body whatever its Content-Type (`curl -d` sends a form type by default).
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -141,7 +141,7 @@ async fn register(
     }
     let body: RegisterBody = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let Ok(addr) = body.addr.parse::<SocketAddr>() else {
         return error(StatusCode::BAD_REQUEST, "addr must be ip:port, e.g. \"127.0.0.1:9003\"");
@@ -220,7 +220,7 @@ async fn invalidate(State(state): State<AdminState>, headers: HeaderMap, body: a
     }
     let body: InvalidationBody = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     if body.paths.is_empty() && body.tags.is_empty() {
         return error(StatusCode::BAD_REQUEST, "give \"paths\" (e.g. [\"/img/*\"]) or \"tags\"");
