@@ -2,6 +2,7 @@
 //! subcommand: `up` (run everything the config describes), `validate`, `demo-app`.
 
 mod demo;
+mod invalidate;
 mod logging;
 mod up;
 
@@ -37,6 +38,19 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Invalidate cached responses through the admin API named in the config file.
+    Invalidate {
+        #[arg(long, short, default_value = "flotilla.toml")]
+        config: PathBuf,
+        /// Paths to invalidate: exact (`/app.css`) or prefix (`/img/*`).
+        paths: Vec<String>,
+        /// Invalidate responses tagged with this Surrogate-Key / Cache-Tag (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Invalidate everything (as on a deployment).
+        #[arg(long, conflicts_with_all = ["paths", "tags"])]
+        all: bool,
+    },
     /// A small web app for the quickstart and tests (/, /whoami, /health, /work, /ws, /static).
     DemoApp {
         #[arg(long)]
@@ -59,6 +73,9 @@ fn main() -> ExitCode {
             let control = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Into::into);
             report(control.and_then(|rt| rt.block_on(up::run(config))))
         }
+        Command::Invalidate { config, paths, tags, all } => {
+            report_plain(runtime().and_then(|rt| rt.block_on(invalidate::run(&config, paths, tags, all))))
+        }
         Command::DemoApp { port, id, bind } => {
             let _guard = logging::init(&cli.log_format);
             report(runtime().and_then(|rt| rt.block_on(demo::run(bind, port, id))))
@@ -75,6 +92,17 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            eprintln!("flotilla: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// For CLI subcommands without logging: the error goes to stderr.
+fn report_plain(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
             eprintln!("flotilla: {e:#}");
             ExitCode::FAILURE
         }

@@ -179,3 +179,27 @@ async fn stale_if_error_serves_the_stored_copy_when_the_origin_is_down() {
     let (s, _, _, _) = fetch(&f, strict, &[]).await;
     assert_eq!(s, 502);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_invalidates_through_the_admin_api() {
+    let app = DemoApp::start("origin");
+    let f = cached_edge("cache-cli", &app).await;
+    let path = "/cached?cc=max-age=600";
+    let (_, _, _, b1) = fetch(&f, path, &[]).await;
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("invalidate").arg("--config").arg(&f.config).args(args);
+        cmd.output().unwrap()
+    };
+    let out = cli(&["/cached"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"completed\""));
+    let (_, _, _, b2) = fetch(&f, path, &[]).await;
+    assert_ne!(b1, b2);
+    let out = cli(&["--all"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(fetch(&f, path, &[]).await.3, b2);
+    let out = cli(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--all"));
+}
