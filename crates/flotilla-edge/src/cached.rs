@@ -2,9 +2,9 @@
 //! the origin once per key however many requests miss at the same moment (coalescing), store
 //! what RFC 9111 allows, and answer with `Age` and `Cache-Status` (RFC 9211).
 //!
-//! Not yet here (see issue 3): conditional revalidation with the origin (a stale entry is
-//! refetched whole), background stale-while-revalidate (stale entries are refetched in the
-//! request), compression, the disk tier, ranges. Each of those only makes the cache serve more;
+//! Not yet here (see issue 3): background stale-while-revalidate (stale entries are
+//! revalidated in the request, with validators when the entry has them, else refetched),
+//! compression, the disk tier, ranges. Each of those only makes the cache serve more;
 //! what is here never serves something RFC 9111 forbids.
 
 use std::collections::{HashMap, VecDeque};
@@ -186,6 +186,8 @@ pub(crate) async fn serve(
 
     // Ask for the full object: the client's own validators and ranges are answered from it.
     let client_conditions = strip_conditionals(req.headers_mut());
+    // A stale entry with validators is revalidated: a 304 refreshes it without a new body.
+    let revalidating = stale.as_ref().is_some_and(|s| add_validators(req.headers_mut(), s));
     let request_time = SystemTime::now();
     let head = req.method() == Method::HEAD;
     let resp = match origin(cx, req, out).await {
@@ -203,6 +205,20 @@ pub(crate) async fn serve(
             rule.stale.inc();
             let status = format!("flotilla; fwd=stale; fwd-status={}; detail=stale-if-error", resp.status().as_u16());
             return Ok(respond_with(s, &client_conditions, head, &status));
+        }
+    }
+    if revalidating && resp.status() == StatusCode::NOT_MODIFIED {
+        if let Some(old) = stale.as_ref() {
+            let refreshed = Arc::new(refresh(old, resp.headers(), request_time, &rule.behavior));
+            let vary = key::vary_names(&refreshed.headers).unwrap_or_default();
+            cache.store.insert_arc(primary, vary, refreshed.clone());
+            rule.hits.inc();
+            return Ok(respond_with(
+                &refreshed,
+                &client_conditions,
+                head,
+                "flotilla; fwd=stale; fwd-status=304; stored",
+            ));
         }
     }
     rule.misses.inc();
@@ -268,6 +284,56 @@ pub(crate) async fn serve(
     let entry = Arc::new(entry);
     cache.store.insert_arc(primary, vary, entry.clone());
     Ok(respond_with(&entry, &client_conditions, false, &format!("flotilla; fwd={fwd}; stored")))
+}
+
+/// Adds the stored response's validators to the origin request; false if it has none.
+fn add_validators(headers: &mut HeaderMap, stored: &Entry) -> bool {
+    let mut any = false;
+    if let Some(etag) = stored.headers.get(header::ETAG) {
+        headers.insert(header::IF_NONE_MATCH, etag.clone());
+        any = true;
+    }
+    if let Some(lm) = stored.headers.get(header::LAST_MODIFIED) {
+        headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+        any = true;
+    }
+    any
+}
+
+/// The stored entry updated by a 304 (RFC 9111 §4.3.4): its header fields replace the stored
+/// ones (except framing), and freshness restarts from this exchange.
+fn refresh(
+    old: &Entry,
+    not_modified: &HeaderMap,
+    request_time: SystemTime,
+    behavior: &flotilla_cache::Behavior,
+) -> Entry {
+    let mut headers = old.headers.clone();
+    for name in not_modified.keys() {
+        if matches!(*name, header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONTENT_ENCODING | header::AGE)
+            || name.as_str() == "cache-status"
+            || *name == header::SET_COOKIE
+        {
+            continue;
+        }
+        headers.remove(name);
+        for v in not_modified.get_all(name) {
+            headers.append(name.clone(), v.clone());
+        }
+    }
+    let cc = CacheControl::for_cdn(&headers);
+    let lifetime = freshness::lifetime(&cc, &headers, old.status, Some(behavior));
+    let timing = Timing::new(request_time, SystemTime::now(), &headers);
+    Entry {
+        status: old.status,
+        freshness: Freshness::new(&cc, lifetime, timing, Some(behavior)),
+        secondary: old.secondary.clone(),
+        host: old.host.clone(),
+        path: old.path.clone(),
+        tags: tags(&headers),
+        body: old.body.clone(),
+        headers,
+    }
 }
 
 /// Request directives, with `Pragma: no-cache` standing in for a missing Cache-Control (§5.4).

@@ -146,8 +146,19 @@ async fn cached(
     State(app): State<Shared>,
     method: Method,
     Query(q): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Response {
     let n = app.cached_hits.fetch_add(1, Ordering::Relaxed) + 1;
+    if let (Some(etag), Some(inm)) = (q.get("etag"), headers.get(header::IF_NONE_MATCH)) {
+        if inm.as_bytes() == etag.as_bytes() {
+            let mut resp = StatusCode::NOT_MODIFIED.into_response();
+            resp.headers_mut().insert("x-origin-count", n.into());
+            if let Some(v) = q.get("cc").and_then(|v| header::HeaderValue::from_str(v).ok()) {
+                resp.headers_mut().insert(header::CACHE_CONTROL, v);
+            }
+            return resp;
+        }
+    }
     if let Some(ms) = q.get("ms").and_then(|m| m.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
     }

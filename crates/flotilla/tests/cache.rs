@@ -203,3 +203,24 @@ async fn the_cli_invalidates_through_the_admin_api() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--all"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_entries_with_validators_are_revalidated_with_304() {
+    let app = DemoApp::start("origin");
+    let f = cached_edge("cache-revalidate", &app).await;
+    let path = "/cached?cc=max-age=1&etag=%22v7%22";
+    let (_, _, _, b1) = fetch(&f, path, &[]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Stale now: the edge asks the origin with If-None-Match, gets 304, serves the stored body.
+    let (s, cs, _, b2) = fetch(&f, path, &[]).await;
+    assert_eq!(s, 200);
+    assert!(cs.contains("fwd=stale; fwd-status=304"), "{cs}");
+    assert_eq!(b1, b2, "the body comes from the cache");
+    // And it is fresh again.
+    let (_, cs, _, _) = fetch(&f, path, &[]).await;
+    assert!(cs.contains("hit"), "{cs}");
+    // A request that insists (no-cache) revalidates too, still without a new body.
+    let (_, cs, _, b3) = fetch(&f, path, &[("cache-control", "no-cache")]).await;
+    assert!(cs.contains("fwd=request") || cs.contains("fwd-status=304"), "{cs}");
+    assert_eq!(b1, b3);
+}
