@@ -2,10 +2,9 @@
 //! the origin once per key however many requests miss at the same moment (coalescing), store
 //! what RFC 9111 allows, and answer with `Age` and `Cache-Status` (RFC 9211).
 //!
-//! Not yet here (see issue 3): background stale-while-revalidate (stale entries are
-//! revalidated in the request, with validators when the entry has them, else refetched),
-//! compression, the disk tier, ranges. Each of those only makes the cache serve more;
-//! what is here never serves something RFC 9111 forbids.
+//! Stale entries are revalidated with their validators (a 304 refreshes them), in the request or,
+//! within stale-while-revalidate, in the background. Not yet here (see issue 3): compression,
+//! the disk tier, ranges.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +24,7 @@ use tokio::sync::watch;
 use crate::error::ProxyError;
 use crate::proxy::{origin, Body, BoxError, Origin, Outcome};
 use crate::route::CacheRule;
+use crate::Shared;
 
 /// Keys whose last response could not be stored skip coalescing for this long, so uncacheable
 /// URLs are not fetched one request at a time (Varnish's hit-for-miss).
@@ -51,23 +51,34 @@ pub struct Invalidation {
     pub duration: Duration,
 }
 
-enum Join<'a> {
-    Leader(Flight<'a>),
+enum Join {
+    Leader(Flight),
     Follower(watch::Receiver<bool>),
 }
 
-/// The leader's claim on a key; dropping it (however the fetch ends) wakes the followers.
-struct Flight<'a> {
-    cache: &'a EdgeCache,
+/// The leader's claim on a key; dropping it (however the fetch ends) wakes the followers. It
+/// owns the shared state so a background refresh can hold it beyond the request.
+struct Flight {
+    shared: Arc<Shared>,
     key: String,
     done: watch::Sender<bool>,
 }
 
-impl Drop for Flight<'_> {
+impl Drop for Flight {
     fn drop(&mut self) {
-        self.cache.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+        self.shared.cache.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
         let _ = self.done.send(true);
     }
+}
+
+fn join(shared: &Arc<Shared>, key: &str) -> Join {
+    let mut map = shared.cache.inflight.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(rx) = map.get(key) {
+        return Join::Follower(rx.clone());
+    }
+    let (tx, rx) = watch::channel(false);
+    map.insert(key.to_string(), rx);
+    Join::Leader(Flight { shared: shared.clone(), key: key.to_string(), done: tx })
 }
 
 impl EdgeCache {
@@ -80,16 +91,6 @@ impl EdgeCache {
             invalidations: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(1),
         }
-    }
-
-    fn join(&self, key: &str) -> Join<'_> {
-        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rx) = map.get(key) {
-            return Join::Follower(rx.clone());
-        }
-        let (tx, rx) = watch::channel(false);
-        map.insert(key.to_string(), rx);
-        Join::Leader(Flight { cache: self, key: key.to_string(), done: tx })
     }
 
     /// Applies an invalidation before returning (lookups stop seeing matching entries at once).
@@ -129,7 +130,7 @@ impl EdgeCache {
 /// Serves one request on a cached route.
 pub(crate) async fn serve(
     cx: Origin<'_>,
-    rule: &CacheRule,
+    rule: &Arc<CacheRule>,
     mut req: Request<Incoming>,
     out: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
@@ -165,7 +166,16 @@ pub(crate) async fn serve(
                     let over = e.freshness.timing.current_age(SystemTime::now()).saturating_sub(e.freshness.lifetime);
                     return Ok(respond(e, &req, &format!("flotilla; hit; ttl=-{}", over.as_secs())));
                 }
-                Decision::StaleWhileRevalidate | Decision::Revalidate => {}
+                Decision::StaleWhileRevalidate => {
+                    rule.stale.inc();
+                    if let Join::Leader(flight) = join(cx.shared, &primary) {
+                        refresh_in_background(cx, rule, flight, &req, e.clone(), primary.clone(), path.clone());
+                    }
+                    let over = e.freshness.timing.current_age(SystemTime::now()).saturating_sub(e.freshness.lifetime);
+                    let status = format!("flotilla; hit; ttl=-{}; detail=stale-while-revalidate", over.as_secs());
+                    return Ok(respond(e, &req, &status));
+                }
+                Decision::Revalidate => {}
             }
         }
         let fwd = if req_cc.no_cache && found.is_some() { "request" } else { fwd };
@@ -175,7 +185,7 @@ pub(crate) async fn serve(
         if cache.pass.contains_key(&primary) {
             break (found, fwd, None);
         }
-        match cache.join(&primary) {
+        match join(cx.shared, &primary) {
             Join::Leader(flight) => break (found, fwd, Some(flight)),
             Join::Follower(mut rx) => {
                 collapsed = true;
@@ -207,25 +217,71 @@ pub(crate) async fn serve(
             return Ok(respond_with(s, &client_conditions, head, &status));
         }
     }
+    let settled = settle(
+        cx,
+        rule,
+        &primary,
+        path,
+        &client_conditions.request,
+        head,
+        request_time,
+        stale.as_ref(),
+        revalidating,
+        resp,
+    )
+    .await?;
+    Ok(match settled {
+        Settled::Refreshed(e) => {
+            rule.hits.inc();
+            respond_with(&e, &client_conditions, head, "flotilla; fwd=stale; fwd-status=304; stored")
+        }
+        Settled::Stored(e) => {
+            rule.misses.inc();
+            respond_with(&e, &client_conditions, false, &format!("flotilla; fwd={fwd}; stored"))
+        }
+        Settled::Passed(resp, detail) => {
+            rule.misses.inc();
+            with_cache_status(resp, &format!("flotilla; fwd={fwd}; detail={detail}"))
+        }
+    })
+}
+
+/// What became of an origin response.
+enum Settled {
+    /// A 304 refreshed the stored entry.
+    Refreshed(Arc<Entry>),
+    Stored(Arc<Entry>),
+    /// Not stored (the detail says why); the response streams through.
+    Passed(Response<Body>, &'static str),
+}
+
+/// Stores what may be stored and refreshes on 304; shared by requests and background refreshes.
+#[allow(clippy::too_many_arguments)]
+async fn settle(
+    cx: Origin<'_>,
+    rule: &CacheRule,
+    primary: &str,
+    path: String,
+    request_headers: &HeaderMap,
+    head: bool,
+    request_time: SystemTime,
+    stale: Option<&Arc<Entry>>,
+    revalidating: bool,
+    resp: Response<Body>,
+) -> Result<Settled, ProxyError> {
+    let cache = &cx.shared.cache;
     if revalidating && resp.status() == StatusCode::NOT_MODIFIED {
-        if let Some(old) = stale.as_ref() {
+        if let Some(old) = stale {
             let refreshed = Arc::new(refresh(old, resp.headers(), request_time, &rule.behavior));
             let vary = key::vary_names(&refreshed.headers).unwrap_or_default();
-            cache.store.insert_arc(primary, vary, refreshed.clone());
-            rule.hits.inc();
-            return Ok(respond_with(
-                &refreshed,
-                &client_conditions,
-                head,
-                "flotilla; fwd=stale; fwd-status=304; stored",
-            ));
+            cache.store.insert_arc(primary.to_string(), vary, refreshed.clone());
+            return Ok(Settled::Refreshed(refreshed));
         }
     }
-    rule.misses.inc();
     let cc = CacheControl::for_cdn(resp.headers());
     let verdict = storable::check(&Exchange {
         method: if head { &Method::HEAD } else { &Method::GET },
-        request_headers: &client_conditions.request,
+        request_headers,
         status: resp.status(),
         response_headers: resp.headers(),
         response_cc: &cc,
@@ -241,49 +297,89 @@ pub(crate) async fn serve(
         };
         // Remember response-side reasons so the next requests for this key skip coalescing.
         if !matches!(verdict, Err(NotStored::Authorization) | Err(NotStored::RequestNoStore)) {
-            cache.pass.insert(primary.clone(), ());
+            cache.pass.insert(primary.to_string(), ());
             rule.passes.inc();
         }
-        return Ok(with_cache_status(resp, &format!("flotilla; fwd={fwd}; detail={detail}")));
+        return Ok(Settled::Passed(resp, detail));
     }
     let (parts, body) = resp.into_parts();
     let bytes = match collect_bounded(body, cache.max_object).await {
         Collected::All(b) => b,
         Collected::TooLarge(prefix, rest) => {
-            cache.pass.insert(primary.clone(), ());
+            cache.pass.insert(primary.to_string(), ());
             let body = PrefixBody { prefix: Some(prefix), rest }.boxed_unsync();
-            let resp = Response::from_parts(parts, body);
-            return Ok(with_cache_status(resp, &format!("flotilla; fwd={fwd}; detail=too-large")));
+            return Ok(Settled::Passed(Response::from_parts(parts, body), "too-large"));
         }
         Collected::Failed(e) => {
             tracing::debug!(error = %e, "origin body failed while caching");
             return Err(ProxyError::TargetReset);
         }
     };
-    let response_time = SystemTime::now();
     let mut headers = parts.headers;
     headers.remove(header::AGE);
     let Some(vary) = key::vary_names(&headers) else {
-        return Ok(with_cache_status(
-            Response::from_parts(parts_with(parts.status, headers), full(bytes)),
-            "flotilla; fwd=miss",
-        ));
+        return Ok(Settled::Passed(Response::from_parts(parts_with(parts.status, headers), full(bytes)), "vary-star"));
     };
     let lifetime = freshness::lifetime(&cc, &headers, parts.status, Some(&rule.behavior));
-    let timing = Timing::new(request_time, response_time, &headers);
-    let entry = Entry {
+    let timing = Timing::new(request_time, SystemTime::now(), &headers);
+    let entry = Arc::new(Entry {
         status: parts.status,
-        secondary: key::secondary(&vary, &client_conditions.request),
+        secondary: key::secondary(&vary, request_headers),
         host: cx.host.to_string(),
         path,
         tags: tags(&headers),
         freshness: Freshness::new(&cc, lifetime, timing, Some(&rule.behavior)),
         headers,
         body: bytes,
-    };
-    let entry = Arc::new(entry);
-    cache.store.insert_arc(primary, vary, entry.clone());
-    Ok(respond_with(&entry, &client_conditions, false, &format!("flotilla; fwd={fwd}; stored")))
+    });
+    cache.store.insert_arc(primary.to_string(), vary, entry.clone());
+    Ok(Settled::Stored(entry))
+}
+
+/// stale-while-revalidate: the client already has the stale copy; refresh it off the request.
+/// The flight keeps concurrent requests from starting refreshes of their own.
+fn refresh_in_background(
+    cx: Origin<'_>,
+    rule: &Arc<CacheRule>,
+    flight: Flight,
+    req: &Request<Incoming>,
+    stale: Arc<Entry>,
+    primary: String,
+    path: String,
+) {
+    let mut headers = req.headers().clone();
+    let request_headers = strip_conditionals(&mut headers).request;
+    let revalidating = add_validators(&mut headers, &stale);
+    let mut background = Request::new(http_body_util::Empty::<Bytes>::new());
+    *background.uri_mut() = req.uri().clone();
+    *background.headers_mut() = headers;
+    let (shared, rt, conn, group) = (cx.shared.clone(), cx.rt.clone(), cx.conn.clone(), cx.group.clone());
+    let (host, rid, rule) = (cx.host.to_string(), cx.rid.clone(), rule.clone());
+    tokio::spawn(async move {
+        let _flight = flight;
+        let cx = Origin { shared: &shared, rt: &rt, conn: &conn, group: &group, host: &host, rid: &rid };
+        let request_time = SystemTime::now();
+        let result = match origin(cx, background, &mut Outcome::default()).await {
+            Ok(resp) => settle(
+                cx,
+                &rule,
+                &primary,
+                path,
+                &request_headers,
+                false,
+                request_time,
+                Some(&stale),
+                revalidating,
+                resp,
+            )
+            .await
+            .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::debug!(key = %primary, error = ?e, "background refresh failed; the stale copy stays");
+        }
+    });
 }
 
 /// Adds the stored response's validators to the origin request; false if it has none.

@@ -12,7 +12,7 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full, Limited};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 
 use crate::error::ProxyError;
 use crate::group::{PickRequest, TargetGroup};
@@ -89,9 +89,9 @@ pub(crate) async fn handle(
 }
 
 async fn forward(
-    shared: &Shared,
-    rt: &Runtime,
-    conn: &Conn,
+    shared: &Arc<Shared>,
+    rt: &Arc<Runtime>,
+    conn: &Arc<Conn>,
     req: Request<Incoming>,
     rid: &HeaderValue,
     out: &mut Outcome,
@@ -137,9 +137,9 @@ async fn forward(
 /// Everything the origin phase needs besides the request itself.
 #[derive(Clone, Copy)]
 pub(crate) struct Origin<'a> {
-    pub shared: &'a Shared,
-    pub rt: &'a Runtime,
-    pub conn: &'a Conn,
+    pub shared: &'a Arc<Shared>,
+    pub rt: &'a Arc<Runtime>,
+    pub conn: &'a Arc<Conn>,
     pub group: &'a Arc<TargetGroup>,
     pub host: &'a str,
     pub rid: &'a HeaderValue,
@@ -147,11 +147,11 @@ pub(crate) struct Origin<'a> {
 
 /// The origin phase: read the body, rewrite headers, pick a target, send (retrying where safe),
 /// rewrite the response.
-pub(crate) async fn origin(
-    cx: Origin<'_>,
-    req: Request<Incoming>,
-    out: &mut Outcome,
-) -> Result<Response<Body>, ProxyError> {
+pub(crate) async fn origin<B>(cx: Origin<'_>, req: Request<B>, out: &mut Outcome) -> Result<Response<Body>, ProxyError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let Origin { shared, rt, conn, group, host, rid } = cx;
     let _ = shared;
     let cfg = group.config();
@@ -348,7 +348,11 @@ impl BodyFault {
     }
 }
 
-async fn read_body(body: Incoming, rt: &Runtime, fault: &BodyFault) -> Result<ReplayBody, ProxyError> {
+async fn read_body<B>(body: B, rt: &Runtime, fault: &BodyFault) -> Result<ReplayBody, ProxyError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     if body.is_end_stream() {
         return Ok(ReplayBody::Empty);
     }

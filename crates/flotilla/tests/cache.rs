@@ -224,3 +224,27 @@ async fn stale_entries_with_validators_are_revalidated_with_304() {
     assert!(cs.contains("fwd=request") || cs.contains("fwd-status=304"), "{cs}");
     assert_eq!(b1, b3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
+    let app = DemoApp::start("origin");
+    let f = cached_edge("cache-swr", &app).await;
+    let path = "/cached?cc=max-age=1,stale-while-revalidate=60";
+    let (_, _, _, b1) = fetch(&f, path, &[]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (s, cs, _, b2) = fetch(&f, path, &[]).await;
+    assert_eq!(s, 200);
+    assert!(cs.contains("detail=stale-while-revalidate"), "{cs}");
+    assert_eq!(b1, b2, "the stale copy is served at once");
+    // The refresh lands without any client waiting for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, cs, _, b) = fetch(&f, path, &[]).await;
+        if b != b1 {
+            assert!(cs.contains("hit"), "{cs}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the background refresh never landed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
