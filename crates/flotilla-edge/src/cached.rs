@@ -3,8 +3,9 @@
 //! what RFC 9111 allows, and answer with `Age` and `Cache-Status` (RFC 9211).
 //!
 //! Stale entries are revalidated with their validators (a 304 refreshes them), in the request or,
-//! within stale-while-revalidate, in the background. Not yet here (see issue 3): compression,
-//! the disk tier, ranges.
+//! within stale-while-revalidate, in the background; single ranges come from the stored object.
+//! Not yet here (see issue 3): compression,
+//! the disk tier.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -499,9 +500,85 @@ fn respond_with(entry: &Entry, conditions: &ClientConditions, head: bool, cache_
         }
         return resp;
     }
+    if entry.status == StatusCode::OK {
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if let Some(range) = requested_range(entry, &conditions.request) {
+            return ranged(entry, headers, range, head);
+        }
+    }
     let body = if head { empty() } else { full(entry.body.clone()) };
     let mut resp = Response::new(body);
     *resp.status_mut() = entry.status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// A single byte range the client asked for, if it applies to this entry (RFC 9110 §14):
+/// `If-Range` must match the stored validator; several ranges are answered with the whole body.
+fn requested_range(entry: &Entry, request: &HeaderMap) -> Option<Result<(u64, u64), ()>> {
+    let spec = request.get(header::RANGE)?.to_str().ok()?.trim();
+    if let Some(if_range) = request.get(header::IF_RANGE) {
+        let matches_etag =
+            entry.headers.get(header::ETAG).is_some_and(|e| e == if_range && !e.as_bytes().starts_with(b"W/"));
+        let matches_date = entry.headers.get(header::LAST_MODIFIED).is_some_and(|lm| lm == if_range);
+        if !(matches_etag || matches_date) {
+            return None;
+        }
+    }
+    let ranges = spec.strip_prefix("bytes=")?;
+    if ranges.contains(',') {
+        return None;
+    }
+    let len = entry.body.len() as u64;
+    let (start, end) = ranges.trim().split_once('-')?;
+    let parsed = match (start.trim(), end.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().ok()?;
+            if n == 0 || len == 0 {
+                return Some(Err(()));
+            }
+            Ok((len.saturating_sub(n), len - 1))
+        }
+        (a, "") => {
+            let a: u64 = a.parse().ok()?;
+            if a >= len {
+                return Some(Err(()));
+            }
+            Ok((a, len - 1))
+        }
+        (a, b) => {
+            let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+            if a > b {
+                return None;
+            }
+            if a >= len {
+                return Some(Err(()));
+            }
+            Ok((a, b.min(len - 1)))
+        }
+    };
+    Some(parsed)
+}
+
+fn ranged(entry: &Entry, mut headers: HeaderMap, range: Result<(u64, u64), ()>, head: bool) -> Response<Body> {
+    let len = entry.body.len() as u64;
+    headers.remove(header::CONTENT_LENGTH);
+    let (status, body) = match range {
+        Ok((a, b)) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{len}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, entry.body.slice(a as usize..=b as usize))
+        }
+        Err(()) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new())
+        }
+    };
+    let mut resp = Response::new(if head { empty() } else { full(body) });
+    *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp
 }

@@ -248,3 +248,30 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_are_served_from_the_stored_object() {
+    let app = DemoApp::start("origin");
+    let f = cached_edge("cache-range", &app).await;
+    let path = "/cached?cc=max-age=600&etag=%22r1%22";
+    // A range request on a miss still stores the whole object, then answers the range.
+    let c = client();
+    let (s, h, body) = request(&c, "GET", &f.url(path), &[("range", "bytes=0-5")], "").await.unwrap();
+    assert_eq!(s, 206, "{body}");
+    assert_eq!(body, "origin");
+    let full = fetch(&f, path, &[]).await.3;
+    let len = full.len();
+    assert_eq!(h["content-range"].to_str().unwrap(), format!("bytes 0-5/{len}"));
+    let (s, h, body) = request(&c, "GET", &f.url(path), &[("range", "bytes=-4")], "").await.unwrap();
+    assert_eq!((s, body.as_str()), (206, &full[len - 4..]));
+    assert!(h["cache-status"].to_str().unwrap().contains("hit"));
+    let (s, h, _) = request(&c, "GET", &f.url(path), &[("range", &format!("bytes={len}-"))], "").await.unwrap();
+    assert_eq!(s, 416);
+    assert_eq!(h["content-range"].to_str().unwrap(), format!("bytes */{len}"));
+    // If-Range with another validator: the whole object.
+    let (s, _, body) =
+        request(&c, "GET", &f.url(path), &[("range", "bytes=0-5"), ("if-range", "\"other\"")], "").await.unwrap();
+    assert_eq!((s, body.len()), (200, len));
+    let (s, _, body) = request(&c, "GET", &f.url(path), &[("range", "bytes=0-1,4-5")], "").await.unwrap();
+    assert_eq!((s, body.len()), (200, len), "several ranges: the whole object");
+}
