@@ -51,6 +51,25 @@ fn heuristic(cc: &CacheControl, headers: &HeaderMap, status: StatusCode) -> Dura
     (date.duration_since(lm).unwrap_or(Duration::ZERO) / 10).min(HEURISTIC_CAP)
 }
 
+/// An `Age` that is not exactly one line of digits (a list, a second line, a sign, a fraction,
+/// parameters) is read as "very old": the response is then revalidated before reuse, which is
+/// always safe, where trusting a garbled age could serve something stale.
+fn parse_age(headers: &HeaderMap) -> Duration {
+    const VERY_OLD: Duration = Duration::from_secs(1 << 31);
+    let mut values = headers.get_all(http::header::AGE).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return if headers.contains_key(http::header::AGE) { VERY_OLD } else { Duration::ZERO };
+    };
+    let b = v.as_bytes().trim_ascii();
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return VERY_OLD;
+    }
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(VERY_OLD, |n| Duration::from_secs(n.min(1 << 31)))
+}
+
 pub fn http_date(v: &http::HeaderValue) -> Option<SystemTime> {
     httpdate::parse_http_date(v.to_str().ok()?.trim()).ok()
 }
@@ -69,12 +88,7 @@ pub struct Timing {
 impl Timing {
     pub fn new(request_time: SystemTime, response_time: SystemTime, headers: &HeaderMap) -> Self {
         let date = headers.get(http::header::DATE).and_then(http_date);
-        let age = headers
-            .get(http::header::AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(Duration::ZERO, Duration::from_secs);
-        Self { request_time, response_time, date, age }
+        Self { request_time, response_time, date, age: parse_age(headers) }
     }
 
     /// current_age (§4.2.3).
@@ -216,6 +230,18 @@ mod tests {
         assert_eq!(life(&[("cache-control", "max-age=100000")], 200, Some(&b)), 600);
         assert_eq!(life(&[], 200, Some(&b)), 600, "default_ttl is clamped to max_ttl too");
         assert_eq!(life(&[("cache-control", "max-age=300")], 200, Some(&b)), 300);
+    }
+
+    #[test]
+    fn malformed_age_means_very_old() {
+        let t = SystemTime::UNIX_EPOCH;
+        let age = |pairs: &[(&str, &str)]| Timing::new(t, t, &h(pairs)).age.as_secs();
+        assert_eq!(age(&[("age", "30")]), 30);
+        assert_eq!(age(&[]), 0);
+        for bad in ["abc", "-1", "1.0", "0, 0", "7200;x=1", ""] {
+            assert!(age(&[("age", bad)]) > 1 << 30, "{bad:?}");
+        }
+        assert!(age(&[("age", "0"), ("age", "0")]) > 1 << 30);
     }
 
     #[test]

@@ -140,8 +140,14 @@ pub(crate) async fn serve(
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let resp = origin(cx, req, out).await?;
         if resp.status().is_success() || resp.status().is_redirection() {
-            // RFC 9111 §4.4: a successful unsafe request invalidates the URL.
+            // RFC 9111 §4.4: a successful unsafe request invalidates the URL, and the URLs in
+            // Location and Content-Location when they are on the same host.
             cache.store.invalidate_url(cx.host, &path);
+            for h in [header::LOCATION, header::CONTENT_LOCATION] {
+                if let Some(p) = resp.headers().get(&h).and_then(|v| same_host_path(v, cx.host)) {
+                    cache.store.invalidate_url(cx.host, &p);
+                }
+            }
         }
         return Ok(with_cache_status(resp, "flotilla; fwd=method"));
     }
@@ -316,13 +322,15 @@ async fn settle(
             return Err(ProxyError::TargetReset);
         }
     };
+    // The age is taken from the origin's Age/Date before Age is dropped from what is stored
+    // (responses carry the current age computed at serve time).
+    let timing = Timing::new(request_time, SystemTime::now(), &parts.headers);
     let mut headers = parts.headers;
     headers.remove(header::AGE);
     let Some(vary) = key::vary_names(&headers) else {
         return Ok(Settled::Passed(Response::from_parts(parts_with(parts.status, headers), full(bytes)), "vary-star"));
     };
     let lifetime = freshness::lifetime(&cc, &headers, parts.status, Some(&rule.behavior));
-    let timing = Timing::new(request_time, SystemTime::now(), &headers);
     let entry = Arc::new(Entry {
         status: parts.status,
         secondary: key::secondary(&vary, request_headers),
@@ -383,6 +391,16 @@ fn refresh_in_background(
     });
 }
 
+/// The path of a Location-style URI reference if it points at `host` (or is relative).
+fn same_host_path(v: &HeaderValue, host: &str) -> Option<String> {
+    let uri: http::Uri = v.to_str().ok()?.parse().ok()?;
+    match uri.host() {
+        Some(h) if !h.eq_ignore_ascii_case(host) => None,
+        _ if uri.path().starts_with('/') => Some(uri.path().to_string()),
+        _ => None,
+    }
+}
+
 /// Adds the stored response's validators to the origin request; false if it has none.
 fn add_validators(headers: &mut HeaderMap, stored: &Entry) -> bool {
     let mut any = false;
@@ -407,9 +425,17 @@ fn refresh(
 ) -> Entry {
     let mut headers = old.headers.clone();
     for name in not_modified.keys() {
-        if matches!(*name, header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONTENT_ENCODING | header::AGE)
-            || name.as_str() == "cache-status"
-            || *name == header::SET_COOKIE
+        // Framing, the validator itself, and per-message metadata stay as stored.
+        if matches!(
+            *name,
+            header::CONTENT_LENGTH
+                | header::TRANSFER_ENCODING
+                | header::CONTENT_ENCODING
+                | header::CONTENT_RANGE
+                | header::ETAG
+                | header::AGE
+                | header::SET_COOKIE
+        ) || matches!(name.as_str(), "cache-status" | "content-md5")
         {
             continue;
         }
@@ -420,7 +446,7 @@ fn refresh(
     }
     let cc = CacheControl::for_cdn(&headers);
     let lifetime = freshness::lifetime(&cc, &headers, old.status, Some(behavior));
-    let timing = Timing::new(request_time, SystemTime::now(), &headers);
+    let timing = Timing::new(request_time, SystemTime::now(), not_modified);
     Entry {
         status: old.status,
         freshness: Freshness::new(&cc, lifetime, timing, Some(behavior)),
