@@ -13,14 +13,14 @@ import argparse
 import os
 import signal
 import shutil
-import subprocess
+import subprocess  # noqa: F401 (servers are Popen objects)
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proxy_bench import (BACKEND_PORT, HTTP_PORT, TICK, cpu_ticks, nginx_conf, run_wrk,  # noqa: E402
-                         tree, wait_port)
+from proxy_bench import (BACKEND_PORT, HTTP_PORT, interleaved, median, nginx_conf, run_wrk,  # noqa: E402
+                         wait_port)
 
 OBJECTS = [("1k", 1024), ("100k", 100 * 1024)]
 
@@ -123,44 +123,14 @@ def main():
     backend = start_backend(d)
     caches = [("flotilla", lambda: start_flotilla(d, args.binary)), ("nginx", lambda: start_nginx_cache(d)),
               ("varnish", lambda: start_varnish(d))]
-    samples = {}
+    scenarios = [(obj, obj, (lambda u: lambda dur, c: run_wrk(u, dur, c))(f"http://127.0.0.1:{HTTP_PORT}/{obj}"))
+                 for obj, _ in OBJECTS]
     try:
-        for rnd in range(args.rounds):
-            for name, start in caches:
-                p = start()
-                try:
-                    pids = tree(p.pid)
-                    for obj, _ in OBJECTS:
-                        url = f"http://127.0.0.1:{HTTP_PORT}/{obj}"
-                        run_wrk(url, 2, args.connections)  # warm: the measured requests are hits
-                        before = cpu_ticks(pids)
-                        rps, total, p50, p99, errs, sock = run_wrk(url, args.duration, args.connections)
-                        cpu = (cpu_ticks(pids) - before) / TICK * 1e6 / max(total, 1)
-                        if errs:
-                            raise RuntimeError(f"{name} {obj}: {errs} non-2xx responses; the run is not valid")
-                        samples.setdefault((obj, name), []).append((rps, p50, p99, cpu))
-                        print(f"round {rnd + 1} {obj:5} {name:9} {rps:9.0f} req/s p50 {p50 or 0:6.3f} ms "
-                              f"p99 {p99 or 0:6.3f} ms cpu {cpu:5.1f} us/req errors {errs} {sock}",
-                              file=sys.stderr, flush=True)
-                finally:
-                    for pid in reversed(tree(p.pid)):
-                        try:
-                            os.kill(pid, signal.SIGTERM)
-                        except ProcessLookupError:
-                            pass
-                    try:
-                        p.wait(timeout=15)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                    time.sleep(0.5)
+        samples = interleaved(args.rounds, caches, scenarios, args.duration, args.connections)
     finally:
         backend.send_signal(signal.SIGTERM)
         backend.wait(timeout=10)
         shutil.rmtree(d, ignore_errors=True)
-
-    def med(xs):
-        xs = sorted(x for x in xs if x is not None)
-        return xs[len(xs) // 2] if xs else None
 
     print(f"\nCache hits, {args.connections} connections, {args.duration}s per run, median of {args.rounds} interleaved"
           " rounds, cache pinned to CPU 1, wrk + backend on CPU 0.\n")
@@ -168,12 +138,12 @@ def main():
     print("|---|---|---:|---:|---:|---:|---:|")
     for obj, _ in OBJECTS:
         f = samples.get((obj, "flotilla"))
-        f_rps = med([r[0] for r in f]) if f else None
+        f_rps = median([r[0] for r in f]) if f else None
         for name, _ in caches:
             rows = samples.get((obj, name))
             if not rows:
                 continue
-            rps, p50, p99, cpu = (med([r[i] for r in rows]) for i in range(4))
+            rps, p50, p99, cpu = (median([r[i] for r in rows]) for i in range(4))
             ratio = f"{f_rps / rps:.2f}" if f_rps and name != "flotilla" else "—"
             print(f"| {obj} | {name} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {cpu:.1f} | {ratio} |")
 

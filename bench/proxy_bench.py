@@ -239,6 +239,53 @@ def run_h2load(url, duration, conns):
     return rps, done, mean, mx, done - succeeded, ""
 
 
+def stop(p):
+    """SIGTERM a server and all its children (nginx workers, varnish's child), then reap it."""
+    for pid in reversed(tree(p.pid)):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        p.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+    time.sleep(0.5)
+
+
+def interleaved(rounds, contenders, scenarios, duration, conns, only=""):
+    """Runs every scenario against every contender, round after round (a shared VM drifts, so
+    contenders alternate), and returns {(scenario, contender): [(rps, p50, p99, cpu_us, errs), ...]}.
+    A run with non-2xx responses is refused: its numbers would measure errors."""
+    samples = {}
+    for rnd in range(rounds):
+        for name, start in contenders:
+            p = start()
+            try:
+                pids = tree(p.pid)
+                for key, _, fn in scenarios:
+                    if only and key not in only.split(","):
+                        continue
+                    fn(2, conns)  # warm-up: pools, TLS session caches, cache fills
+                    before = cpu_ticks(pids)
+                    rps, total, p50, p99, errs, sock = fn(duration, conns)
+                    cpu_us = (cpu_ticks(pids) - before) / TICK * 1e6 / max(total, 1)
+                    print(f"round {rnd + 1} {key:6} {name:9} {rps:10.0f} req/s  p50 {p50 or 0:7.3f} ms  "
+                          f"p99 {p99 or 0:7.3f} ms  cpu {cpu_us:6.1f} us/req  errors {errs} {sock}",
+                          file=sys.stderr, flush=True)
+                    if errs:
+                        raise RuntimeError(f"{name} {key}: {errs} non-2xx responses; the run is not valid")
+                    samples.setdefault((key, name), []).append((rps, p50, p99, cpu_us, errs))
+            finally:
+                stop(p)
+    return samples
+
+
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    return xs[len(xs) // 2] if xs else None
+
+
 SCENARIOS = [
     ("http1", "HTTP/1.1 GET", lambda d, c: run_wrk(f"http://127.0.0.1:{HTTP_PORT}/", d, c)),
     ("tls", "HTTPS (TLS 1.3) GET", lambda d, c: run_wrk(f"https://localhost:{TLS_PORT}/", d, c)),
@@ -260,42 +307,16 @@ def main():
     backend = start_backend(d)
     proxies = [("flotilla", lambda: start_flotilla(d, args.binary)), ("haproxy", lambda: start_haproxy(d)),
                ("nginx", lambda: start_nginx(d))]
-    samples = {}
     try:
-        for rnd in range(args.rounds):
-            for name, start in proxies:
-                p = start()
-                try:
-                    pids = tree(p.pid)
-                    for key, _, fn in SCENARIOS:
-                        if args.only and key not in args.only.split(","):
-                            continue
-                        fn(2, args.connections)  # warm-up: pools, TLS session caches, page cache
-                        before = cpu_ticks(pids)
-                        rps, total, p50, p99, errs, sock = fn(args.duration, args.connections)
-                        cpu_us = (cpu_ticks(pids) - before) / TICK * 1e6 / max(total, 1)
-                        samples.setdefault((key, name), []).append((rps, p50, p99, cpu_us, errs))
-                        print(f"round {rnd + 1} {key:6} {name:9} {rps:10.0f} req/s  p50 {p50 or 0:7.3f} ms  "
-                              f"p99 {p99 or 0:7.3f} ms  cpu {cpu_us:6.1f} us/req  errors {errs} {sock}",
-                              file=sys.stderr, flush=True)
-                finally:
-                    p.send_signal(signal.SIGTERM)
-                    try:
-                        p.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                    time.sleep(0.5)
+        samples = interleaved(args.rounds, proxies, SCENARIOS, args.duration, args.connections, args.only)
     finally:
         backend.send_signal(signal.SIGTERM)
         backend.wait(timeout=10)
         shutil.rmtree(d, ignore_errors=True)
 
-    def median(xs):
-        xs = sorted(x for x in xs if x is not None)
-        return xs[len(xs) // 2] if xs else None
-
     results = {}
     for k, rows in samples.items():
+        rows = [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
         cols = list(zip(*rows))
         results[k] = (median(cols[0]), median(cols[1]), median(cols[2]), median(cols[3]), sum(cols[4]), "")
 

@@ -79,7 +79,8 @@ pub fn primary(policy: &KeyPolicy, host: &str, path: &str, query: Option<&str>, 
     key
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// A cookie's value from the request's Cookie header lines.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(
         |pair| {
             let (k, v) = pair.trim().split_once('=')?;

@@ -188,13 +188,7 @@ fn host_without_port(h: &str) -> Option<&str> {
     ok.then_some(host)
 }
 
-/// Finds a cookie's value in the request's Cookie headers.
-pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
-        let (k, v) = pair.trim().split_once('=')?;
-        (k == name).then_some(v.trim_matches('"'))
-    })
-}
+pub(crate) use flotilla_cache::key::cookie;
 
 #[cfg(test)]
 mod tests {
