@@ -294,6 +294,9 @@ impl Edge {
                 m.targets.get_or_create(&StateLabels { target_group: g.name.clone(), state }).set(counts[i]);
             }
         }
+        let (entries, bytes) = self.shared.cache.store.usage();
+        m.cache_entries.set(entries.min(i64::MAX as u64) as i64);
+        m.cache_bytes.set(bytes.min(i64::MAX as u64) as i64);
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &m.registry) {
             tracing::error!(error = %e, "encoding metrics failed");

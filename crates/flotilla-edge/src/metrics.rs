@@ -55,6 +55,8 @@ pub struct EdgeMetrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub cache: Family<CacheLabels, Counter>,
     pub cache_invalidations: Counter,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
     pub active_connections: Gauge,
     pub connections: Counter,
 }
@@ -76,6 +78,8 @@ impl EdgeMetrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let cache = Family::<CacheLabels, Counter>::default();
         let cache_invalidations = Counter::default();
+        let cache_entries = Gauge::default();
+        let cache_bytes = Gauge::default();
         let active_connections = Gauge::default();
         let connections = Counter::default();
         registry.register(
@@ -107,6 +111,8 @@ impl EdgeMetrics {
             cache.clone(),
         );
         registry.register("cache_invalidations", "Invalidation requests applied", cache_invalidations.clone());
+        registry.register("cache_memory_entries", "URLs held in the memory tier", cache_entries.clone());
+        registry.register("cache_memory_bytes", "Weighted bytes held in the memory tier", cache_bytes.clone());
         registry.register("active_connections", "Open client connections", active_connections.clone());
         registry.register("connections", "Client connections accepted", connections.clone());
         Self {
@@ -120,6 +126,8 @@ impl EdgeMetrics {
             errors,
             cache,
             cache_invalidations,
+            cache_entries,
+            cache_bytes,
             active_connections,
             connections,
         }

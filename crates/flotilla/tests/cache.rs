@@ -46,6 +46,8 @@ async fn fresh_responses_are_served_from_cache() {
     assert_ne!(b1, b3);
     let m = get(&f.admin("/metrics")).await.1;
     assert!(m.contains("flotilla_cache_requests_total{behavior=\"main\",result=\"hit\"} 1"), "{m}");
+    assert!(m.contains("flotilla_cache_memory_entries 2"), "{m}");
+    assert!(!m.contains("flotilla_cache_memory_bytes 0\n"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
