@@ -7,6 +7,7 @@
 //! - [`freshness`]: lifetime (with behaviour clamps), age, and the fresh/stale/revalidate decision.
 //! - [`key`]: primary keys from a behaviour's key policy, Vary secondary keys, Accept-Encoding.
 
+pub mod compress;
 pub mod directives;
 pub mod freshness;
 pub mod key;

@@ -18,9 +18,14 @@ pub struct Entry {
     /// As received, minus hop-by-hop fields, `Age` and `Set-Cookie`.
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The body gzip-compressed, when the behaviour compresses and it was worth it.
+    pub gzip: Option<Bytes>,
     pub freshness: Freshness,
     /// The request's values for the response's Vary headers.
     pub secondary: String,
+    /// The header names `secondary` was built from (the origin's Vary, before the edge added
+    /// Accept-Encoding for its own compressed representation).
+    pub vary: Vec<HeaderName>,
     /// Lower-case host and path of the request it answered (for invalidation).
     pub host: String,
     pub path: String,
@@ -31,7 +36,8 @@ pub struct Entry {
 impl Entry {
     fn weight(&self) -> u64 {
         let headers: usize = self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
-        (self.body.len() + headers + self.path.len() + self.secondary.len() + 256) as u64
+        let gzip = self.gzip.as_ref().map_or(0, Bytes::len);
+        (self.body.len() + gzip + headers + self.path.len() + self.secondary.len() + 256) as u64
     }
 }
 
@@ -170,6 +176,7 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: Bytes::from(vec![b'x'; body]),
+            gzip: None,
             freshness: Freshness::new(
                 &CacheControl::default(),
                 Duration::from_secs(60),
@@ -177,6 +184,7 @@ mod tests {
                 None,
             ),
             secondary: secondary.into(),
+            vary: vec![],
             host: host.into(),
             path: path.into(),
             tags: tags.iter().map(|t| t.to_string()).collect(),

@@ -15,7 +15,9 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use flotilla_cache::freshness::{self, Freshness, Timing};
 use flotilla_cache::storable::{self, Exchange};
-use flotilla_cache::{key, CacheControl, Decision, Entry, Lookup, MemoryStore, NotStored, PathMatch};
+use flotilla_cache::{
+    compress, key, CacheControl, Decision, Encoding, Entry, Lookup, MemoryStore, NotStored, PathMatch,
+};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -280,8 +282,7 @@ async fn settle(
     if revalidating && resp.status() == StatusCode::NOT_MODIFIED {
         if let Some(old) = stale {
             let refreshed = Arc::new(refresh(old, resp.headers(), request_time, &rule.behavior));
-            let vary = key::vary_names(&refreshed.headers).unwrap_or_default();
-            cache.store.insert_arc(primary.to_string(), vary, refreshed.clone());
+            cache.store.insert_arc(primary.to_string(), refreshed.vary.clone(), refreshed.clone());
             return Ok(Settled::Refreshed(refreshed));
         }
     }
@@ -331,9 +332,22 @@ async fn settle(
         return Ok(Settled::Passed(Response::from_parts(parts_with(parts.status, headers), full(bytes)), "vary-star"));
     };
     let lifetime = freshness::lifetime(&cc, &headers, parts.status, Some(&rule.behavior));
+    let gzip = if rule.compress && compress::compressible(&headers, &cc) {
+        let raw = bytes.clone();
+        tokio::task::spawn_blocking(move || compress::gzip(&raw)).await.ok().flatten()
+    } else {
+        None
+    };
+    if gzip.is_some() && !vary.contains(&header::ACCEPT_ENCODING) {
+        // Downstream caches must know the representation depends on Accept-Encoding; our own
+        // key does not (both representations live in this one entry).
+        headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
     let entry = Arc::new(Entry {
         status: parts.status,
         secondary: key::secondary(&vary, request_headers),
+        vary: vary.clone(),
+        gzip,
         host: cx.host.to_string(),
         path,
         tags: tags(&headers),
@@ -451,6 +465,8 @@ fn refresh(
         status: old.status,
         freshness: Freshness::new(&cc, lifetime, timing, Some(behavior)),
         secondary: old.secondary.clone(),
+        vary: old.vary.clone(),
+        gzip: old.gzip.clone(),
         host: old.host.clone(),
         path: old.path.clone(),
         tags: tags(&headers),
@@ -524,6 +540,23 @@ fn respond_with(entry: &Entry, conditions: &ClientConditions, head: bool, cache_
         if let Some(v) = headers.get(&CACHE_STATUS) {
             resp.headers_mut().insert(CACHE_STATUS.clone(), v.clone());
         }
+        return resp;
+    }
+    let gzip = entry.gzip.as_ref().filter(|_| {
+        key::preferred_encoding(&conditions.request, &[Encoding::Gzip, Encoding::Identity]) == Encoding::Gzip
+    });
+    if let Some(gz) = gzip {
+        // A different representation: its own length, and a weak validator (RFC 9110 §8.8.1).
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        headers.remove(header::CONTENT_LENGTH);
+        if let Some(etag) = headers.get(header::ETAG).filter(|e| !e.as_bytes().starts_with(b"W/")) {
+            if let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat()) {
+                headers.insert(header::ETAG, weak);
+            }
+        }
+        let mut resp = Response::new(if head { empty() } else { full(gz.clone()) });
+        *resp.status_mut() = entry.status;
+        *resp.headers_mut() = headers;
         return resp;
     }
     if entry.status == StatusCode::OK {

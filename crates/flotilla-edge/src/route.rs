@@ -22,6 +22,8 @@ pub(crate) struct Route {
 /// A cache behaviour as the request path uses it.
 pub(crate) struct CacheRule {
     pub behavior: Behavior,
+    /// Store a gzip representation of compressible responses too.
+    pub compress: bool,
     pub key: KeyPolicy,
     pub hits: Counter,
     pub misses: Counter,
@@ -35,6 +37,7 @@ impl CacheRule {
             metrics.cache.get_or_create(&CacheLabels { behavior: cfg.name.clone(), result }).clone()
         };
         Self {
+            compress: cfg.compress,
             behavior: Behavior {
                 min_ttl: cfg.min_ttl,
                 default_ttl: cfg.default_ttl,

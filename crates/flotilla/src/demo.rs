@@ -140,7 +140,7 @@ async fn echo(
 }
 
 /// A response whose caching headers come from the query (`cc`, `vary`, `tag`, `etag`, `ms` to
-/// delay), and whose body counts the requests this endpoint has served, so a test can tell an
+/// delay, `pad` bytes of compressible filler), and whose body counts the requests this endpoint has served, so a test can tell an
 /// origin fetch from a cache hit.
 async fn cached(
     State(app): State<Shared>,
@@ -162,7 +162,8 @@ async fn cached(
     if let Some(ms) = q.get("ms").and_then(|m| m.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
     }
-    let mut resp = format!("{} {} {n}\n", app.id, method).into_response();
+    let pad = q.get("pad").and_then(|p| p.parse::<usize>().ok()).unwrap_or(0).min(1 << 20);
+    let mut resp = format!("{} {} {n}\n{}", app.id, method, "flotilla ".repeat(pad / 9)).into_response();
     let h = resp.headers_mut();
     for (param, name) in [("cc", header::CACHE_CONTROL), ("vary", header::VARY), ("etag", header::ETAG)] {
         if let Some(v) = q.get(param).and_then(|v| header::HeaderValue::from_str(v).ok()) {

@@ -277,3 +277,39 @@ async fn ranges_are_served_from_the_stored_object() {
     let (s, _, body) = request(&c, "GET", &f.url(path), &[("range", "bytes=0-1,4-5")], "").await.unwrap();
     assert_eq!((s, body.len()), (200, len), "several ranges: the whole object");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressible_objects_are_stored_gzipped_once_and_served_by_accept_encoding() {
+    use std::io::Read;
+    let app = DemoApp::start("origin");
+    let behavior = "[cache_behaviors.main]\ndefault_ttl = \"1h\"\ncompress = true\n\n";
+    let f =
+        Flotilla::start("cache-gzip", &(behavior.to_string() + &cached_route("web") + &group_toml("web", &[&app], "")));
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let path = "/cached?cc=max-age=600&pad=4000&etag=%22g1%22";
+    let c = client();
+    let (s, h, plain) = request(&c, "GET", &f.url(path), &[], "").await.unwrap();
+    assert_eq!(s, 200);
+    assert!(h.get("content-encoding").is_none(), "no Accept-Encoding: identity");
+    assert!(h["vary"].to_str().unwrap().to_ascii_lowercase().contains("accept-encoding"));
+    // The same entry answers gzip to a client that accepts it.
+    let req = http::Request::get(f.url(path))
+        .header("accept-encoding", "gzip, br")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    assert_eq!(resp.headers()["etag"], "W/\"g1\"");
+    assert!(resp.headers()["cache-status"].to_str().unwrap().contains("hit"));
+    let gz = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    assert!(gz.len() < plain.len() / 4, "{} vs {}", gz.len(), plain.len());
+    let mut unzipped = String::new();
+    flate2::read::GzDecoder::new(&gz[..]).read_to_string(&mut unzipped).unwrap();
+    assert_eq!(unzipped, plain, "one origin fetch, two representations of the same body");
+    // Not compressed: a body the origin already encoded or marked no-transform.
+    let (_, h, _) =
+        request(&c, "GET", &f.url("/cached?cc=max-age=600,no-transform&pad=4000"), &[("accept-encoding", "gzip")], "")
+            .await
+            .unwrap();
+    assert!(h.get("content-encoding").is_none());
+}
