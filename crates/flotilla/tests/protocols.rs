@@ -275,3 +275,43 @@ async fn sni_picks_among_several_certificates() {
         assert_eq!(result.is_ok(), ok, "SNI {sni}: {:?}", result.err());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_certificates_without_dropping_in_flight_requests() {
+    let app = DemoApp::start("reload-tls");
+    let tls_port = free_port();
+    let dir = scratch_dir("reload-tls");
+    let first = make_pki_named(&dir, &["localhost"], "cert.pem", "key.pem");
+    let port = free_port();
+    let admin_port = free_port();
+    let text = format!(
+        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\n[edge.tls]\nlisten = [\"127.0.0.1:{tls_port}\"]\ncertificates = [{{ cert = \"cert.pem\", key = \"key.pem\" }}]\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{ROUTE_ALL}{}",
+        group_toml("web", &[&app], "")
+    );
+    let f = Flotilla::start_raw("reload-tls", &dir, &text, port, admin_port);
+    wait_for_port(tls_port);
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let handshake = |pki: &Pki| {
+        let connector = tls_connector(pki, &[b"http/1.1"]);
+        async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost".to_string()).unwrap();
+            connector.connect(name, tcp).await.is_ok()
+        }
+    };
+    assert!(handshake(&first).await);
+    // A slow request is in flight while the config (and certificate) is reloaded.
+    let url = f.url("/slow?ms=1500");
+    let slow = tokio::spawn(async move { request(&client(), "GET", &url, &[], "").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = make_pki_named(&dir, &["localhost"], "cert.pem", "key.pem");
+    f.proc.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !handshake(&second).await {
+        assert!(std::time::Instant::now() < deadline, "the new certificate was never served\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!handshake(&first).await, "the old certificate is gone");
+    let (status, _, body) = slow.await.unwrap().unwrap();
+    assert_eq!((status, body.trim()), (200, "reload-tls slept 1500 ms"), "the in-flight request survived the reload");
+}
