@@ -7,12 +7,26 @@
 # different request counts (h2load, HTTP/1.1, 16 connections) are differenced, so start-up cost
 # cancels out. Kernel time (the loopback TCP stack) is not counted: it is the same for all three.
 #
-# Usage: bench/instructions.sh [--requests 10000]
+# Usage: bench/instructions.sh [--requests 10000] [--h2] [--cache-sim]
+#   --h2         HTTP/2 prior knowledge (h2c), 10 streams per connection; nginx is left out (its
+#                cleartext listener cannot take both protocols)
+#   --cache-sim  cachegrind with its cache simulation instead of callgrind: also prints L1
+#                instruction, L1 data and last-level misses per request (where wall-clock
+#                differences hide when instruction counts are even)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/flotilla-target}"
 N=10000
-[ "${1:-}" = "--requests" ] && N="$2"
+H2=0
+SIM=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --requests) N="$2"; shift 2 ;;
+    --h2) H2=1; shift ;;
+    --cache-sim) SIM=1; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
 for bin in valgrind:valgrind h2load:nghttp2-client nginx:nginx haproxy:haproxy; do
   command -v "${bin%%:*}" >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${bin##*:}"; }
 done
@@ -82,22 +96,28 @@ http { access_log off;
       add_header X-Request-Id \$request_id; } } }
 CONF
 
-count() { # name n cmd... -> total instructions of the proxy for n requests
+count() { # name n cmd... -> the proxy's event totals for n requests (Ir, or Ir and cache misses)
   local name=$1 n=$2; shift 2
   local out="$D/cg-$name-$n.out"
-  FLOTILLA_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$@" > "$D/vg-$name.log" 2>&1 &
+  if [ "$SIM" = 1 ]; then
+    FLOTILLA_LOG=warn valgrind --tool=cachegrind --cache-sim=yes --cachegrind-out-file="$out" "$@" > "$D/vg-$name.log" 2>&1 &
+  else
+    FLOTILLA_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$@" > "$D/vg-$name.log" 2>&1 &
+  fi
   local vp=$!
   for _ in $(seq 200); do sleep 0.1; (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; done
   sleep 1
-  h2load --h1 -n "$n" -c 16 -t 1 "http://127.0.0.1:$PORT/" | grep -q "$n succeeded" || echo "warning: $name: not all requests succeeded" >&2
+  local proto=(--h1)
+  [ "$H2" = 1 ] && proto=(-m 10)
+  h2load "${proto[@]}" -n "$n" -c 16 -t 1 "http://127.0.0.1:$PORT/" | grep -q "$n succeeded" || echo "warning: $name: not all requests succeeded" >&2
   kill -TERM $vp; wait $vp || true
-  grep -E '^summary:' "$out" | awk '{print $2}'
+  grep -E '^summary:' "$out" | head -1 | cut -d' ' -f2-
 }
 
-echo "| proxy | user-space instructions per request | flotilla / other |"
-echo "|---|---:|---:|"
+names=(flotilla haproxy nginx)
+[ "$H2" = 1 ] && names=(flotilla haproxy)
 declare -A per
-for name in flotilla haproxy nginx; do
+for name in "${names[@]}"; do
   case $name in
     flotilla) cmd=("$BIN" up --config "$D/flotilla.toml") ;;
     haproxy) cmd=(haproxy -f "$D/haproxy.cfg" -db) ;;
@@ -105,10 +125,26 @@ for name in flotilla haproxy nginx; do
   esac
   a=$(count "$name" 2000 "${cmd[@]}")
   b=$(count "$name" $((2000 + N)) "${cmd[@]}")
-  per[$name]=$(( (b - a) / N ))
+  per[$name]=$(python3 -c "
+a=list(map(int,'$a'.split())); b=list(map(int,'$b'.split())); d=[(y-x)/$N for x,y in zip(a,b)]
+# cachegrind: Ir I1mr ILmr Dr D1mr DLmr Dw D1mw DLmw; callgrind: Ir
+print(f'{d[0]:.0f}' if len(d)==1 else f'{d[0]:.0f} | {d[1]:.0f} | {d[4]+d[7]:.0f} | {d[2]+d[5]+d[8]:.2f}')")
 done
-for name in flotilla haproxy nginx; do
-  ratio=$(python3 -c "print(f'{${per[flotilla]}/${per[$name]}:.2f}')")
-  [ "$name" = flotilla ] && ratio="—"
-  echo "| $name | ${per[$name]} | $ratio |"
+proto=HTTP/1.1; [ "$H2" = 1 ] && proto="HTTP/2 (h2c, 10 streams per connection)"
+echo "$proto, $N requests, 16 connections, user space only:"
+if [ "$SIM" = 1 ]; then
+  echo "| proxy | instructions | L1i misses | L1d misses | LL misses |  (per request)"
+  echo "|---|---:|---:|---:|---:|"
+else
+  echo "| proxy | instructions per request | flotilla / other |"
+  echo "|---|---:|---:|"
+fi
+for name in "${names[@]}"; do
+  if [ "$SIM" = 1 ]; then
+    echo "| $name | ${per[$name]} |"
+  else
+    ratio=$(python3 -c "print(f'{${per[flotilla]}/${per[$name]}:.2f}')")
+    [ "$name" = flotilla ] && ratio="—"
+    echo "| $name | ${per[$name]} | $ratio |"
+  fi
 done
