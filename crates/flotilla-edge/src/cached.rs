@@ -226,19 +226,9 @@ pub(crate) async fn serve(
             return Ok(respond_with(s, &client_conditions, head, &status));
         }
     }
-    let settled = settle(
-        cx,
-        rule,
-        &primary,
-        path,
-        &client_conditions.request,
-        head,
-        request_time,
-        stale.as_ref(),
-        revalidating,
-        resp,
-    )
-    .await?;
+    let settled =
+        settle(cx, rule, &primary, path, &client_conditions, head, request_time, stale.as_ref(), revalidating, resp)
+            .await?;
     Ok(match settled {
         Settled::Refreshed(e) => {
             rule.hits.inc();
@@ -371,7 +361,7 @@ fn refresh_in_background(
     path: String,
 ) {
     let mut headers = req.headers().clone();
-    let request_headers = strip_conditionals(&mut headers).request;
+    let request_headers = strip_conditionals(&mut headers);
     let revalidating = add_validators(&mut headers, &stale);
     let mut background = Request::new(http_body_util::Empty::<Bytes>::new());
     *background.uri_mut() = req.uri().clone();
@@ -486,13 +476,9 @@ fn request_directives(headers: &HeaderMap) -> CacheControl {
     cc
 }
 
-/// The client's request headers with its conditionals and ranges (removed from what goes to the
-/// origin, evaluated against the stored response instead).
-struct ClientConditions {
-    request: HeaderMap,
-}
-
-fn strip_conditionals(headers: &mut HeaderMap) -> ClientConditions {
+/// Removes the client's conditionals and ranges from what goes to the origin and returns the
+/// client's original headers, against which they are evaluated on the stored response instead.
+fn strip_conditionals(headers: &mut HeaderMap) -> HeaderMap {
     let request = headers.clone();
     for h in [
         header::IF_NONE_MATCH,
@@ -504,24 +490,23 @@ fn strip_conditionals(headers: &mut HeaderMap) -> ClientConditions {
     ] {
         headers.remove(h);
     }
-    ClientConditions { request }
+    request
 }
 
 fn respond(entry: &Entry, req: &Request<Incoming>, cache_status: &str) -> Response<Body> {
-    let conditions = ClientConditions { request: req.headers().clone() };
-    respond_with(entry, &conditions, req.method() == Method::HEAD, cache_status)
+    respond_with(entry, req.headers(), req.method() == Method::HEAD, cache_status)
 }
 
 /// A response built from a stored entry: `Age`, `Cache-Status`, and 304 when the client's
 /// validator matches (RFC 9110 §13.1: If-None-Match first, else If-Modified-Since).
-fn respond_with(entry: &Entry, conditions: &ClientConditions, head: bool, cache_status: &str) -> Response<Body> {
+fn respond_with(entry: &Entry, request: &HeaderMap, head: bool, cache_status: &str) -> Response<Body> {
     let mut headers = entry.headers.clone();
     let age = entry.freshness.timing.current_age(SystemTime::now()).as_secs();
     headers.insert(header::AGE, HeaderValue::from(age));
     if let Ok(v) = HeaderValue::from_str(cache_status) {
         headers.insert(CACHE_STATUS.clone(), v);
     }
-    if entry.status == StatusCode::OK && not_modified(entry, &conditions.request) {
+    if entry.status == StatusCode::OK && not_modified(entry, request) {
         let mut resp = Response::new(empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         for h in [
@@ -542,9 +527,10 @@ fn respond_with(entry: &Entry, conditions: &ClientConditions, head: bool, cache_
         }
         return resp;
     }
-    let gzip = entry.gzip.as_ref().filter(|_| {
-        key::preferred_encoding(&conditions.request, &[Encoding::Gzip, Encoding::Identity]) == Encoding::Gzip
-    });
+    let gzip = entry
+        .gzip
+        .as_ref()
+        .filter(|_| key::preferred_encoding(request, &[Encoding::Gzip, Encoding::Identity]) == Encoding::Gzip);
     if let Some(gz) = gzip {
         // A different representation: its own length, and a weak validator (RFC 9110 §8.8.1).
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -561,7 +547,7 @@ fn respond_with(entry: &Entry, conditions: &ClientConditions, head: bool, cache_
     }
     if entry.status == StatusCode::OK {
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        if let Some(range) = requested_range(entry, &conditions.request) {
+        if let Some(range) = requested_range(entry, request) {
             return ranged(entry, headers, range, head);
         }
     }

@@ -152,8 +152,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let Origin { shared, rt, conn, group, host, rid } = cx;
-    let _ = shared;
+    let Origin { rt, conn, group, host, rid, .. } = cx;
     let cfg = group.config();
     let (mut parts, body) = req.into_parts();
     let fault = BodyFault::default();
