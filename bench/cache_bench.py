@@ -19,7 +19,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proxy_bench import (BACKEND_PORT, HTTP_PORT, interleaved, median, nginx_conf, run_wrk,  # noqa: E402
+from proxy_bench import (BACKEND_PORT, HTTP_PORT, interleaved, launch_nginx, median, run_wrk,  # noqa: E402
                          wait_port)
 
 OBJECTS = [("1k", 1024), ("100k", 100 * 1024)]
@@ -30,18 +30,12 @@ def start_backend(d):
     for name, size in OBJECTS:
         with open(f"{d}/www/{name}", "wb") as f:
             f.write((b"flotilla cache bench " * (size // 21 + 1))[:size])
-    conf = nginx_conf(d, f"""
+    return launch_nginx(d, "backend", f"""
   server {{
     listen 127.0.0.1:{BACKEND_PORT} reuseport backlog=4096;
     root {d}/www;
     location / {{ default_type text/plain; add_header Cache-Control "public, max-age=3600"; }}
-  }}""") % ("backend", "backend")
-    path = f"{d}/backend.conf"
-    open(path, "w").write(conf)
-    p = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", path, "-p", d],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(BACKEND_PORT)
-    return p
+  }}""", cpu=0, ports=[BACKEND_PORT])
 
 
 def start_flotilla(d, binary):
@@ -73,7 +67,7 @@ interval = "5s"
 
 def start_nginx_cache(d):
     os.makedirs(f"{d}/ngx-cache", exist_ok=True)
-    conf = nginx_conf(d, f"""
+    return launch_nginx(d, "cache", f"""
   proxy_cache_path {d}/ngx-cache levels=1:2 keys_zone=bench:10m max_size=1g inactive=60m use_temp_path=off;
   upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 64; }}
   server {{
@@ -86,13 +80,7 @@ def start_nginx_cache(d):
       proxy_cache_lock on;
       add_header X-Cache-Status $upstream_cache_status;
     }}
-  }}""") % ("proxy", "proxy")
-    path = f"{d}/nginx-cache.conf"
-    open(path, "w").write(conf)
-    p = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", path, "-p", d], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    wait_port(HTTP_PORT)
-    return p
+  }}""", cpu=1, ports=[HTTP_PORT])
 
 
 def start_varnish(d):

@@ -6,13 +6,10 @@
 # failing required tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/flotilla-target}"
+. bench/lib.sh
 SUITE_VERSION=0.4.5
-for bin in node:nodejs npm:npm nginx:nginx varnishd:varnish; do
-  command -v "${bin%%:*}" >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${bin##*:}"; }
-done
-cargo build --release --bin flotilla
-BIN="$CARGO_TARGET_DIR/release/flotilla"
+ensure_tools node:nodejs npm:npm nginx:nginx varnishd:varnish
+BIN=$(build_flotilla)
 D=$(mktemp -d /tmp/flotilla-conformance-XXXXXX)
 chmod 755 "$D"
 cleanup() {

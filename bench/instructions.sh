@@ -15,7 +15,7 @@
 #                differences hide when instruction counts are even)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/flotilla-target}"
+. bench/lib.sh
 N=10000
 H2=0
 SIM=0
@@ -27,11 +27,8 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-for bin in valgrind:valgrind h2load:nghttp2-client nginx:nginx haproxy:haproxy; do
-  command -v "${bin%%:*}" >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${bin##*:}"; }
-done
-cargo build --release --bin flotilla
-BIN="$CARGO_TARGET_DIR/release/flotilla"
+ensure_tools valgrind:valgrind h2load:nghttp2-client nginx:nginx haproxy:haproxy
+BIN=$(build_flotilla)
 D=$(mktemp -d /tmp/flotilla-icount-XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$D"' EXIT
 PORT=18080 BACKEND=18001

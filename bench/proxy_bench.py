@@ -78,34 +78,36 @@ def make_cert(d):
         f.write(open(f"{d}/cert.pem").read() + open(f"{d}/key.pem").read())
 
 
-def nginx_conf(d, body):
+def launch_nginx(d, name, http_body, cpu, ports):
+    """Starts one nginx (one worker, no access log, pinned to `cpu`) with `http_body` inside its
+    http block, and waits for `ports`. Used for the backend and for nginx as a proxy or cache."""
     conf = f"""
 worker_processes 1;
-pid {d}/nginx-%s.pid;
-error_log {d}/nginx-%s-error.log warn;
+pid {d}/nginx-{name}.pid;
+error_log {d}/nginx-{name}-error.log warn;
 daemon off;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
   keepalive_requests 1000000;
-  {body}
+  {http_body}
 }}
 """
-    return conf
+    path = f"{d}/nginx-{name}.conf"
+    open(path, "w").write(conf)
+    p = subprocess.Popen(["taskset", "-c", str(cpu), "nginx", "-c", path, "-p", d], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    for port in ports:
+        wait_port(port)
+    return p
 
 
 def start_backend(d):
-    conf = nginx_conf(d, f"""
+    return launch_nginx(d, "backend", f"""
   server {{
     listen 127.0.0.1:{BACKEND_PORT} reuseport backlog=4096;
     location / {{ default_type text/plain; return 200 "hello from the backend\\n"; }}
-  }}""") % ("backend", "backend")
-    path = f"{d}/backend.conf"
-    open(path, "w").write(conf)
-    p = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", path, "-p", d], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    wait_port(BACKEND_PORT)
-    return p
+  }}""", cpu=0, ports=[BACKEND_PORT])
 
 
 def start_flotilla(d, binary):
@@ -179,7 +181,7 @@ backend be
 
 
 def start_nginx(d):
-    conf = nginx_conf(d, f"""
+    return launch_nginx(d, "proxy", f"""
   upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 128; }}
   server {{
     listen 127.0.0.1:{HTTP_PORT} backlog=4096;
@@ -199,14 +201,7 @@ def start_nginx(d):
       proxy_set_header X-Request-Id $request_id;
       add_header X-Request-Id $request_id;
     }}
-  }}""") % ("proxy", "proxy")
-    path = f"{d}/nginx-proxy.conf"
-    open(path, "w").write(conf)
-    p = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", path, "-p", d], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    wait_port(HTTP_PORT)
-    wait_port(TLS_PORT)
-    return p
+  }}""", cpu=1, ports=[HTTP_PORT, TLS_PORT])
 
 
 def parse_wrk(out):
