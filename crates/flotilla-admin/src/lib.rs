@@ -1,10 +1,12 @@
-//! Flotilla's admin HTTP API: health, target groups, registration, reload and metrics.
+//! Flotilla's admin HTTP API: health, target groups, registration, auto scaling groups, cache
+//! invalidation, reload and metrics.
 //!
 //! `router(state)` is a plain axum `Router`, so it is tested with `oneshot` and no socket.
 //! Reads are open (the admin listener is meant for loopback or a private network); every
 //! mutating call needs `Authorization: Bearer <admin.token>`.
 
 mod auth;
+mod groups;
 mod time;
 
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use flotilla_edge::Edge;
 use serde::Deserialize;
@@ -28,6 +30,7 @@ pub trait Control: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct AdminState {
     pub edge: Arc<Edge>,
+    pub fleet: Arc<flotilla_fleet::Fleet>,
     pub token: Option<String>,
     pub control: Arc<dyn Control>,
 }
@@ -43,6 +46,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/invalidations", post(invalidate))
         .route("/api/v1/invalidations/{id}", get(invalidation))
         .route("/api/v1/deployments", post(deployment))
+        .route("/api/v1/groups", get(groups::list))
+        .route("/api/v1/groups/{name}", get(groups::show))
+        .route("/api/v1/groups/{name}/desired", put(groups::set_desired))
+        .route("/api/v1/groups/{name}/activity", get(groups::activity))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
         .with_state(state)
 }

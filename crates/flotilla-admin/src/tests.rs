@@ -17,6 +17,17 @@ impl Control for NoReload {
     }
 }
 
+struct NoRegistrar;
+impl flotilla_fleet::Registrar for NoRegistrar {
+    fn register(&self, _: &str, _: std::net::SocketAddr, _: Option<&str>) -> Result<(), String> {
+        Err("no".into())
+    }
+    fn deregister(&self, _: &str, _: std::net::SocketAddr) {}
+    fn status(&self, _: &str, _: std::net::SocketAddr) -> Option<flotilla_fleet::TargetStatus> {
+        None
+    }
+}
+
 fn state() -> AdminState {
     let text = r#"
 [edge]
@@ -33,7 +44,8 @@ timeout = "1s"
     let cfg = flotilla_config::parse(Path::new("t.toml"), text, &|_| None).unwrap();
     let edge = Arc::new(Edge::new(&cfg).unwrap());
     edge.start(&cfg).unwrap();
-    AdminState { edge, token: Some("secret".into()), control: Arc::new(NoReload) }
+    let fleet = Arc::new(flotilla_fleet::Fleet::start(&cfg, Arc::new(NoRegistrar)));
+    AdminState { edge, fleet, token: Some("secret".into()), control: Arc::new(NoReload) }
 }
 
 async fn call(state: &AdminState, method: &str, uri: &str, token: Option<&str>, body: &str) -> (StatusCode, String) {

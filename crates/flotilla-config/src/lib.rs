@@ -5,14 +5,17 @@
 
 mod env;
 mod error;
+mod fleet_model;
 mod model;
 mod raw;
 pub mod units;
 mod validate;
+mod validate_fleet;
 
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, LoadError};
+pub use fleet_model::*;
 pub use model::*;
 
 /// Reads and validates a config file, expanding `${VAR}` from the process environment.

@@ -17,6 +17,8 @@ pub struct Config {
     pub target_groups: BTreeMap<String, TargetGroupConfig>,
     pub cache: CacheConfig,
     pub cache_behaviors: BTreeMap<String, CacheBehaviorConfig>,
+    /// Auto scaling groups (`[groups.*]`), run by the fleet.
+    pub groups: BTreeMap<String, crate::GroupConfig>,
     /// Non-fatal findings (unset environment variables, groups with no targets) to log at start.
     pub warnings: Vec<String>,
 }

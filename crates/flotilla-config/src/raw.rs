@@ -20,6 +20,8 @@ pub(crate) struct RawConfig {
     pub cache: Option<S<RawCache>>,
     #[serde(default)]
     pub cache_behaviors: BTreeMap<S<String>, S<RawBehavior>>,
+    #[serde(default)]
+    pub groups: BTreeMap<S<String>, S<RawGroup>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,5 +186,75 @@ pub(crate) struct RawPassive {
 #[serde(untagged)]
 pub(crate) enum SizeLit {
     Bytes(i64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGroup {
+    pub target_group: Option<S<String>>,
+    pub min: Option<S<i64>>,
+    pub max: Option<S<i64>>,
+    pub desired: Option<S<i64>>,
+    pub health_check_grace: Option<S<String>>,
+    pub instance_warmup: Option<S<String>>,
+    pub cooldown: Option<S<String>>,
+    pub termination_policy: Option<Vec<S<String>>>,
+    #[serde(default)]
+    pub zones: Vec<S<String>>,
+    pub launch: Option<S<RawLaunch>>,
+    #[serde(default)]
+    pub policies: Vec<S<RawPolicy>>,
+    #[serde(default)]
+    pub schedules: Vec<S<toml::Value>>,
+    pub metrics_interval: Option<S<String>>,
+    pub stop_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLaunch {
+    pub driver: Option<S<String>>,
+    pub command: Option<S<Vec<String>>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<S<String>>,
+    pub image: Option<S<String>>,
+    pub port: Option<S<i64>>,
+    pub cpus: Option<S<Num>>,
+    pub memory: Option<S<SizeLit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPolicy {
+    #[serde(rename = "type")]
+    pub kind: Option<S<String>>,
+    pub metric: Option<S<String>>,
+    pub statistic: Option<S<String>>,
+    pub period: Option<S<String>>,
+    pub evaluation_periods: Option<S<i64>>,
+    pub datapoints_to_alarm: Option<S<i64>>,
+    pub threshold: Option<S<Num>>,
+    pub comparison: Option<S<String>>,
+    pub adjustment: Option<S<Num>>,
+    pub missing_data: Option<S<String>>,
+    pub target: Option<S<Num>>,
+    pub tolerance: Option<S<Num>>,
+    pub scale_in_stabilization: Option<S<String>>,
+    pub scale_out_stabilization: Option<S<String>>,
+    pub scale_in_cooldown: Option<S<String>>,
+    pub disable_scale_in: Option<bool>,
+    pub max_scale_in_fraction: Option<S<Num>>,
+    pub headroom: Option<S<Num>>,
+    pub predictive: Option<bool>,
+}
+
+/// A number written as an integer, a float, or (for adjustments) a string like "+2" or "50%".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Num {
+    Int(i64),
+    Float(f64),
     Text(String),
 }

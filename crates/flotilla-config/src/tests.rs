@@ -217,3 +217,98 @@ cache = "nope"
         ],
     );
 }
+
+/// The contract example from the fleet issue, as written.
+const GROUP: &str = r#"[edge]
+listen = ["127.0.0.1:1"]
+[target_groups.web]
+[groups.web]
+target_group = "web"            # instances register here once healthy, drain before they stop
+min = 2
+max = 10
+desired = 2
+health_check_grace = "300s"     # unhealthy during grace is not replaced
+instance_warmup = "60s"         # a new instance's metrics don't count until then
+cooldown = "300s"
+termination_policy = ["zone_balance", "oldest_launch_template", "oldest_instance"]
+zones = ["a", "b"]
+
+[groups.web.launch]             # the launch template; a change = a new version
+driver = "process"              # process | docker
+command = ["flotilla", "demo-app", "--port", "{port}", "--id", "{instance}"]
+env = { RUST_LOG = "info" }
+
+[[groups.web.policies]]         # step scaling on an alarm, as in the seeds
+type = "step"
+metric = "cpu"                  # cpu | requests_per_target | latency_p95 | in_flight | any metric name
+statistic = "avg"
+period = "60s"
+evaluation_periods = 4          # M of N: datapoints_to_alarm = 4
+threshold = 70
+comparison = ">"
+adjustment = "+2"               # +N, -N, +N%, or =N
+[[groups.web.policies]]
+type = "step"
+metric = "cpu"
+period = "60s"
+evaluation_periods = 4
+threshold = 30
+comparison = "<"
+adjustment = "-1"
+
+[[groups.web.policies]]
+type = "target_tracking"        # keep metric near target: fast out, conservative in
+metric = "requests_per_target"
+target = 100
+"#;
+
+#[test]
+fn groups_contract_example() {
+    let c = ok(GROUP);
+    let g = &c.groups["web"];
+    assert_eq!((g.min, g.max, g.desired), (2, 10, 2));
+    assert_eq!(g.cooldown, Duration::from_secs(300));
+    assert_eq!(g.zones, ["a", "b"]);
+    assert_eq!(g.policies.len(), 3);
+    let PolicyConfig::Step(up) = &g.policies[0] else { panic!("step expected") };
+    assert_eq!((up.evaluation_periods, up.datapoints_to_alarm, up.threshold), (4, 4, 70.0));
+    assert_eq!(up.adjustment, Adjustment::Change(2));
+    assert_eq!(up.comparison, Comparison::Greater);
+    let PolicyConfig::TargetTracking(tt) = &g.policies[2] else { panic!("target tracking expected") };
+    assert_eq!((tt.target, tt.tolerance), (100.0, 0.1));
+    let LaunchDriver::Process { command, .. } = &g.launch.driver;
+    assert_eq!(command[3], "{port}");
+}
+
+#[test]
+fn group_errors_are_located() {
+    check_err(
+        r#"[edge]
+listen=["127.0.0.1:1"]
+[target_groups.web]
+[groups.a]
+target_group = "nope"
+min = 5
+max = 2
+[groups.a.launch]
+command = []
+[[groups.a.policies]]
+type = "step"
+metric = "cpu"
+threshold = 70
+comparison = "gt"
+adjustment = "2"
+[[groups.a.policies]]
+type = "tracking"
+metric = "cpu"
+"#,
+        &[
+            "flotilla.toml:5:16: groups.a.target_group \"nope\" is not defined (known: web)",
+            "flotilla.toml:7:7: groups.a.max: min (5) is greater than max (2)",
+            "flotilla.toml:9:11: groups.a.launch.command must name a program",
+            "flotilla.toml:14:14: groups.a.policies.comparison: \"gt\" must be one of >, >=, <, <=",
+            "flotilla.toml:15:14: groups.a.policies.adjustment: \"2\" must look like +N, -N, +N%, -N% or =N",
+            "flotilla.toml:17:8: groups.a.policies.type: unknown policy type \"tracking\" (step, target_tracking)",
+        ],
+    );
+}

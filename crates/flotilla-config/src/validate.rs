@@ -19,16 +19,16 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err<T>(&mut self, spanned: &S<T>, msg: impl Into<String>) {
+    pub(crate) fn err<T>(&mut self, spanned: &S<T>, msg: impl Into<String>) {
         self.err_at(spanned.span().start, msg);
     }
 
-    fn err_at(&mut self, offset: usize, msg: impl Into<String>) {
+    pub(crate) fn err_at(&mut self, offset: usize, msg: impl Into<String>) {
         let e = self.loc.error(offset, msg);
         self.errors.push(e);
     }
 
-    fn duration(&mut self, v: &Option<S<String>>, key: &str, default: Duration) -> Duration {
+    pub(crate) fn duration(&mut self, v: &Option<S<String>>, key: &str, default: Duration) -> Duration {
         let Some(v) = v else { return default };
         match units::parse_duration(v.get_ref()) {
             Ok(d) => d,
@@ -39,7 +39,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn size(&mut self, v: &Option<S<SizeLit>>, key: &str, default: u64) -> u64 {
+    pub(crate) fn size(&mut self, v: &Option<S<SizeLit>>, key: &str, default: u64) -> u64 {
         let Some(v) = v else { return default };
         let parsed = match v.get_ref() {
             SizeLit::Bytes(n) if *n >= 0 => Ok(*n as u64),
@@ -52,7 +52,13 @@ impl Ctx<'_> {
         })
     }
 
-    fn int(&mut self, v: &Option<S<i64>>, key: &str, range: std::ops::RangeInclusive<i64>, default: i64) -> i64 {
+    pub(crate) fn int(
+        &mut self,
+        v: &Option<S<i64>>,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+        default: i64,
+    ) -> i64 {
         let Some(v) = v else { return default };
         let n = *v.get_ref();
         if range.contains(&n) {
@@ -145,6 +151,7 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
             cx.err(edge_raw, "[edge] needs at least one address in listen (or in [edge.tls].listen)");
         }
     }
+    let groups = crate::validate_fleet::groups(cx, &raw.groups, &target_groups);
     cx.errors.is_empty().then(|| Config {
         source,
         edge,
@@ -153,11 +160,12 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
         target_groups,
         cache,
         cache_behaviors,
+        groups,
         warnings: std::mem::take(&mut cx.warnings),
     })
 }
 
-fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 

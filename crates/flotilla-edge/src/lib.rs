@@ -86,6 +86,7 @@ pub struct TargetView {
     pub weight: u32,
     pub state: TargetState,
     pub in_flight: u32,
+    pub requests: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +94,17 @@ pub struct GroupView {
     pub name: String,
     pub algorithm: String,
     pub targets: Vec<TargetView>,
+}
+
+fn target_view(t: &target::Target) -> TargetView {
+    TargetView {
+        addr: t.addr,
+        zone: t.zone.clone(),
+        weight: t.weight(),
+        state: t.state(),
+        in_flight: t.outstanding(),
+        requests: t.requests(),
+    }
 }
 
 impl Edge {
@@ -230,21 +242,18 @@ impl Edge {
             .map(|g| GroupView {
                 name: g.name.clone(),
                 algorithm: format!("{:?}", g.config().algorithm),
-                targets: g
-                    .targets()
-                    .iter()
-                    .map(|t| TargetView {
-                        addr: t.addr,
-                        zone: t.zone.clone(),
-                        weight: t.weight(),
-                        state: t.state(),
-                        in_flight: t.outstanding(),
-                    })
-                    .collect(),
+                targets: g.targets().iter().map(|t| target_view(t)).collect(),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// One target of a group (the current registration of that address), if present.
+    pub fn target(&self, group: &str, addr: SocketAddr) -> Option<TargetView> {
+        let g = self.shared.runtime.load().groups.get(group).cloned()?;
+        let targets = g.targets();
+        targets.iter().find(|t| t.addr == addr).map(|t| target_view(t))
     }
 
     /// Registers a target (the fleet and the admin API call this). Returns false if it was

@@ -96,6 +96,11 @@ impl Target {
         }
     }
 
+    /// Responses (and upgrades) this target has produced so far.
+    pub fn requests(&self) -> u64 {
+        self.by_class.iter().map(|c| c.get()).sum()
+    }
+
     pub fn state(&self) -> TargetState {
         TargetState::from_u8(self.state.load(Ordering::Acquire))
     }

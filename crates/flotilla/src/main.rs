@@ -2,8 +2,10 @@
 //! subcommand: `up` (run everything the config describes), `validate`, `demo-app`.
 
 mod demo;
+mod fleet_bridge;
 mod invalidate;
 mod logging;
+mod simulate;
 mod up;
 
 use std::path::PathBuf;
@@ -51,6 +53,32 @@ enum Command {
         #[arg(long, conflicts_with_all = ["paths", "tags"])]
         all: bool,
     },
+    /// Replay a request-rate trace (`timestamp,value` CSV) through a group's scaling policies.
+    Simulate {
+        #[arg(long)]
+        trace: PathBuf,
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The group to simulate (needed when the file has several).
+        #[arg(long)]
+        group: Option<String>,
+        /// Capacity model: the busiest minute at this percentile ...
+        #[arg(long, default_value_t = 100.0)]
+        peak_percentile: f64,
+        /// ... needs this many instances at 100 % CPU.
+        #[arg(long, default_value_t = 8.0)]
+        peak_instances: f64,
+        /// Time from launch until an instance serves.
+        #[arg(long, default_value = "60s", value_parser = simulate::parse_startup)]
+        startup: std::time::Duration,
+        #[arg(long)]
+        min: Option<u32>,
+        #[arg(long)]
+        max: Option<u32>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// A small web app for the quickstart and tests (/, /whoami, /health, /work, /ws, /static).
     DemoApp {
         #[arg(long)]
@@ -75,6 +103,10 @@ fn main() -> ExitCode {
         }
         Command::Invalidate { config, paths, tags, all } => {
             report_plain(runtime().and_then(|rt| rt.block_on(invalidate::run(&config, paths, tags, all))))
+        }
+        Command::Simulate { trace, config, group, peak_percentile, peak_instances, startup, min, max, json } => {
+            let model = flotilla_fleet::simulate::Model { peak_percentile, peak_instances, startup, min, max };
+            report_plain(simulate::run(simulate::Args { trace, config, group, model, json }))
         }
         Command::DemoApp { port, id, bind } => {
             let _guard = logging::init(&cli.log_format);

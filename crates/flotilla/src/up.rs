@@ -1,5 +1,6 @@
-//! `flotilla up`: load the config, start the edge and the admin API, then supervise signals:
-//! SIGHUP reloads, SIGTERM/SIGINT drain and exit 0.
+//! `flotilla up`: load the config, start the edge, the fleet and the admin API, then supervise
+//! signals: SIGHUP reloads, SIGTERM/SIGINT drain and exit 0 (the edge drains first, then the
+//! fleet stops its instances).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,12 +8,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use flotilla_admin::{AdminState, Control};
 use flotilla_edge::Edge;
+use flotilla_fleet::Fleet;
+
+use crate::fleet_bridge::EdgeRegistrar;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Reloads from the same file the process started with.
 struct Reloader {
     path: PathBuf,
     edge: Arc<Edge>,
+    fleet: Arc<Fleet>,
 }
 
 impl Control for Reloader {
@@ -21,7 +26,9 @@ impl Control for Reloader {
         for w in &cfg.warnings {
             tracing::warn!(warning = %w, "config");
         }
-        self.edge.reload(&cfg).map_err(|e| e.to_string())
+        self.edge.reload(&cfg).map_err(|e| e.to_string())?;
+        self.fleet.reconfigure(&cfg);
+        Ok(())
     }
 }
 
@@ -32,7 +39,10 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     }
     let edge = Arc::new(Edge::new(&cfg).context("starting the edge")?);
     edge.start(&cfg).context("starting the edge")?;
-    let reloader = Arc::new(Reloader { path: path.clone(), edge: edge.clone() });
+    // Instances are launched from this (current-thread) runtime, so they are children of the
+    // main thread and get SIGTERM if flotilla dies (see flotilla-fleet's process.rs).
+    let fleet = Arc::new(Fleet::start(&cfg, Arc::new(EdgeRegistrar(edge.clone()))));
+    let reloader = Arc::new(Reloader { path: path.clone(), edge: edge.clone(), fleet: fleet.clone() });
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_task = match &cfg.admin {
@@ -41,7 +51,12 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("admin API: cannot listen on {}", admin.listen))?;
             tracing::info!(listen = %admin.listen, "admin API listening");
-            let state = AdminState { edge: edge.clone(), token: admin.token.clone(), control: reloader.clone() };
+            let state = AdminState {
+                edge: edge.clone(),
+                fleet: fleet.clone(),
+                token: admin.token.clone(),
+                control: reloader.clone(),
+            };
             Some(tokio::spawn(flotilla_admin::serve(listener, state, async move {
                 let _ = admin_stop_rx.await;
             })))
@@ -68,6 +83,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: draining in-flight requests");
     edge.shutdown().await;
+    fleet.shutdown().await;
     let _ = admin_stop_tx.send(());
     if let Some(t) = admin_task {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;

@@ -1,0 +1,171 @@
+//! The typed `[groups.*]` config: auto scaling groups of app instances and their policies.
+//! Kept apart from `model.rs` because only the fleet (and `flotilla simulate`) reads it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One `[groups.NAME]`: instances kept between `min` and `max`, registered into `target_group`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupConfig {
+    pub name: String,
+    pub target_group: String,
+    pub min: u32,
+    pub max: u32,
+    /// The starting desired capacity (clamped to `[min, max]`).
+    pub desired: u32,
+    /// An instance that fails health checks during this time after launch is not replaced.
+    pub health_check_grace: Duration,
+    /// A new instance's metrics do not count towards policies until this has passed.
+    pub instance_warmup: Duration,
+    /// After a scaling action, step policies wait this long before acting again.
+    pub cooldown: Duration,
+    pub termination_policy: Vec<TerminationPolicy>,
+    pub zones: Vec<String>,
+    pub launch: LaunchConfig,
+    pub policies: Vec<PolicyConfig>,
+    /// How often the group samples metrics and evaluates policies (AWS: 60 s; HPA: 15 s).
+    pub metrics_interval: Duration,
+    /// Time between SIGTERM and SIGKILL when an instance stops.
+    pub stop_timeout: Duration,
+}
+
+/// Which instance goes first on scale-in; the first rule that separates candidates decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TerminationPolicy {
+    /// Pick from the zone with the most instances.
+    ZoneBalance,
+    /// Prefer instances launched from an older launch template version.
+    OldestLaunchTemplate,
+    OldestInstance,
+    NewestInstance,
+}
+
+/// The launch template: how to start one instance. Any change makes a new version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchConfig {
+    pub driver: LaunchDriver,
+    /// Extra environment; values may use the same `{port}`/`{instance}` placeholders as the command.
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LaunchDriver {
+    /// A local child process. `{port}`, `{instance}`, `{group}` and `{zone}` are substituted in
+    /// every argument; a leading `flotilla` means this very binary.
+    Process { command: Vec<String>, workdir: Option<PathBuf> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicyConfig {
+    Step(StepPolicy),
+    TargetTracking(TargetTracking),
+}
+
+impl PolicyConfig {
+    pub fn metric(&self) -> &str {
+        match self {
+            PolicyConfig::Step(p) => &p.metric,
+            PolicyConfig::TargetTracking(p) => &p.metric,
+        }
+    }
+}
+
+/// A CloudWatch-style alarm (`datapoints_to_alarm` of the last `evaluation_periods` periods
+/// breaching) that applies `adjustment` while it is in alarm, honouring the group's cooldown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepPolicy {
+    pub metric: String,
+    pub statistic: Statistic,
+    pub period: Duration,
+    pub evaluation_periods: u32,
+    pub datapoints_to_alarm: u32,
+    pub threshold: f64,
+    pub comparison: Comparison,
+    pub adjustment: Adjustment,
+    pub missing_data: MissingData,
+}
+
+/// Keeps a metric near `target` by sizing the group proportionally (like AWS target tracking and
+/// the Kubernetes HPA): scale-out acts at once, scale-in only on the highest recommendation of
+/// the stabilization window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetTracking {
+    pub metric: String,
+    pub target: f64,
+    /// No action while |metric / target - 1| is within this (HPA: 0.1).
+    pub tolerance: f64,
+    pub scale_in_stabilization: Duration,
+    pub scale_out_stabilization: Duration,
+    /// After a scale-in, the next one waits this long (0 = HPA behaviour: step down as the
+    /// stabilization window slides). Longer means fewer, larger steps down.
+    pub scale_in_cooldown: Duration,
+    pub disable_scale_in: bool,
+    /// Most instances one scale-in may remove, as a fraction of the group (1.0 = no limit).
+    pub max_scale_in_fraction: f64,
+    /// Extra capacity added on scale-out, as a fraction (0.0 = none), to absorb a rising load.
+    pub headroom: f64,
+    /// Model the demand from request counts when CPU saturates (see `flotilla-fleet::policy`).
+    pub predictive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statistic {
+    Avg,
+    Min,
+    Max,
+    Sum,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    Greater,
+    GreaterOrEqual,
+    Less,
+    LessOrEqual,
+}
+
+impl Comparison {
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Comparison::Greater => value > threshold,
+            Comparison::GreaterOrEqual => value >= threshold,
+            Comparison::Less => value < threshold,
+            Comparison::LessOrEqual => value <= threshold,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Adjustment {
+    /// `+2` / `-1`: add or remove this many instances.
+    Change(i64),
+    /// `+50%` / `-25%`: relative to the current capacity, at least one instance.
+    Percent(i64),
+    /// `=4`: set the capacity.
+    Exact(u32),
+}
+
+impl Adjustment {
+    /// The new capacity (before the group's `[min, max]` clamp).
+    pub fn apply(self, current: u32) -> u32 {
+        match self {
+            Adjustment::Change(n) => (current as i64 + n).max(0) as u32,
+            Adjustment::Percent(p) => {
+                let delta = (current as f64 * p as f64 / 100.0).abs().ceil().max(1.0) as i64;
+                (current as i64 + delta * p.signum()).max(0) as u32
+            }
+            Adjustment::Exact(n) => n,
+        }
+    }
+}
+
+/// What a period without data counts as (CloudWatch's TreatMissingData).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingData {
+    /// The alarm keeps its state.
+    Missing,
+    Ignore,
+    Breaching,
+    NotBreaching,
+}

@@ -1,0 +1,399 @@
+//! Raw → typed for `[groups.*]`: bounds, the launch template and scaling policies.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::fleet_model::*;
+use crate::model::TargetGroupConfig;
+use crate::raw::{Num, RawGroup, RawLaunch, RawPolicy, S};
+use crate::validate::{valid_name, Ctx};
+
+pub(crate) fn groups(
+    cx: &mut Ctx<'_>,
+    raw: &BTreeMap<S<String>, S<RawGroup>>,
+    target_groups: &BTreeMap<String, TargetGroupConfig>,
+) -> BTreeMap<String, GroupConfig> {
+    let mut out = BTreeMap::new();
+    let mut claimed: BTreeMap<String, String> = BTreeMap::new();
+    for (name, g) in raw {
+        if !valid_name(name.get_ref()) {
+            cx.err(name, format!("group name {:?} must be letters, digits, '-' or '_'", name.get_ref()));
+        }
+        let Some(group) = group(cx, name.get_ref(), g, target_groups) else { continue };
+        if let Some(other) = claimed.insert(group.target_group.clone(), group.name.clone()) {
+            if let Some(tg) = &g.get_ref().target_group {
+                cx.err(
+                    tg,
+                    format!(
+                        "groups.{}.target_group {:?} is already fed by group {other:?}",
+                        group.name, group.target_group
+                    ),
+                );
+            }
+        }
+        out.insert(name.get_ref().clone(), group);
+    }
+    out
+}
+
+fn group(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    raw: &S<RawGroup>,
+    target_groups: &BTreeMap<String, TargetGroupConfig>,
+) -> Option<GroupConfig> {
+    let r = raw.get_ref();
+    let key = |k: &str| format!("groups.{name}.{k}");
+    let target_group = match &r.target_group {
+        Some(tg) => {
+            if !target_groups.contains_key(tg.get_ref()) {
+                let known: Vec<_> = target_groups.keys().map(String::as_str).collect();
+                cx.err(
+                    tg,
+                    format!("{} {:?} is not defined (known: {})", key("target_group"), tg.get_ref(), known.join(", ")),
+                );
+            }
+            tg.get_ref().clone()
+        }
+        None => {
+            cx.err(raw, format!("[groups.{name}] needs target_group = \"name\" (where its instances register)"));
+            String::new()
+        }
+    };
+    let min = cx.int(&r.min, &key("min"), 0..=10_000, 1) as u32;
+    let max = cx.int(&r.max, &key("max"), 1..=10_000, min.max(1) as i64) as u32;
+    if min > max {
+        cx.err_at(
+            r.max.as_ref().map_or(raw.span().start, |m| m.span().start),
+            format!("{}: min ({min}) is greater than max ({max})", key("max")),
+        );
+    }
+    let desired = cx.int(&r.desired, &key("desired"), 0..=10_000, min as i64) as u32;
+    if let Some(d) = &r.desired {
+        if desired < min || desired > max {
+            cx.err(d, format!("{} ({desired}) must be between min ({min}) and max ({max})", key("desired")));
+        }
+    }
+    let termination_policy = match &r.termination_policy {
+        None => vec![TerminationPolicy::ZoneBalance, TerminationPolicy::OldestLaunchTemplate, TerminationPolicy::OldestInstance],
+        Some(list) => list
+            .iter()
+            .filter_map(|p| match p.get_ref().as_str() {
+                "zone_balance" => Some(TerminationPolicy::ZoneBalance),
+                "oldest_launch_template" => Some(TerminationPolicy::OldestLaunchTemplate),
+                "oldest_instance" => Some(TerminationPolicy::OldestInstance),
+                "newest_instance" => Some(TerminationPolicy::NewestInstance),
+                other => {
+                    cx.err(p, format!("{}: unknown rule {other:?} (zone_balance, oldest_launch_template, oldest_instance, newest_instance)", key("termination_policy")));
+                    None
+                }
+            })
+            .collect(),
+    };
+    let zones = r.zones.iter().map(|z| z.get_ref().clone()).collect();
+    let launch = match &r.launch {
+        Some(l) => launch(cx, name, l),
+        None => {
+            cx.err(raw, format!("[groups.{name}] needs a [groups.{name}.launch] table (driver, command)"));
+            None
+        }
+    };
+    let policies = r.policies.iter().filter_map(|p| policy(cx, name, p)).collect();
+    if !r.schedules.is_empty() {
+        cx.warnings.push(format!("{}: scheduled actions are not implemented yet and are ignored", key("schedules")));
+    }
+    let metrics_interval = cx.duration(&r.metrics_interval, &key("metrics_interval"), Duration::from_secs(15));
+    if metrics_interval < Duration::from_millis(100) {
+        if let Some(m) = &r.metrics_interval {
+            cx.err(m, format!("{} must be at least 100ms", key("metrics_interval")));
+        }
+    }
+    Some(GroupConfig {
+        name: name.to_string(),
+        target_group,
+        min,
+        max,
+        desired: desired.clamp(min, max.max(min)),
+        health_check_grace: cx.duration(&r.health_check_grace, &key("health_check_grace"), Duration::from_secs(300)),
+        instance_warmup: cx.duration(&r.instance_warmup, &key("instance_warmup"), Duration::from_secs(60)),
+        cooldown: cx.duration(&r.cooldown, &key("cooldown"), Duration::from_secs(300)),
+        termination_policy,
+        zones,
+        launch: launch?,
+        policies,
+        metrics_interval,
+        stop_timeout: cx.duration(&r.stop_timeout, &key("stop_timeout"), Duration::from_secs(10)),
+    })
+}
+
+fn launch(cx: &mut Ctx<'_>, name: &str, raw: &S<RawLaunch>) -> Option<LaunchConfig> {
+    let r = raw.get_ref();
+    let key = |k: &str| format!("groups.{name}.launch.{k}");
+    let driver = match r.driver.as_ref().map(|d| (d, d.get_ref().as_str())) {
+        None | Some((_, "process")) => {
+            let Some(command) = &r.command else {
+                cx.err(
+                    raw,
+                    format!(
+                        "{} is required for driver = \"process\", e.g. [\"./app\", \"--port\", \"{{port}}\"]",
+                        key("command")
+                    ),
+                );
+                return None;
+            };
+            if command.get_ref().is_empty() || command.get_ref()[0].is_empty() {
+                cx.err(command, format!("{} must name a program", key("command")));
+            }
+            for (field, present) in [
+                ("image", r.image.is_some()),
+                ("port", r.port.is_some()),
+                ("cpus", r.cpus.is_some()),
+                ("memory", r.memory.is_some()),
+            ] {
+                if present {
+                    cx.err(raw, format!("{}: only the docker driver takes {field}", key(field)));
+                }
+            }
+            LaunchDriver::Process {
+                command: command.get_ref().clone(),
+                workdir: r.workdir.as_ref().map(|w| cx.base_dir.join(w.get_ref())),
+            }
+        }
+        Some((d, "docker")) => {
+            cx.err(d, format!("{}: the docker driver is not implemented yet (use \"process\")", key("driver")));
+            return None;
+        }
+        Some((d, other)) => {
+            cx.err(d, format!("{}: unknown driver {other:?} (process, docker)", key("driver")));
+            return None;
+        }
+    };
+    Some(LaunchConfig { driver, env: r.env.clone() })
+}
+
+fn num(cx: &mut Ctx<'_>, v: &S<Num>, key: &str) -> Option<f64> {
+    match v.get_ref() {
+        Num::Int(i) => Some(*i as f64),
+        Num::Float(f) if f.is_finite() => Some(*f),
+        _ => {
+            cx.err(v, format!("{key} must be a number"));
+            None
+        }
+    }
+}
+
+fn policy(cx: &mut Ctx<'_>, group: &str, raw: &S<RawPolicy>) -> Option<PolicyConfig> {
+    let r = raw.get_ref();
+    let key = |k: &str| format!("groups.{group}.policies.{k}");
+    let metric = match &r.metric {
+        Some(m) if !m.get_ref().is_empty() => m.get_ref().clone(),
+        Some(m) => {
+            cx.err(m, format!("{} must not be empty", key("metric")));
+            return None;
+        }
+        None => {
+            cx.err(raw, "policy needs metric = \"cpu\" (cpu, requests_per_target, in_flight, memory)");
+            return None;
+        }
+    };
+    let kind = r.kind.as_ref().map(|k| (k, k.get_ref().as_str()));
+    match kind {
+        Some((_, "step")) => {
+            let statistic = match r.statistic.as_ref().map(|s| (s, s.get_ref().as_str())) {
+                None | Some((_, "avg")) | Some((_, "average")) => Statistic::Avg,
+                Some((_, "min")) => Statistic::Min,
+                Some((_, "max")) => Statistic::Max,
+                Some((_, "sum")) => Statistic::Sum,
+                Some((s, other)) => {
+                    cx.err(s, format!("{}: unknown statistic {other:?} (avg, min, max, sum)", key("statistic")));
+                    Statistic::Avg
+                }
+            };
+            let period = cx.duration(&r.period, &key("period"), Duration::from_secs(60));
+            if period.is_zero() {
+                cx.err_at(
+                    r.period.as_ref().map_or(raw.span().start, |p| p.span().start),
+                    format!("{} must be greater than 0", key("period")),
+                );
+            }
+            let evaluation_periods = cx.int(&r.evaluation_periods, &key("evaluation_periods"), 1..=100, 1) as u32;
+            let datapoints_to_alarm =
+                cx.int(&r.datapoints_to_alarm, &key("datapoints_to_alarm"), 1..=100, evaluation_periods as i64) as u32;
+            if datapoints_to_alarm > evaluation_periods {
+                if let Some(d) = &r.datapoints_to_alarm {
+                    cx.err(
+                        d,
+                        format!(
+                            "{} ({datapoints_to_alarm}) cannot exceed evaluation_periods ({evaluation_periods})",
+                            key("datapoints_to_alarm")
+                        ),
+                    );
+                }
+            }
+            let Some(threshold) = r.threshold.as_ref().map(|t| num(cx, t, &key("threshold"))) else {
+                cx.err(raw, "step policy needs threshold = N");
+                return None;
+            };
+            let comparison = match r.comparison.as_ref().map(|c| (c, c.get_ref().as_str())) {
+                Some((_, ">")) => Comparison::Greater,
+                Some((_, ">=")) => Comparison::GreaterOrEqual,
+                Some((_, "<")) => Comparison::Less,
+                Some((_, "<=")) => Comparison::LessOrEqual,
+                Some((c, other)) => {
+                    cx.err(c, format!("{}: {other:?} must be one of >, >=, <, <=", key("comparison")));
+                    Comparison::Greater
+                }
+                None => {
+                    cx.err(raw, "step policy needs comparison = \">\" (or >=, <, <=)");
+                    Comparison::Greater
+                }
+            };
+            let Some(adj) = &r.adjustment else {
+                cx.err(raw, "step policy needs adjustment = \"+2\" (+N, -N, +N%, -N%, =N)");
+                return None;
+            };
+            let adjustment = match adjustment(adj.get_ref()) {
+                Ok(a) => a,
+                Err(e) => {
+                    cx.err(adj, format!("{}: {e}", key("adjustment")));
+                    return None;
+                }
+            };
+            let missing_data = match r.missing_data.as_ref().map(|m| (m, m.get_ref().as_str())) {
+                None | Some((_, "missing")) => MissingData::Missing,
+                Some((_, "ignore")) => MissingData::Ignore,
+                Some((_, "breaching")) => MissingData::Breaching,
+                Some((_, "not_breaching")) => MissingData::NotBreaching,
+                Some((m, other)) => {
+                    cx.err(
+                        m,
+                        format!(
+                            "{}: {other:?} must be missing, ignore, breaching or not_breaching",
+                            key("missing_data")
+                        ),
+                    );
+                    MissingData::Missing
+                }
+            };
+            for (field, present) in [("target", r.target.is_some()), ("tolerance", r.tolerance.is_some())] {
+                if present {
+                    cx.err(raw, format!("{}: step policies take threshold/comparison, not {field}", key(field)));
+                }
+            }
+            Some(PolicyConfig::Step(StepPolicy {
+                metric,
+                statistic,
+                period,
+                evaluation_periods,
+                datapoints_to_alarm,
+                threshold: threshold?,
+                comparison,
+                adjustment,
+                missing_data,
+            }))
+        }
+        Some((_, "target_tracking")) => {
+            let Some(target) = r.target.as_ref().and_then(|t| num(cx, t, &key("target"))) else {
+                if r.target.is_none() {
+                    cx.err(raw, "target_tracking policy needs target = N (e.g. 70 for cpu)");
+                }
+                return None;
+            };
+            if target <= 0.0 {
+                if let Some(t) = &r.target {
+                    cx.err(t, format!("{} must be greater than 0", key("target")));
+                }
+            }
+            let mut fraction = |v: &Option<S<Num>>,
+                                k: &str,
+                                default: f64,
+                                range: std::ops::RangeInclusive<f64>|
+             -> f64 {
+                let Some(v) = v else { return default };
+                match num(cx, v, &key(k)) {
+                    Some(x) if range.contains(&x) => x,
+                    Some(x) => {
+                        cx.err(v, format!("{} must be between {} and {}, got {x}", key(k), range.start(), range.end()));
+                        default
+                    }
+                    None => default,
+                }
+            };
+            let tolerance = fraction(&r.tolerance, "tolerance", 0.1, 0.0..=0.9);
+            let max_scale_in_fraction = fraction(&r.max_scale_in_fraction, "max_scale_in_fraction", 1.0, 0.01..=1.0);
+            let headroom = fraction(&r.headroom, "headroom", 0.0, 0.0..=5.0);
+            Some(PolicyConfig::TargetTracking(TargetTracking {
+                metric,
+                target,
+                tolerance,
+                scale_in_stabilization: cx.duration(
+                    &r.scale_in_stabilization,
+                    &key("scale_in_stabilization"),
+                    Duration::from_secs(300),
+                ),
+                scale_out_stabilization: cx.duration(
+                    &r.scale_out_stabilization,
+                    &key("scale_out_stabilization"),
+                    Duration::ZERO,
+                ),
+                scale_in_cooldown: cx.duration(&r.scale_in_cooldown, &key("scale_in_cooldown"), Duration::ZERO),
+                disable_scale_in: r.disable_scale_in.unwrap_or(false),
+                max_scale_in_fraction,
+                headroom,
+                predictive: r.predictive.unwrap_or(false),
+            }))
+        }
+        Some((k, other)) => {
+            cx.err(k, format!("{}: unknown policy type {other:?} (step, target_tracking)", key("type")));
+            None
+        }
+        None => {
+            cx.err(raw, "policy needs type = \"step\" or \"target_tracking\"");
+            None
+        }
+    }
+}
+
+/// "+2", "-1", "+50%", "=4", or a bare integer (a change).
+fn adjustment(v: &Num) -> Result<Adjustment, String> {
+    let text = match v {
+        Num::Int(n) => return Ok(Adjustment::Change(*n)),
+        Num::Float(_) => return Err("must be a whole number like \"+2\"".into()),
+        Num::Text(t) => t.trim(),
+    };
+    let bad = || format!("{text:?} must look like +N, -N, +N%, -N% or =N");
+    if let Some(n) = text.strip_prefix('=') {
+        return n.trim().parse::<u32>().map(Adjustment::Exact).map_err(|_| bad());
+    }
+    let (body, percent) = match text.strip_suffix('%') {
+        Some(b) => (b, true),
+        None => (text, false),
+    };
+    if !body.starts_with(['+', '-']) {
+        return Err(bad());
+    }
+    let n: i64 = body.parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(format!("{text:?} changes nothing"));
+    }
+    Ok(if percent { Adjustment::Percent(n) } else { Adjustment::Change(n) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjustments() {
+        assert_eq!(adjustment(&Num::Text("+2".into())), Ok(Adjustment::Change(2)));
+        assert_eq!(adjustment(&Num::Text("-1".into())), Ok(Adjustment::Change(-1)));
+        assert_eq!(adjustment(&Num::Text("+50%".into())), Ok(Adjustment::Percent(50)));
+        assert_eq!(adjustment(&Num::Text("=4".into())), Ok(Adjustment::Exact(4)));
+        assert_eq!(adjustment(&Num::Int(-3)), Ok(Adjustment::Change(-3)));
+        assert!(adjustment(&Num::Text("2".into())).is_err());
+        assert!(adjustment(&Num::Text("+0".into())).is_err());
+        assert_eq!(Adjustment::Percent(50).apply(3), 5);
+        assert_eq!(Adjustment::Percent(-25).apply(2), 1);
+        assert_eq!(Adjustment::Change(-5).apply(2), 0);
+    }
+}

@@ -1,0 +1,552 @@
+//! One auto scaling group: shared state (read by the admin API) and the reconcile loop that
+//! launches, registers, watches, drains and stops instances to keep the group at desired.
+//!
+//! The loop owns the child processes; the shared state holds only what views need, behind a
+//! mutex that is never held across an await.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use flotilla_config::GroupConfig;
+use serde::Serialize;
+use tokio::process::Child;
+use tokio::sync::Notify;
+
+use crate::policy::{Observation, Scaler, CPU, REQUESTS_PER_TARGET};
+use crate::process::{self, since, Placeholders, Usage};
+use crate::registrar::{Registrar, TargetHealth};
+use crate::termination::{self, Candidate};
+use crate::time::rfc3339;
+
+/// Activity records kept per group (oldest dropped first).
+const MAX_ACTIVITY: usize = 500;
+/// How often the loop looks at its instances (policies run on `metrics_interval`).
+const RECONCILE_EVERY: Duration = Duration::from_millis(250);
+/// A draining instance the edge never lets go of is stopped anyway after this.
+const MAX_DRAIN: Duration = Duration::from_secs(3600);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Launched; waiting for the target group's health checks.
+    Pending,
+    InService,
+    Unhealthy,
+    /// Deregistered; the edge is finishing its in-flight requests.
+    Draining,
+    /// Stop signal sent; waiting for the process to exit.
+    Terminating,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    pub id: String,
+    pub state: InstanceState,
+    pub addr: SocketAddr,
+    pub zone: Option<String>,
+    pub launch_version: u32,
+    pub launched_at: String,
+    pub pid: Option<u32>,
+    /// % of one core over the last metrics interval.
+    pub cpu: Option<f64>,
+    pub memory_bytes: u64,
+    pub in_flight: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Activity {
+    pub id: u64,
+    pub time: String,
+    pub description: String,
+    pub cause: String,
+    pub status: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupView {
+    pub name: String,
+    pub target_group: String,
+    pub min: u32,
+    pub max: u32,
+    pub desired: u32,
+    pub launch_version: u32,
+    pub instances: Vec<InstanceView>,
+}
+
+struct Instance {
+    view: InstanceView,
+    seq: u64,
+    launched: Instant,
+    state_since: Instant,
+}
+
+pub(crate) struct GroupState {
+    pub cfg: GroupConfig,
+    pub launch_version: u32,
+    pub desired: u32,
+    instances: Vec<Instance>,
+    activity: VecDeque<Activity>,
+    next_activity: u64,
+    next_seq: u64,
+    pub stopping: bool,
+}
+
+pub struct GroupHandle {
+    state: Mutex<GroupState>,
+    pub(crate) wake: Notify,
+}
+
+impl GroupHandle {
+    pub(crate) fn new(cfg: GroupConfig) -> Arc<Self> {
+        let desired = cfg.desired.clamp(cfg.min, cfg.max);
+        Arc::new(Self {
+            state: Mutex::new(GroupState {
+                cfg,
+                launch_version: 1,
+                desired,
+                instances: Vec::new(),
+                activity: VecDeque::new(),
+                next_activity: 1,
+                next_seq: 1,
+                stopping: false,
+            }),
+            wake: Notify::new(),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, GroupState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn view(&self) -> GroupView {
+        let s = self.lock();
+        GroupView {
+            name: s.cfg.name.clone(),
+            target_group: s.cfg.target_group.clone(),
+            min: s.cfg.min,
+            max: s.cfg.max,
+            desired: s.desired,
+            launch_version: s.launch_version,
+            instances: s.instances.iter().map(|i| i.view.clone()).collect(),
+        }
+    }
+
+    pub fn activity(&self) -> Vec<Activity> {
+        self.lock().activity.iter().rev().cloned().collect()
+    }
+}
+
+impl GroupState {
+    pub(crate) fn record(&mut self, description: String, cause: String, status: &'static str) {
+        tracing::info!(group = %self.cfg.name, %cause, status, "{description}");
+        if self.activity.len() == MAX_ACTIVITY {
+            self.activity.pop_front();
+        }
+        let id = self.next_activity;
+        self.next_activity += 1;
+        self.activity.push_back(Activity { id, time: rfc3339(SystemTime::now()), description, cause, status });
+    }
+
+    fn set_state(&mut self, id: &str, state: InstanceState) {
+        if let Some(i) = self.instances.iter_mut().find(|i| i.view.id == id) {
+            i.view.state = state;
+            i.state_since = Instant::now();
+        }
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.iter().filter(|i| {
+            matches!(i.view.state, InstanceState::Pending | InstanceState::InService | InstanceState::Unhealthy)
+        })
+    }
+}
+
+/// What the loop keeps that views do not need.
+struct Local {
+    children: HashMap<String, Child>,
+    usage: HashMap<String, Usage>,
+    requests: HashMap<String, (u64, Instant)>,
+    term_deadline: HashMap<String, Instant>,
+    scaler: Scaler,
+    policies_version: u64,
+    started: Instant,
+    next_metrics: Instant,
+    launch_failures: u32,
+    next_launch: Instant,
+}
+
+/// Runs until the group is stopping and every instance has exited.
+pub(crate) async fn run(
+    handle: Arc<GroupHandle>,
+    registrar: Arc<dyn Registrar>,
+    policies_version: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let (scaler, interval) = {
+        let s = handle.lock();
+        (Scaler::new(&s.cfg.policies, s.cfg.cooldown), s.cfg.metrics_interval)
+    };
+    let now = Instant::now();
+    let mut local = Local {
+        children: HashMap::new(),
+        usage: HashMap::new(),
+        requests: HashMap::new(),
+        term_deadline: HashMap::new(),
+        scaler,
+        policies_version: 0,
+        started: now,
+        next_metrics: now + interval,
+        launch_failures: 0,
+        next_launch: now,
+    };
+    loop {
+        let current = policies_version.load(std::sync::atomic::Ordering::Acquire);
+        if current != local.policies_version {
+            let s = handle.lock();
+            local.scaler = Scaler::new(&s.cfg.policies, s.cfg.cooldown);
+            local.policies_version = current;
+        }
+        reap(&handle, &*registrar, &mut local);
+        watch_health(&handle, &*registrar, &mut local);
+        advance_stops(&handle, &*registrar, &mut local);
+        if Instant::now() >= local.next_metrics {
+            evaluate_policies(&handle, &*registrar, &mut local);
+        }
+        if resize(&handle, &*registrar, &mut local) {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            _ = handle.wake.notified() => {}
+        }
+    }
+}
+
+/// Collects exited processes: expected exits end a termination; others are replaced.
+fn reap(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Local) {
+    let mut exited = Vec::new();
+    for (id, child) in local.children.iter_mut() {
+        if let Ok(Some(status)) = child.try_wait() {
+            exited.push((id.clone(), status));
+        }
+    }
+    if exited.is_empty() {
+        return;
+    }
+    let mut s = handle.lock();
+    for (id, status) in exited {
+        local.children.remove(&id);
+        local.usage.remove(&id);
+        local.requests.remove(&id);
+        local.term_deadline.remove(&id);
+        let Some(pos) = s.instances.iter().position(|i| i.view.id == id) else { continue };
+        let inst = s.instances.remove(pos);
+        match inst.view.state {
+            InstanceState::Terminating => {
+                s.record(format!("Terminated instance {id}"), format!("it stopped ({status})"), "successful");
+            }
+            state => {
+                registrar.deregister(&s.cfg.target_group, inst.view.addr);
+                if state == InstanceState::Pending {
+                    note_launch_failure(local);
+                }
+                s.record(
+                    format!("Instance {id} exited unexpectedly ({status}) while {state:?}"),
+                    "the process ended without being asked to; a replacement will be launched".into(),
+                    "failed",
+                );
+            }
+        }
+    }
+}
+
+fn note_launch_failure(local: &mut Local) {
+    local.launch_failures += 1;
+    let backoff = Duration::from_secs(1u64 << local.launch_failures.min(6)).min(MAX_BACKOFF);
+    local.next_launch = Instant::now() + backoff;
+}
+
+/// Follows the edge's health checks: pending → in service; unhealthy after the grace period →
+/// replaced (drained, then stopped).
+fn watch_health(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Local) {
+    let mut s = handle.lock();
+    let grace = s.cfg.health_check_grace;
+    let tg = s.cfg.target_group.clone();
+    let mut replace = Vec::new();
+    let mut changes = Vec::new();
+    for i in s.live() {
+        let Some(status) = registrar.status(&tg, i.view.addr) else {
+            // The edge lost it (a reload recreated the group): register it again.
+            if let Err(e) = registrar.register(&tg, i.view.addr, i.view.zone.as_deref()) {
+                tracing::warn!(instance = %i.view.id, error = %e, "re-registering failed");
+            }
+            continue;
+        };
+        let past_grace = since(i.launched) >= grace;
+        let next = match (status.health, i.view.state) {
+            (TargetHealth::Healthy, InstanceState::Pending) => Some(InstanceState::InService),
+            (TargetHealth::Healthy, InstanceState::Unhealthy) => Some(InstanceState::InService),
+            (TargetHealth::Unhealthy, InstanceState::InService) => Some(InstanceState::Unhealthy),
+            _ => None,
+        };
+        if let Some(n) = next {
+            changes.push((i.view.id.clone(), i.view.state, n, since(i.launched)));
+        }
+        let failing = status.health == TargetHealth::Unhealthy
+            || (status.health == TargetHealth::Initial && i.view.state == InstanceState::Pending);
+        if failing && past_grace {
+            replace.push((i.view.id.clone(), i.view.addr, i.view.state == InstanceState::Pending));
+        }
+    }
+    for (id, from, to, age) in changes {
+        s.set_state(&id, to);
+        if to == InstanceState::InService && from == InstanceState::Pending {
+            local.launch_failures = 0;
+            s.record(
+                format!("Instance {id} is in service"),
+                format!("passed health checks {:.1}s after launch", age.as_secs_f64()),
+                "successful",
+            );
+        } else {
+            tracing::info!(group = %s.cfg.name, instance = %id, from = ?from, to = ?to, "instance health changed");
+        }
+    }
+    for (id, addr, never_healthy) in replace {
+        registrar.deregister(&tg, addr);
+        s.set_state(&id, InstanceState::Draining);
+        if never_healthy {
+            note_launch_failure(local);
+        }
+        let why = if never_healthy { "never passed health checks" } else { "failed health checks" };
+        s.record(
+            format!("Replacing instance {id}"),
+            format!("it {why} after the {:?} grace period", grace),
+            "in_progress",
+        );
+    }
+}
+
+/// Draining → terminating (once the edge has let go) → killed (after the stop timeout).
+fn advance_stops(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Local) {
+    let mut s = handle.lock();
+    let tg = s.cfg.target_group.clone();
+    let stop_timeout = s.cfg.stop_timeout;
+    let stopping = s.stopping;
+    let mut to_terminate = Vec::new();
+    for i in &s.instances {
+        if i.view.state == InstanceState::Draining
+            && (stopping || registrar.status(&tg, i.view.addr).is_none() || since(i.state_since) > MAX_DRAIN)
+        {
+            to_terminate.push(i.view.id.clone());
+        }
+    }
+    for id in to_terminate {
+        s.set_state(&id, InstanceState::Terminating);
+        match local.children.get(&id) {
+            Some(child) => {
+                process::terminate(child);
+                local.term_deadline.insert(id, Instant::now() + stop_timeout);
+            }
+            None => s.instances.retain(|i| i.view.id != id),
+        }
+    }
+    for (id, deadline) in &local.term_deadline {
+        if Instant::now() >= *deadline {
+            if let Some(child) = local.children.get_mut(id) {
+                tracing::warn!(group = %s.cfg.name, instance = %id, "did not stop after {stop_timeout:?}; sending SIGKILL");
+                let _ = child.start_kill();
+            }
+        }
+    }
+}
+
+/// Samples instance metrics and lets the policies move `desired`.
+fn evaluate_policies(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Local) {
+    let mut s = handle.lock();
+    local.next_metrics = Instant::now() + s.cfg.metrics_interval;
+    let warmup = s.cfg.instance_warmup;
+    let tg = s.cfg.target_group.clone();
+    let (mut cpu_sum, mut cpu_n, mut rpm_sum, mut rpm_n, mut flight_sum, mut mem_sum, mut ready) =
+        (0.0, 0u32, 0.0, 0u32, 0.0, 0.0, 0u32);
+    for i in s.instances.iter_mut() {
+        let id = i.view.id.clone();
+        if let Some(pid) = i.view.pid {
+            if let Some((cpu, mem)) = local.usage.entry(id.clone()).or_default().sample(pid) {
+                i.view.cpu = cpu.map(|c| (c * 10.0).round() / 10.0);
+                i.view.memory_bytes = mem;
+            }
+        }
+        let status = registrar.status(&tg, i.view.addr);
+        let now = Instant::now();
+        let mut rpm = None;
+        if let Some(st) = status {
+            i.view.in_flight = st.in_flight;
+            if let Some((prev, t)) = local.requests.insert(id.clone(), (st.requests, now)) {
+                let mins = now.duration_since(t).as_secs_f64() / 60.0;
+                if mins > 0.0 {
+                    rpm = Some(st.requests.saturating_sub(prev) as f64 / mins);
+                }
+            }
+        }
+        if i.view.state != InstanceState::InService || since(i.launched) < warmup {
+            continue;
+        }
+        ready += 1;
+        if let Some(c) = i.view.cpu {
+            cpu_sum += c;
+            cpu_n += 1;
+        }
+        if let Some(r) = rpm {
+            rpm_sum += r;
+            rpm_n += 1;
+        }
+        flight_sum += i.view.in_flight as f64;
+        mem_sum += i.view.memory_bytes as f64;
+    }
+    if s.stopping {
+        return;
+    }
+    let avg = |sum: f64, n: u32| (n > 0).then(|| sum / n as f64);
+    let metric = |name: &str| match name {
+        CPU => avg(cpu_sum, cpu_n),
+        REQUESTS_PER_TARGET => avg(rpm_sum, rpm_n),
+        "in_flight" => avg(flight_sum, ready),
+        "memory" => avg(mem_sum, ready),
+        _ => None,
+    };
+    let obs = Observation { now: local.started.elapsed(), capacity: s.desired, ready, metric: &metric };
+    let Some(decision) = local.scaler.evaluate(&obs) else { return };
+    let desired = decision.desired.clamp(s.cfg.min, s.cfg.max);
+    if desired != s.desired {
+        let from = s.desired;
+        s.desired = desired;
+        s.record(format!("Changing desired capacity from {from} to {desired}"), decision.cause, "successful");
+    }
+}
+
+/// Launches or retires instances to match desired. Returns true when the group has stopped.
+fn resize(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Local) -> bool {
+    let mut s = handle.lock();
+    if s.stopping {
+        let tg = s.cfg.target_group.clone();
+        let live: Vec<_> = s.live().map(|i| (i.view.id.clone(), i.view.addr)).collect();
+        for (id, addr) in live {
+            registrar.deregister(&tg, addr);
+            s.set_state(&id, InstanceState::Draining);
+        }
+        return s.instances.is_empty();
+    }
+    let live = s.live().count() as u32;
+    if live > s.desired {
+        let excess = (live - s.desired) as usize;
+        retire(&mut s, registrar, excess);
+    } else if live < s.desired && Instant::now() >= local.next_launch {
+        for _ in 0..(s.desired - live) {
+            if !launch(&mut s, registrar, local, live) {
+                break;
+            }
+        }
+    }
+    false
+}
+
+fn retire(s: &mut GroupState, registrar: &dyn Registrar, n: usize) {
+    let live: Vec<&Instance> = s.live().collect();
+    let cands: Vec<Candidate<'_>> = live
+        .iter()
+        .map(|i| Candidate {
+            zone: i.view.zone.as_deref(),
+            launch_version: i.view.launch_version,
+            seq: i.seq,
+            in_service: i.view.state == InstanceState::InService,
+        })
+        .collect();
+    let victims: Vec<(String, SocketAddr)> = termination::pick(&cands, n, &s.cfg.termination_policy)
+        .into_iter()
+        .map(|k| (live[k].view.id.clone(), live[k].view.addr))
+        .collect();
+    let tg = s.cfg.target_group.clone();
+    let desired = s.desired;
+    for (id, addr) in victims {
+        registrar.deregister(&tg, addr);
+        s.set_state(&id, InstanceState::Draining);
+        s.record(
+            format!("Draining instance {id} before it stops"),
+            format!("desired capacity is {desired}: scaling in"),
+            "in_progress",
+        );
+    }
+}
+
+/// Starts one instance and registers it; false (with backoff) when the launch fails.
+fn launch(s: &mut GroupState, registrar: &dyn Registrar, local: &mut Local, live: u32) -> bool {
+    let seq = s.next_seq;
+    s.next_seq += 1;
+    let id = format!("{}-{seq:04}", s.cfg.name);
+    let zone = pick_zone(s);
+    let taken: Vec<u16> = s.instances.iter().map(|i| i.view.addr.port()).collect();
+    let cause = format!("desired capacity {} but {live} instances running", s.desired);
+    let port = match process::free_port(&|p| taken.contains(&p)) {
+        Ok(p) => p,
+        Err(e) => {
+            note_launch_failure(local);
+            s.record(format!("Launching instance {id} failed"), format!("no free port: {e}"), "failed");
+            return false;
+        }
+    };
+    let placeholders = Placeholders { port, instance: &id, group: &s.cfg.name, zone: zone.as_deref() };
+    let child = match process::spawn(&s.cfg.launch, &placeholders) {
+        Ok(c) => c,
+        Err(e) => {
+            note_launch_failure(local);
+            s.record(
+                format!("Launching instance {id} failed"),
+                format!("{cause}; could not start the command: {e}"),
+                "failed",
+            );
+            return false;
+        }
+    };
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    if let Err(e) = registrar.register(&s.cfg.target_group, addr, zone.as_deref()) {
+        note_launch_failure(local);
+        s.record(format!("Launching instance {id} failed"), format!("cannot register {addr}: {e}"), "failed");
+        return false; // dropping the child kills it
+    }
+    let now = Instant::now();
+    let pid = child.id();
+    local.children.insert(id.clone(), child);
+    s.record(
+        format!(
+            "Launching instance {id} on {addr}{}",
+            zone.as_deref().map(|z| format!(" in zone {z}")).unwrap_or_default()
+        ),
+        format!("{cause} (launch template v{})", s.launch_version),
+        "successful",
+    );
+    s.instances.push(Instance {
+        view: InstanceView {
+            id,
+            state: InstanceState::Pending,
+            addr,
+            zone,
+            launch_version: s.launch_version,
+            launched_at: rfc3339(SystemTime::now()),
+            pid,
+            cpu: None,
+            memory_bytes: 0,
+            in_flight: 0,
+        },
+        seq,
+        launched: now,
+        state_since: now,
+    });
+    true
+}
+
+/// The configured zone with the fewest live instances (first listed wins ties).
+fn pick_zone(s: &GroupState) -> Option<String> {
+    s.cfg.zones.iter().min_by_key(|z| s.live().filter(|i| i.view.zone.as_deref() == Some(z.as_str())).count()).cloned()
+}

@@ -1,0 +1,500 @@
+//! Scaling decisions, as pure code: the live group and `flotilla simulate` feed the same
+//! [`Scaler`] observations and get the same answers, so a policy tried on a trace behaves the
+//! same in production.
+//!
+//! Combination rule (as AWS does with several policies): the largest scale-out wins; a scale-in
+//! happens only when no target-tracking policy wants to keep the current capacity.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use flotilla_config::{MissingData, PolicyConfig, Statistic, StepPolicy, TargetTracking};
+
+/// Metric names the policies understand besides any custom metric the caller supplies.
+pub const CPU: &str = "cpu";
+pub const REQUESTS_PER_TARGET: &str = "requests_per_target";
+
+/// What the group looks like at one evaluation.
+pub struct Observation<'a> {
+    /// Time since the scaler started.
+    pub now: Duration,
+    /// The current desired capacity.
+    pub capacity: u32,
+    /// In-service instances whose warm-up has passed: the ones the metrics describe.
+    pub ready: u32,
+    /// The group's value of a metric (per-instance metrics averaged over the ready instances),
+    /// or None when there is no data.
+    pub metric: &'a dyn Fn(&str) -> Option<f64>,
+}
+
+/// A capacity change and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub desired: u32,
+    pub cause: String,
+}
+
+/// All of a group's policies with their state (alarm datapoints, stabilization windows).
+pub struct Scaler {
+    policies: Vec<PolicyState>,
+    cooldown: Duration,
+    last_step_action: Option<Duration>,
+}
+
+enum PolicyState {
+    Step(StepState),
+    Tracking(TrackingState),
+}
+
+struct Proposal {
+    desired: u32,
+    cause: String,
+}
+
+impl Scaler {
+    pub fn new(policies: &[PolicyConfig], cooldown: Duration) -> Self {
+        let policies = policies
+            .iter()
+            .map(|p| match p {
+                PolicyConfig::Step(s) => PolicyState::Step(StepState::new(s.clone())),
+                PolicyConfig::TargetTracking(t) => PolicyState::Tracking(TrackingState::new(t.clone())),
+            })
+            .collect();
+        Self { policies, cooldown, last_step_action: None }
+    }
+
+    /// Evaluates every policy; returns a new desired capacity (not yet clamped to the group's
+    /// bounds) when one should change it.
+    pub fn evaluate(&mut self, obs: &Observation<'_>) -> Option<Decision> {
+        let cooled = self.last_step_action.is_none_or(|t| obs.now >= t + self.cooldown);
+        let mut out: Option<(Proposal, bool)> = None;
+        let mut scale_in: Option<(Proposal, bool)> = None;
+        let mut tracking_holds = false;
+        for p in &mut self.policies {
+            let (proposal, is_step) = match p {
+                PolicyState::Step(s) => (s.observe(obs, cooled), true),
+                PolicyState::Tracking(t) => {
+                    let prop = t.observe(obs);
+                    if prop.as_ref().is_none_or(|p| p.desired >= obs.capacity) {
+                        tracking_holds = true;
+                    }
+                    (prop, false)
+                }
+            };
+            let Some(proposal) = proposal else { continue };
+            if proposal.desired > obs.capacity {
+                if out.as_ref().is_none_or(|(o, _)| proposal.desired > o.desired) {
+                    out = Some((proposal, is_step));
+                }
+            } else if proposal.desired < obs.capacity
+                && scale_in.as_ref().is_none_or(|(o, _)| proposal.desired > o.desired)
+            {
+                scale_in = Some((proposal, is_step));
+            }
+        }
+        let chosen = match (out, scale_in) {
+            (Some(o), _) => Some(o),
+            (None, Some(i)) if !tracking_holds => Some(i),
+            _ => None,
+        };
+        let (proposal, is_step) = chosen?;
+        if is_step {
+            self.last_step_action = Some(obs.now);
+        }
+        Some(Decision { desired: proposal.desired, cause: proposal.cause })
+    }
+}
+
+/// A CloudWatch-style alarm: one datapoint per period, `M of N` breaching → in alarm. While in
+/// alarm, every period close applies the adjustment (after the cooldown), as ASG step policies do.
+struct StepState {
+    cfg: StepPolicy,
+    period_start: Duration,
+    acc: Accumulator,
+    datapoints: VecDeque<Option<f64>>,
+    in_alarm: bool,
+}
+
+#[derive(Default)]
+struct Accumulator {
+    sum: f64,
+    min: f64,
+    max: f64,
+    count: u32,
+}
+
+impl Accumulator {
+    fn add(&mut self, v: f64) {
+        if self.count == 0 {
+            self.min = v;
+            self.max = v;
+        }
+        self.sum += v;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.count += 1;
+    }
+
+    fn take(&mut self, stat: Statistic) -> Option<f64> {
+        let out = (self.count > 0).then(|| match stat {
+            Statistic::Avg => self.sum / self.count as f64,
+            Statistic::Min => self.min,
+            Statistic::Max => self.max,
+            Statistic::Sum => self.sum,
+        });
+        *self = Accumulator::default();
+        out
+    }
+}
+
+impl StepState {
+    fn new(cfg: StepPolicy) -> Self {
+        let n = cfg.evaluation_periods as usize;
+        Self {
+            cfg,
+            period_start: Duration::ZERO,
+            acc: Accumulator::default(),
+            datapoints: VecDeque::with_capacity(n),
+            in_alarm: false,
+        }
+    }
+
+    fn observe(&mut self, obs: &Observation<'_>, cooled: bool) -> Option<Proposal> {
+        let mut closed = false;
+        while obs.now >= self.period_start + self.cfg.period {
+            let dp = self.acc.take(self.cfg.statistic);
+            if self.datapoints.len() == self.cfg.evaluation_periods as usize {
+                self.datapoints.pop_front();
+            }
+            self.datapoints.push_back(dp);
+            self.period_start += self.cfg.period;
+            closed = true;
+        }
+        if let Some(v) = (obs.metric)(&self.cfg.metric) {
+            self.acc.add(v);
+        }
+        if !closed {
+            return None;
+        }
+        self.evaluate_alarm();
+        if !self.in_alarm || !cooled {
+            return None;
+        }
+        let desired = self.cfg.adjustment.apply(obs.capacity);
+        let cause = format!(
+            "alarm: {} {} {:?} for {} of {} periods of {:?} ({:?})",
+            self.cfg.metric,
+            self.cfg.comparison_str(),
+            self.cfg.threshold,
+            self.cfg.datapoints_to_alarm,
+            self.cfg.evaluation_periods,
+            self.cfg.period,
+            self.cfg.adjustment
+        );
+        Some(Proposal { desired, cause })
+    }
+
+    fn evaluate_alarm(&mut self) {
+        if self.datapoints.len() < self.cfg.evaluation_periods as usize {
+            return; // insufficient data: no state yet
+        }
+        let mut breaching = 0;
+        let mut present = 0;
+        for dp in &self.datapoints {
+            match (dp, self.cfg.missing_data) {
+                (Some(v), _) => {
+                    present += 1;
+                    if self.cfg.comparison.holds(*v, self.cfg.threshold) {
+                        breaching += 1;
+                    }
+                }
+                (None, MissingData::Breaching) => breaching += 1,
+                (None, _) => {}
+            }
+        }
+        if breaching >= self.cfg.datapoints_to_alarm {
+            self.in_alarm = true;
+        } else if present > 0 || self.cfg.missing_data == MissingData::NotBreaching {
+            self.in_alarm = false;
+        }
+        // All datapoints missing with `missing`/`ignore`: the alarm keeps its state.
+    }
+}
+
+trait ComparisonStr {
+    fn comparison_str(&self) -> &'static str;
+}
+
+impl ComparisonStr for StepPolicy {
+    fn comparison_str(&self) -> &'static str {
+        use flotilla_config::Comparison::*;
+        match self.comparison {
+            Greater => ">",
+            GreaterOrEqual => ">=",
+            Less => "<",
+            LessOrEqual => "<=",
+        }
+    }
+}
+
+/// Proportional sizing: `ceil(ready × value / target)`, within a tolerance, with stabilization
+/// windows (the scale-in answer is the highest recommendation of the window, as the HPA does).
+struct TrackingState {
+    cfg: TargetTracking,
+    history: VecDeque<(Duration, u32)>,
+    demand: DemandModel,
+    last_scale_in: Option<Duration>,
+}
+
+impl TrackingState {
+    fn new(cfg: TargetTracking) -> Self {
+        Self { cfg, history: VecDeque::new(), demand: DemandModel::default(), last_scale_in: None }
+    }
+
+    fn observe(&mut self, obs: &Observation<'_>) -> Option<Proposal> {
+        let value = (obs.metric)(&self.cfg.metric);
+        let value = if self.cfg.predictive { self.demand.estimate(obs, value) } else { value };
+        let (Some(value), true) = (value, obs.ready > 0) else { return None };
+        let ratio = value / self.cfg.target;
+        let raw = if (ratio - 1.0).abs() <= self.cfg.tolerance {
+            obs.capacity
+        } else {
+            let want = (obs.ready as f64 * ratio).ceil() as u32;
+            if want > obs.capacity {
+                (obs.ready as f64 * ratio * (1.0 + self.cfg.headroom)).ceil() as u32
+            } else if ratio < 1.0 {
+                want
+            } else {
+                // Instances still launching are already on their way: never ask below
+                // capacity just because the ready ones are fewer.
+                obs.capacity
+            }
+        };
+        self.history.push_back((obs.now, raw));
+        let window = self.cfg.scale_in_stabilization.max(self.cfg.scale_out_stabilization);
+        while self.history.front().is_some_and(|(t, _)| *t + window < obs.now) {
+            self.history.pop_front();
+        }
+        let within = |w: Duration| self.history.iter().filter(move |(t, _)| *t + w >= obs.now).map(|(_, r)| *r);
+        let mut desired = raw;
+        if raw > obs.capacity {
+            // Scale out to the lowest recommendation of the scale-out window (0 s = now).
+            desired = within(self.cfg.scale_out_stabilization).min().unwrap_or(raw).max(obs.capacity);
+        } else if raw < obs.capacity {
+            let cooling = self.last_scale_in.is_some_and(|t| obs.now < t + self.cfg.scale_in_cooldown);
+            if self.cfg.disable_scale_in || cooling {
+                return Some(Proposal { desired: obs.capacity, cause: String::new() });
+            }
+            desired = within(self.cfg.scale_in_stabilization).max().unwrap_or(raw).min(obs.capacity);
+            let step = ((obs.capacity as f64 * self.cfg.max_scale_in_fraction).floor() as u32).max(1);
+            desired = desired.max(obs.capacity.saturating_sub(step));
+            if desired < obs.capacity {
+                // Counted as done: the group applies it unless a larger proposal wins.
+                self.last_scale_in = Some(obs.now);
+            }
+        }
+        let cause = format!(
+            "target tracking: {} = {:.1} against target {} with {} ready",
+            self.cfg.metric, value, self.cfg.target, obs.ready
+        );
+        Some(Proposal { desired, cause })
+    }
+}
+
+/// For `predictive = true` on a CPU target: CPU stops at 100 % when the group is overloaded, which
+/// hides how far short it is, so proportional sizing needs several rounds. The request rate keeps
+/// counting. This learns requests-per-instance at 100 % CPU while the group is not saturated and,
+/// when it is, reports the CPU the demand *would* need; it also extrapolates the recent trend one
+/// warm-up ahead so capacity is ready when the load arrives.
+#[derive(Default)]
+struct DemandModel {
+    /// Requests per target at 100 % CPU (EWMA), once seen.
+    per_instance_at_full: Option<f64>,
+    /// Recent total demand (time, requests per minute), for the trend.
+    recent: VecDeque<(Duration, f64)>,
+}
+
+const SATURATED_CPU: f64 = 90.0;
+const TREND_WINDOW: Duration = Duration::from_secs(300);
+const TREND_HORIZON_SECS: f64 = 120.0;
+
+impl DemandModel {
+    fn estimate(&mut self, obs: &Observation<'_>, cpu: Option<f64>) -> Option<f64> {
+        let cpu = cpu?;
+        let Some(rpt) = (obs.metric)(REQUESTS_PER_TARGET) else { return Some(cpu) };
+        if cpu > 1.0 && cpu < SATURATED_CPU {
+            let sample = rpt / (cpu / 100.0);
+            self.per_instance_at_full = Some(match self.per_instance_at_full {
+                Some(k) => 0.8 * k + 0.2 * sample,
+                None => sample,
+            });
+        }
+        let Some(k) = self.per_instance_at_full else { return Some(cpu) };
+        let total = rpt * obs.ready as f64;
+        self.recent.push_back((obs.now, total));
+        while self.recent.front().is_some_and(|(t, _)| *t + TREND_WINDOW < obs.now) {
+            self.recent.pop_front();
+        }
+        let projected = total + slope_per_sec(&self.recent).max(0.0) * TREND_HORIZON_SECS;
+        let demand_cpu = projected.max(total) / (k * obs.ready as f64) * 100.0;
+        Some(if cpu >= SATURATED_CPU { demand_cpu.max(cpu) } else { demand_cpu.max(cpu.min(demand_cpu)) })
+    }
+}
+
+/// Least-squares slope of (seconds, value) points.
+fn slope_per_sec(points: &VecDeque<(Duration, f64)>) -> f64 {
+    let n = points.len() as f64;
+    if n < 3.0 {
+        return 0.0;
+    }
+    let mx = points.iter().map(|(t, _)| t.as_secs_f64()).sum::<f64>() / n;
+    let my = points.iter().map(|(_, v)| v).sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (t, v) in points {
+        let dx = t.as_secs_f64() - mx;
+        num += dx * (v - my);
+        den += dx * dx;
+    }
+    if den > 0.0 {
+        num / den
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_config::{Adjustment, Comparison};
+
+    fn step(threshold: f64, comparison: Comparison, adjustment: Adjustment) -> PolicyConfig {
+        PolicyConfig::Step(StepPolicy {
+            metric: CPU.into(),
+            statistic: Statistic::Avg,
+            period: Duration::from_secs(60),
+            evaluation_periods: 4,
+            datapoints_to_alarm: 4,
+            threshold,
+            comparison,
+            adjustment,
+            missing_data: MissingData::Missing,
+        })
+    }
+
+    fn tracking(target: f64) -> PolicyConfig {
+        PolicyConfig::TargetTracking(TargetTracking {
+            metric: CPU.into(),
+            target,
+            tolerance: 0.1,
+            scale_in_stabilization: Duration::from_secs(300),
+            scale_out_stabilization: Duration::ZERO,
+            scale_in_cooldown: Duration::ZERO,
+            disable_scale_in: false,
+            max_scale_in_fraction: 1.0,
+            headroom: 0.0,
+            predictive: false,
+        })
+    }
+
+    /// Feeds `cpu` every 15 s from `from` to `to` seconds; returns the decisions with their times.
+    fn run(s: &mut Scaler, cap: &mut u32, from: u64, to: u64, cpu: f64) -> Vec<(u64, u32)> {
+        let mut out = vec![];
+        for t in (from..to).step_by(15) {
+            let metric = |name: &str| (name == CPU).then_some(cpu);
+            let obs = Observation { now: Duration::from_secs(t), capacity: *cap, ready: *cap, metric: &metric };
+            if let Some(d) = s.evaluate(&obs) {
+                *cap = d.desired;
+                out.push((t, d.desired));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn step_alarm_needs_four_breaching_periods_then_honours_cooldown() {
+        let mut s = Scaler::new(
+            &[
+                step(70.0, Comparison::Greater, Adjustment::Change(2)),
+                step(30.0, Comparison::Less, Adjustment::Change(-1)),
+            ],
+            Duration::from_secs(300),
+        );
+        let mut cap = 2;
+        // Four 60 s periods of 90 % close at t=240: first action then, next after 300 s cooldown.
+        let acts = run(&mut s, &mut cap, 0, 600, 90.0);
+        assert_eq!(acts, vec![(240, 4), (540, 6)]);
+        // Load stops: the low alarm needs four fresh periods below 30 %, and the cooldown.
+        let acts = run(&mut s, &mut cap, 600, 1200, 10.0);
+        assert_eq!(acts, vec![(840, 5), (1140, 4)]);
+    }
+
+    #[test]
+    fn two_of_four_and_missing_data() {
+        let mut cfg = step(70.0, Comparison::Greater, Adjustment::Change(1));
+        if let PolicyConfig::Step(s) = &mut cfg {
+            s.datapoints_to_alarm = 2;
+        }
+        let mut s = Scaler::new(&[cfg], Duration::ZERO);
+        let mut cap = 2;
+        // 80, 10, 80, 10 → two breaching of four: in alarm when the fourth period closes.
+        let mut acts = vec![];
+        for (i, cpu) in [80.0, 10.0, 80.0, 10.0].into_iter().enumerate() {
+            acts.extend(run(&mut s, &mut cap, i as u64 * 60, i as u64 * 60 + 60, cpu));
+        }
+        acts.extend(run(&mut s, &mut cap, 240, 255, 10.0));
+        assert_eq!(acts, vec![(240, 3)]);
+    }
+
+    #[test]
+    fn tracking_scales_out_at_once_and_in_after_stabilization() {
+        let mut s = Scaler::new(&[tracking(70.0)], Duration::from_secs(300));
+        let mut cap = 4;
+        // 4 ready at 100 % → want ceil(4 × 100/70) = 6 immediately.
+        assert_eq!(run(&mut s, &mut cap, 0, 15, 100.0), vec![(0, 6)]);
+        // Within tolerance: nothing.
+        assert_eq!(run(&mut s, &mut cap, 15, 120, 66.0), vec![]);
+        // Load falls to 20 %: ceil(6 × 20/70) = 2, but only once 300 s of lower answers passed.
+        let acts = run(&mut s, &mut cap, 120, 900, 20.0);
+        assert_eq!(acts.first().map(|a| a.0), Some(420), "{acts:?}");
+        assert_eq!(acts.first().map(|a| a.1), Some(2));
+    }
+
+    #[test]
+    fn tracking_blocks_a_step_scale_in() {
+        let mut s =
+            Scaler::new(&[step(30.0, Comparison::Less, Adjustment::Change(-1)), tracking(25.0)], Duration::ZERO);
+        let mut cap = 4;
+        // 28 % is below the step threshold but within the tracker's tolerance of 25: hold.
+        assert_eq!(run(&mut s, &mut cap, 0, 600, 26.0), vec![]);
+    }
+
+    #[test]
+    fn predictive_sees_past_saturation() {
+        let mut cfg = tracking(70.0);
+        if let PolicyConfig::TargetTracking(t) = &mut cfg {
+            t.predictive = true;
+        }
+        let mut s = Scaler::new(&[cfg], Duration::ZERO);
+        let cap = 2;
+        // Learn: 50 % CPU at 100 requests per target → 200 per target at full.
+        for t in (0..120).step_by(15) {
+            let metric = |n: &str| match n {
+                CPU => Some(50.0),
+                REQUESTS_PER_TARGET => Some(100.0),
+                _ => None,
+            };
+            let obs = Observation { now: Duration::from_secs(t), capacity: cap, ready: cap, metric: &metric };
+            assert_eq!(s.evaluate(&obs), None);
+        }
+        // Demand jumps to 1000 per target: CPU pins at 100, but the model knows 2 × 1000 / 200 = 10
+        // instances at 100 %, so 15 at 70 % — in one step, where plain tracking would ask for 3.
+        let metric = |n: &str| match n {
+            CPU => Some(100.0),
+            REQUESTS_PER_TARGET => Some(1000.0),
+            _ => None,
+        };
+        let obs = Observation { now: Duration::from_secs(120), capacity: cap, ready: cap, metric: &metric };
+        let d = s.evaluate(&obs).map(|d| d.desired);
+        assert!(d.is_some_and(|d| d >= 15), "{d:?}");
+    }
+}

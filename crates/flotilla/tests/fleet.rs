@@ -1,0 +1,258 @@
+//! The fleet with real processes: instances of `flotilla demo-app` launched by `flotilla up`,
+//! registered into the edge, scaled through the admin API and by policies, replaced when they
+//! die or fail health checks, drained before they stop.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A fleet-managed `web` group behind `/*` with fast health checks; `group_keys` go into
+/// `[groups.web]` and `policies` after it.
+fn start(name: &str, group_keys: &str, policies: &str) -> Flotilla {
+    let body = format!(
+        r#"{ROUTE_ALL}{tg}
+[groups.web]
+target_group = "web"
+instance_warmup = "0s"
+stop_timeout = "3s"
+{group_keys}
+[groups.web.launch]
+command = ["flotilla", "demo-app", "--port", "{{port}}", "--id", "{{instance}}"]
+{policies}"#,
+        tg = group_toml("web", &[], "deregistration_delay = \"3s\"")
+    );
+    Flotilla::start(name, &body)
+}
+
+async fn group(f: &Flotilla) -> Value {
+    let (status, body) = get(&f.admin("/api/v1/groups/web")).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn count(g: &Value, state: &str) -> usize {
+    g["instances"].as_array().unwrap().iter().filter(|i| i["state"] == state).count()
+}
+
+/// Polls the group until `pred` holds (or panics with the group and the log after `limit`).
+async fn wait_group(f: &Flotilla, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let g = group(f).await;
+        if pred(&g) {
+            return g;
+        }
+        if Instant::now() > deadline {
+            let (_, activity) = get(&f.admin("/api/v1/groups/web/activity")).await;
+            panic!("timed out waiting for {what}\ngroup: {g:#}\nactivity: {activity}\nlog tail: {}", tail(&f.log()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+async fn activity(f: &Flotilla) -> String {
+    get(&f.admin("/api/v1/groups/web/activity")).await.1
+}
+
+async fn put_desired(f: &Flotilla, n: u32) -> (u16, String) {
+    let r = request(
+        &client(),
+        "PUT",
+        &f.admin("/api/v1/groups/web/desired"),
+        &[("authorization", "Bearer test-token")],
+        &format!("{{\"desired\": {n}}}"),
+    )
+    .await
+    .unwrap();
+    (r.0, r.2)
+}
+
+fn pids(g: &Value) -> Vec<i32> {
+    g["instances"].as_array().unwrap().iter().filter_map(|i| i["pid"].as_i64()).map(|p| p as i32).collect()
+}
+
+fn alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+}
+
+#[tokio::test]
+async fn group_starts_at_min_serves_traffic_and_stops_its_instances_on_sigterm() {
+    let mut f = start("fleet-min", "min = 2\nmax = 4\n", "");
+    let g = wait_group(&f, "2 in service", Duration::from_secs(30), |g| count(g, "in_service") == 2).await;
+    assert_eq!(g["desired"], 2);
+    assert_eq!(g["launch_version"], 1);
+    // Both instances answer through the edge, under their instance ids.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let (status, body) = get(&f.url("/whoami")).await;
+        assert_eq!(status, 200);
+        seen.insert(body.trim().to_string());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["web-0001", "web-0002"]);
+    // The edge sees them as healthy targets of `web`.
+    let (_, tgs) = get(&f.admin("/api/v1/target-groups")).await;
+    assert_eq!(tgs.matches("\"healthy\"").count(), 2, "{tgs}");
+    let act = activity(&f).await;
+    assert!(act.contains("Launching instance web-0001") && act.contains("is in service"), "{act}");
+
+    let before = pids(&g);
+    f.proc.signal("TERM");
+    assert_eq!(f.proc.wait_exit(Duration::from_secs(20)), Some(0));
+    for pid in before {
+        assert!(!alive(pid), "instance process {pid} outlived flotilla");
+    }
+}
+
+#[tokio::test]
+async fn desired_capacity_scales_out_and_in_with_no_failed_requests() {
+    let f = start("fleet-desired", "min = 1\nmax = 4\ndesired = 1\n", "");
+    wait_group(&f, "1 in service", Duration::from_secs(30), |g| count(g, "in_service") == 1).await;
+
+    let (status, body) = put_desired(&f, 9).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("outside the group's bounds [1, 4]"), "{body}");
+    let r = request(&client(), "PUT", &f.admin("/api/v1/groups/web/desired"), &[], "{\"desired\": 2}").await.unwrap();
+    assert_eq!(r.0, 401);
+
+    assert_eq!(put_desired(&f, 3).await.0, 200);
+    wait_group(&f, "3 in service", Duration::from_secs(30), |g| count(g, "in_service") == 3).await;
+
+    // Scale in to 1 while clients keep sending requests (some slow): none may fail.
+    let url = f.url("/slow?ms=300");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (url, stop) = (url.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            let (mut ok, mut failed) = (0, vec![]);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match request(&c, "GET", &url, &[], "").await {
+                    Ok((200, _, _)) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(put_desired(&f, 1).await.0, 200);
+    let g =
+        wait_group(&f, "1 instance left", Duration::from_secs(30), |g| g["instances"].as_array().unwrap().len() == 1)
+            .await;
+    assert_eq!(count(&g, "in_service"), 1);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        let (ok, failed) = c.await.unwrap();
+        assert!(failed.is_empty(), "failed requests during scale-in: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 10, "only {total} requests went through");
+    let act = activity(&f).await;
+    assert!(act.contains("Draining instance") && act.contains("Terminated instance"), "{act}");
+}
+
+#[tokio::test]
+async fn killed_and_unhealthy_instances_are_replaced() {
+    let f = start("fleet-replace", "min = 2\nmax = 2\nhealth_check_grace = \"2s\"\n", "");
+    let g = wait_group(&f, "2 in service", Duration::from_secs(30), |g| count(g, "in_service") == 2).await;
+    let first = &g["instances"][0];
+    let (victim_id, victim_pid) = (first["id"].as_str().unwrap().to_string(), first["pid"].as_i64().unwrap());
+    std::process::Command::new("kill").args(["-9", &victim_pid.to_string()]).status().unwrap();
+    let g = wait_group(&f, "a replacement in service", Duration::from_secs(30), |g| {
+        count(g, "in_service") == 2 && !g.to_string().contains(&format!("\"{victim_id}\""))
+    })
+    .await;
+    assert!(activity(&f).await.contains(&format!("Instance {victim_id} exited unexpectedly")));
+
+    // Make one instance fail its health checks: after the grace period it is drained and replaced.
+    let sick = &g["instances"][0];
+    let sick_id = sick["id"].as_str().unwrap().to_string();
+    let r = request(&client(), "POST", &format!("http://{}/toggle-health", sick["addr"].as_str().unwrap()), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.0, 200);
+    wait_group(&f, "the sick instance replaced", Duration::from_secs(30), |g| {
+        count(g, "in_service") == 2 && !g.to_string().contains(&format!("\"{sick_id}\""))
+    })
+    .await;
+    let act = activity(&f).await;
+    assert!(act.contains(&format!("Replacing instance {sick_id}")) && act.contains("failed health checks"), "{act}");
+}
+
+#[tokio::test]
+async fn launch_failures_back_off_instead_of_retrying_hot() {
+    let body = format!(
+        "{ROUTE_ALL}{}\n[groups.web]\ntarget_group = \"web\"\nmin = 1\n[groups.web.launch]\ncommand = [\"/bin/false\"]\n",
+        group_toml("web", &[], "")
+    );
+    let f = Flotilla::start("fleet-backoff", &body);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let act = activity(&f).await;
+    let launches = act.matches("Launching instance").count();
+    let failures = act.matches("exited unexpectedly").count();
+    // Backoff 2 s, 4 s, ...: at most three launches in four seconds, each reported.
+    assert!((1..=3).contains(&launches), "{launches} launches in 4 s: {act}");
+    assert!(failures >= 1, "{act}");
+}
+
+#[tokio::test]
+async fn cpu_load_scales_out_by_step_policy_then_back_in_after_cooldown() {
+    let policies = r#"
+[[groups.web.policies]]
+type = "step"
+metric = "cpu"
+period = "1s"
+evaluation_periods = 2
+threshold = 40
+comparison = ">"
+adjustment = "+2"
+[[groups.web.policies]]
+type = "step"
+metric = "cpu"
+period = "1s"
+evaluation_periods = 3
+threshold = 10
+comparison = "<"
+adjustment = "-1"
+"#;
+    let f = start("fleet-cpu", "min = 1\nmax = 3\nmetrics_interval = \"250ms\"\ncooldown = \"4s\"\n", policies);
+    wait_group(&f, "1 in service", Duration::from_secs(30), |g| count(g, "in_service") == 1).await;
+
+    // Burn CPU through the edge: /work?ms=100 back to back from two clients.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let (url, stop) = (f.url("/work?ms=100"), stop.clone());
+        load.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = request(&c, "GET", &url, &[], "").await;
+            }
+        }));
+    }
+    let g = wait_group(&f, "scale-out to 3", Duration::from_secs(40), |g| g["desired"] == 3).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        let _ = l.await;
+    }
+    let act = activity(&f).await;
+    assert!(act.contains("Changing desired capacity from 1 to 3") && act.contains("alarm: cpu > 40"), "{act}\n{g}");
+    // Idle now: the low alarm brings it back to 1, one step at a time, 4 s cooldown apart.
+    let started = Instant::now();
+    wait_group(&f, "scale-in to 1", Duration::from_secs(60), |g| g["desired"] == 1).await;
+    let act = activity(&f).await;
+    assert!(act.contains("from 3 to 2") && act.contains("from 2 to 1"), "{act}");
+    // Two scale-ins need at least one cooldown between them (not a timing assertion on speed).
+    assert!(started.elapsed() >= Duration::from_secs(4));
+}
