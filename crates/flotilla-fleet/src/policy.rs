@@ -253,23 +253,22 @@ impl TrackingState {
 
     fn observe(&mut self, obs: &Observation<'_>) -> Option<Proposal> {
         let value = (obs.metric)(&self.cfg.metric);
-        let value = if self.cfg.predictive { self.demand.estimate(obs, value) } else { value };
         let (Some(value), true) = (value, obs.ready > 0) else { return None };
-        let ratio = value / self.cfg.target;
-        let raw = if (ratio - 1.0).abs() <= self.cfg.tolerance {
-            obs.capacity
-        } else {
-            let want = (obs.ready as f64 * ratio).ceil() as u32;
-            if want > obs.capacity {
-                (obs.ready as f64 * ratio * (1.0 + self.cfg.headroom)).ceil() as u32
-            } else if ratio < 1.0 {
-                want
-            } else {
-                // Instances still launching are already on their way: never ask below
-                // capacity just because the ready ones are fewer.
-                obs.capacity
+        let (raw, shown) = match self.predictive(obs, value) {
+            Some(needed) => {
+                // Sized from modelled demand: no tolerance band needed, the model already
+                // includes the noise margin.
+                let mut want = needed.ceil().max(1.0) as u32;
+                // Scale in only when the smaller group would still have SCALE_IN_MARGIN spare:
+                // otherwise noise flips the group between two sizes.
+                if want < obs.capacity && needed * (1.0 + SCALE_IN_MARGIN) > (obs.capacity - 1) as f64 {
+                    want = obs.capacity;
+                }
+                (want, needed / obs.ready as f64 * self.cfg.target)
             }
+            None => (self.proportional(obs, value), value),
         };
+        let value = shown;
         self.history.push_back((obs.now, raw));
         let window = self.cfg.scale_in_stabilization.max(self.cfg.scale_out_stabilization);
         while self.history.front().is_some_and(|(t, _)| *t + window < obs.now) {
@@ -301,27 +300,59 @@ impl TrackingState {
     }
 }
 
-/// For `predictive = true` on a CPU target: CPU stops at 100 % when the group is overloaded, which
-/// hides how far short it is, so proportional sizing needs several rounds. The request rate keeps
-/// counting. This learns requests-per-instance at 100 % CPU while the group is not saturated and,
-/// when it is, reports the CPU the demand *would* need; it also extrapolates the recent trend one
-/// warm-up ahead so capacity is ready when the load arrives.
+impl TrackingState {
+    /// `ceil(ready × value / target)` outside the tolerance band, else the current capacity.
+    fn proportional(&self, obs: &Observation<'_>, value: f64) -> u32 {
+        let ratio = value / self.cfg.target;
+        if (ratio - 1.0).abs() <= self.cfg.tolerance {
+            return obs.capacity;
+        }
+        let want = (obs.ready as f64 * ratio).ceil() as u32;
+        if want > obs.capacity {
+            (obs.ready as f64 * ratio * (1.0 + self.cfg.headroom)).ceil() as u32
+        } else if ratio < 1.0 {
+            want
+        } else {
+            // Instances still launching are already on their way: never ask below capacity
+            // just because the ready ones are fewer.
+            obs.capacity
+        }
+    }
+
+    /// Instances needed according to the demand model, once it has learned enough.
+    fn predictive(&mut self, obs: &Observation<'_>, cpu: f64) -> Option<f64> {
+        if !self.cfg.predictive {
+            return None;
+        }
+        self.demand.needed(obs, cpu, self.cfg.target / 100.0 / (1.0 + self.cfg.headroom))
+    }
+}
+
+/// For `predictive = true` on a CPU target. CPU stops at 100 % when the group is overloaded,
+/// which hides how far short it is, so proportional sizing needs several rounds; the request
+/// rate keeps counting. The model learns requests-per-instance at 100 % CPU while the group is
+/// not saturated, then sizes the group for the demand directly: the recent demand, extrapolated
+/// along its trend over the time a new instance takes to be ready, plus a margin of
+/// `NOISE_SIGMAS` standard deviations of the recent demand, so a noisy load gets headroom and a
+/// steady one does not.
 #[derive(Default)]
 struct DemandModel {
     /// Requests per target at 100 % CPU (EWMA), once seen.
     per_instance_at_full: Option<f64>,
-    /// Recent total demand (time, requests per minute), for the trend.
+    /// Recent total demand (time, requests per minute).
     recent: VecDeque<(Duration, f64)>,
 }
 
 const SATURATED_CPU: f64 = 90.0;
 const TREND_WINDOW: Duration = Duration::from_secs(300);
-const TREND_HORIZON_SECS: f64 = 120.0;
+const NOISE_WINDOW: Duration = Duration::from_secs(1800);
+const TREND_HORIZON_SECS: f64 = 180.0;
+const NOISE_SIGMAS: f64 = 0.5;
+const SCALE_IN_MARGIN: f64 = 0.3;
 
 impl DemandModel {
-    fn estimate(&mut self, obs: &Observation<'_>, cpu: Option<f64>) -> Option<f64> {
-        let cpu = cpu?;
-        let Some(rpt) = (obs.metric)(REQUESTS_PER_TARGET) else { return Some(cpu) };
+    fn needed(&mut self, obs: &Observation<'_>, cpu: f64, utilization: f64) -> Option<f64> {
+        let rpt = (obs.metric)(REQUESTS_PER_TARGET)?;
         if cpu > 1.0 && cpu < SATURATED_CPU {
             let sample = rpt / (cpu / 100.0);
             self.per_instance_at_full = Some(match self.per_instance_at_full {
@@ -329,15 +360,19 @@ impl DemandModel {
                 None => sample,
             });
         }
-        let Some(k) = self.per_instance_at_full else { return Some(cpu) };
         let total = rpt * obs.ready as f64;
         self.recent.push_back((obs.now, total));
-        while self.recent.front().is_some_and(|(t, _)| *t + TREND_WINDOW < obs.now) {
+        while self.recent.front().is_some_and(|(t, _)| *t + NOISE_WINDOW < obs.now) {
             self.recent.pop_front();
         }
-        let projected = total + slope_per_sec(&self.recent).max(0.0) * TREND_HORIZON_SECS;
-        let demand_cpu = projected.max(total) / (k * obs.ready as f64) * 100.0;
-        Some(if cpu >= SATURATED_CPU { demand_cpu.max(cpu) } else { demand_cpu.max(cpu.min(demand_cpu)) })
+        let k = self.per_instance_at_full?;
+        let trend: VecDeque<(Duration, f64)> =
+            self.recent.iter().filter(|(t, _)| *t + TREND_WINDOW >= obs.now).copied().collect();
+        let forecast = total + slope_per_sec(&trend).max(0.0) * TREND_HORIZON_SECS;
+        let n = self.recent.len() as f64;
+        let mean = self.recent.iter().map(|(_, v)| v).sum::<f64>() / n;
+        let sd = (self.recent.iter().map(|(_, v)| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+        Some((forecast + NOISE_SIGMAS * sd) / (k * utilization))
     }
 }
 

@@ -86,6 +86,11 @@ impl Trace {
     }
 }
 
+/// Seconds since the epoch as RFC 3339 (UTC), for printing actions.
+pub fn format_time(secs: f64) -> String {
+    crate::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0)))
+}
+
 /// `YYYY-MM-DD HH:MM:SS` (UTC) or Unix seconds → seconds since the epoch.
 fn parse_timestamp(s: &str) -> Option<f64> {
     if let Ok(n) = s.parse::<f64>() {
@@ -140,6 +145,19 @@ pub struct Report {
     pub capacity_per_instance: f64,
     pub minutes: u64,
     pub peak_instances: u32,
+    /// Every capacity change, in order.
+    #[serde(skip)]
+    pub actions: Vec<Action>,
+}
+
+/// One capacity change in a simulation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    /// Seconds since the epoch (the trace's clock).
+    pub at: f64,
+    pub from: u32,
+    pub to: u32,
+    pub cause: String,
 }
 
 /// Runs the group's policies over the trace.
@@ -161,7 +179,7 @@ pub fn run(trace: &Trace, group: &GroupConfig, model: &Model) -> Report {
     let mut launched: Vec<f64> = vec![-startup; initial as usize];
     let mut capacity = initial;
     let mut billed_secs = 0.0;
-    let mut actions = 0;
+    let mut actions = Vec::new();
     let mut under_minutes = 0;
     let mut last_under_minute = u64::MAX;
     let mut peak = initial;
@@ -187,7 +205,7 @@ pub fn run(trace: &Trace, group: &GroupConfig, model: &Model) -> Report {
         if let Some(decision) = scaler.evaluate(&obs) {
             let desired = decision.desired.clamp(min, max);
             if desired != capacity {
-                actions += 1;
+                actions.push(Action { at: t0 + now, from: capacity, to: desired, cause: decision.cause });
                 capacity = desired;
             }
         }
@@ -205,12 +223,13 @@ pub fn run(trace: &Trace, group: &GroupConfig, model: &Model) -> Report {
     Report {
         instance_hours: billed_secs / 3600.0,
         under_capacity_minutes: under_minutes,
-        scaling_actions: actions,
+        scaling_actions: actions.len() as u64,
         oracle_instance_hours: oracle_secs(&demand.iter().map(|&d| need(d)).collect::<Vec<_>>(), tick, startup)
             / 3600.0,
         capacity_per_instance: c,
         minutes: (ticks as f64 * tick / 60.0).ceil() as u64,
         peak_instances: peak,
+        actions,
     }
 }
 

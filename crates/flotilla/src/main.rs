@@ -78,6 +78,9 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also print every scaling action with its time and cause.
+        #[arg(long)]
+        actions: bool,
     },
     /// A small web app for the quickstart and tests (/, /whoami, /health, /work, /ws, /static).
     DemoApp {
@@ -104,9 +107,20 @@ fn main() -> ExitCode {
         Command::Invalidate { config, paths, tags, all } => {
             report_plain(runtime().and_then(|rt| rt.block_on(invalidate::run(&config, paths, tags, all))))
         }
-        Command::Simulate { trace, config, group, peak_percentile, peak_instances, startup, min, max, json } => {
+        Command::Simulate {
+            trace,
+            config,
+            group,
+            peak_percentile,
+            peak_instances,
+            startup,
+            min,
+            max,
+            json,
+            actions,
+        } => {
             let model = flotilla_fleet::simulate::Model { peak_percentile, peak_instances, startup, min, max };
-            report_plain(simulate::run(simulate::Args { trace, config, group, model, json }))
+            report_plain(simulate::run(simulate::Args { trace, config, group, model, json, actions }))
         }
         Command::DemoApp { port, id, bind } => {
             let _guard = logging::init(&cli.log_format);

@@ -12,6 +12,7 @@ pub struct Args {
     pub group: Option<String>,
     pub model: Model,
     pub json: bool,
+    pub actions: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -29,6 +30,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.trace).with_context(|| format!("reading {}", args.trace.display()))?;
     let trace = Trace::parse(&text).with_context(|| format!("{}", args.trace.display()))?;
     let r = simulate::run(&trace, group, &args.model);
+    if args.actions {
+        for a in &r.actions {
+            let at = flotilla_fleet::simulate::format_time(a.at);
+            println!("{at}  {:>3} -> {:<3} {}", a.from, a.to, a.cause);
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());

@@ -256,3 +256,44 @@ adjustment = "-1"
     // Two scale-ins need at least one cooldown between them (not a timing assertion on speed).
     assert!(started.elapsed() >= Duration::from_secs(4));
 }
+
+#[test]
+fn simulate_replays_a_real_trace_through_each_example_policy() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let trace = root.join("../shared/traces/elb_request_count_8c0756.csv");
+    if !trace.exists() {
+        eprintln!("skipping: {} is not here", trace.display());
+        return;
+    }
+    let mut hours = vec![];
+    for policy in ["step", "hpa", "recommended"] {
+        let config = root.join(format!("examples/scaling/{policy}.toml"));
+        let out = std::process::Command::new(BIN)
+            .args(["simulate", "--trace", trace.to_str().unwrap(), "--config", config.to_str().unwrap(), "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (h, oracle) = (r["instance_hours"].as_f64().unwrap(), r["oracle_instance_hours"].as_f64().unwrap());
+        // 14 days at 2..10 instances; nothing beats perfect foresight.
+        assert!(oracle > 14.0 * 24.0 * 2.0 && h >= oracle, "{policy}: {r}");
+        assert!(r["scaling_actions"].as_u64().unwrap() > 0 && r["under_capacity_minutes"].is_u64(), "{r}");
+        hours.push(h);
+    }
+    assert!(hours[0] != hours[1] && hours[1] != hours[2], "policies should differ: {hours:?}");
+    // A bad trace is refused with its line number.
+    let dir = scratch_dir("simulate-bad");
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "timestamp,value\n2014-04-10 00:04:00,94\n2014-04-10 00:09:00,lots\n").unwrap();
+    let config = root.join("examples/scaling/step.toml");
+    let out = std::process::Command::new(BIN)
+        .args(["simulate", "--trace", bad.to_str().unwrap(), "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 3: bad value"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
