@@ -1,8 +1,11 @@
 //! `flotilla`: the one binary. Parses the command line, sets up logging, and hands off to a
-//! subcommand: `up` (run everything the config describes), `validate`, `demo-app`.
+//! subcommand: `up` (run everything the config describes), `validate`, `invalidate`, `groups`,
+//! `scale`, `activity`, `simulate`, `demo-app`.
 
+mod admin_client;
 mod demo;
 mod fleet_bridge;
+mod groups_cli;
 mod invalidate;
 mod logging;
 mod simulate;
@@ -52,6 +55,30 @@ enum Command {
         /// Invalidate everything (as on a deployment).
         #[arg(long, conflicts_with_all = ["paths", "tags"])]
         all: bool,
+    },
+    /// Show the auto scaling groups and their instances (through the admin API).
+    Groups {
+        #[arg(long, short, default_value = "flotilla.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a group's desired capacity (within its min and max).
+    Scale {
+        #[arg(long, short, default_value = "flotilla.toml")]
+        config: PathBuf,
+        group: String,
+        desired: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A group's scaling history, newest first, with the cause of each action.
+    Activity {
+        #[arg(long, short, default_value = "flotilla.toml")]
+        config: PathBuf,
+        group: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Replay a request-rate trace (`timestamp,value` CSV) through a group's scaling policies.
     Simulate {
@@ -106,6 +133,15 @@ fn main() -> ExitCode {
         }
         Command::Invalidate { config, paths, tags, all } => {
             report_plain(runtime().and_then(|rt| rt.block_on(invalidate::run(&config, paths, tags, all))))
+        }
+        Command::Groups { config, json } => {
+            report_plain(runtime().and_then(|rt| rt.block_on(groups_cli::list(&config, json))))
+        }
+        Command::Scale { config, group, desired, json } => {
+            report_plain(runtime().and_then(|rt| rt.block_on(groups_cli::scale(&config, &group, desired, json))))
+        }
+        Command::Activity { config, group, json } => {
+            report_plain(runtime().and_then(|rt| rt.block_on(groups_cli::activity(&config, &group, json))))
         }
         Command::Simulate {
             trace,

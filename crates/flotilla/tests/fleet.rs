@@ -123,8 +123,21 @@ async fn desired_capacity_scales_out_and_in_with_no_failed_requests() {
     let r = request(&client(), "PUT", &f.admin("/api/v1/groups/web/desired"), &[], "{\"desired\": 2}").await.unwrap();
     assert_eq!(r.0, 401);
 
-    assert_eq!(put_desired(&f, 3).await.0, 200);
+    // Scale out from the CLI (same admin API, token from the config file).
+    let cli = |args: &[&str]| {
+        let mut all = vec![args[0], "--config", f.config.to_str().unwrap()];
+        all.extend_from_slice(&args[1..]);
+        std::process::Command::new(BIN).args(&all).output().unwrap()
+    };
+    let out = cli(&["scale", "web", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("web  desired 3  (min 1, max 4)"));
+    let out = cli(&["scale", "web", "5"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("422 Unprocessable Entity: desired capacity 5 is outside"));
     wait_group(&f, "3 in service", Duration::from_secs(30), |g| count(g, "in_service") == 3).await;
+    let out = cli(&["groups"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("in_service").count(), 3);
 
     // Scale in to 1 while clients keep sending requests (some slow): none may fail.
     let url = f.url("/slow?ms=300");
@@ -158,8 +171,9 @@ async fn desired_capacity_scales_out_and_in_with_no_failed_requests() {
         total += ok;
     }
     assert!(total > 10, "only {total} requests went through");
-    let act = activity(&f).await;
+    let act = String::from_utf8_lossy(&cli(&["activity", "web"]).stdout).into_owned();
     assert!(act.contains("Draining instance") && act.contains("Terminated instance"), "{act}");
+    assert!(act.contains("set through the admin API"), "{act}");
 }
 
 #[tokio::test]
