@@ -60,7 +60,7 @@ pub(crate) async fn activity(State(state): State<AdminState>, Path(name): Path<S
 fn fleet_error(e: FleetError) -> Response {
     let status = match e {
         FleetError::UnknownGroup(_) => StatusCode::NOT_FOUND,
-        FleetError::OutOfBounds { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        FleetError::OutOfBounds { .. } | FleetError::BudgetCap { .. } => StatusCode::UNPROCESSABLE_ENTITY,
     };
     error(status, &e.to_string())
 }

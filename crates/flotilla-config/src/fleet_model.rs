@@ -28,6 +28,18 @@ pub struct GroupConfig {
     pub metrics_interval: Duration,
     /// Time between SIGTERM and SIGKILL when an instance stops.
     pub stop_timeout: Duration,
+    pub budget: Option<BudgetConfig>,
+}
+
+/// A monthly budget for the group's instance-hours (AWS Budgets for one ASG): alerts at
+/// percentages of the budget and, with `hard_cap`, no scale-out once it is spent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetConfig {
+    pub price_per_instance_hour: f64,
+    pub monthly: f64,
+    /// Percentages of `monthly` that raise an alert when actual spend crosses them.
+    pub alerts: Vec<u32>,
+    pub hard_cap: bool,
 }
 
 /// Which instance goes first on scale-in; the first rule that separates candidates decides.

@@ -209,6 +209,16 @@ pub(crate) struct RawGroup {
     pub schedules: Vec<S<toml::Value>>,
     pub metrics_interval: Option<S<String>>,
     pub stop_timeout: Option<S<String>>,
+    pub budget: Option<S<RawBudget>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBudget {
+    pub price_per_instance_hour: Option<S<Num>>,
+    pub monthly: Option<S<Num>>,
+    pub alerts: Option<Vec<S<i64>>>,
+    pub hard_cap: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -312,3 +312,21 @@ metric = "cpu"
         ],
     );
 }
+
+#[test]
+fn group_budget() {
+    let text = |budget: &str| {
+        format!("[target_groups.web]\n[groups.web]\ntarget_group = \"web\"\n[groups.web.launch]\ncommand = [\"app\"]\n[groups.web.budget]\n{budget}")
+    };
+    let c = ok(&text("price_per_instance_hour = 0.0416\nmonthly = 100\n"));
+    let b = c.groups["web"].budget.clone().unwrap();
+    assert_eq!((b.price_per_instance_hour, b.monthly, b.alerts, b.hard_cap), (0.0416, 100.0, vec![50, 80, 100], false));
+    check_err(
+        &text("monthly = -5\nalerts = [0]\n"),
+        &[
+            "flotilla.toml:6:1: groups.web.budget.price_per_instance_hour is required",
+            "flotilla.toml:7:11: groups.web.budget.monthly must be greater than 0",
+            "flotilla.toml:8:11: groups.web.budget.alerts: 0 must be a percentage between 1 and 1000",
+        ],
+    );
+}

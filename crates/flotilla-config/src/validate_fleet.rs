@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::fleet_model::*;
 use crate::model::TargetGroupConfig;
-use crate::raw::{Num, RawGroup, RawLaunch, RawPolicy, S};
+use crate::raw::{Num, RawBudget, RawGroup, RawLaunch, RawPolicy, S};
 use crate::validate::{valid_name, Ctx};
 
 pub(crate) fn groups(
@@ -123,6 +123,7 @@ fn group(
         policies,
         metrics_interval,
         stop_timeout: cx.duration(&r.stop_timeout, &key("stop_timeout"), Duration::from_secs(10)),
+        budget: r.budget.as_ref().and_then(|b| budget(cx, name, b)),
     })
 }
 
@@ -169,6 +170,50 @@ fn launch(cx: &mut Ctx<'_>, name: &str, raw: &S<RawLaunch>) -> Option<LaunchConf
         }
     };
     Some(LaunchConfig { driver, env: r.env.clone() })
+}
+
+fn budget(cx: &mut Ctx<'_>, group: &str, raw: &S<RawBudget>) -> Option<BudgetConfig> {
+    let r = raw.get_ref();
+    let key = |k: &str| format!("groups.{group}.budget.{k}");
+    let mut positive = |v: &Option<S<Num>>, k: &str| -> Option<f64> {
+        let Some(v) = v else {
+            cx.err(raw, format!("{} is required", key(k)));
+            return None;
+        };
+        match num(cx, v, &key(k)) {
+            Some(x) if x > 0.0 => Some(x),
+            Some(_) => {
+                cx.err(v, format!("{} must be greater than 0", key(k)));
+                None
+            }
+            None => None,
+        }
+    };
+    let price = positive(&r.price_per_instance_hour, "price_per_instance_hour");
+    let monthly = positive(&r.monthly, "monthly");
+    let mut alerts: Vec<u32> = match &r.alerts {
+        None => vec![50, 80, 100],
+        Some(list) => list
+            .iter()
+            .filter_map(|a| {
+                let v = *a.get_ref();
+                if (1..=1000).contains(&v) {
+                    Some(v as u32)
+                } else {
+                    cx.err(a, format!("{}: {v} must be a percentage between 1 and 1000", key("alerts")));
+                    None
+                }
+            })
+            .collect(),
+    };
+    alerts.sort_unstable();
+    alerts.dedup();
+    Some(BudgetConfig {
+        price_per_instance_hour: price?,
+        monthly: monthly?,
+        alerts,
+        hard_cap: r.hard_cap.unwrap_or(false),
+    })
 }
 
 fn num(cx: &mut Ctx<'_>, v: &S<Num>, key: &str) -> Option<f64> {

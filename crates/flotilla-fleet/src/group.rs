@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::process::Child;
 use tokio::sync::Notify;
 
+use crate::budget::BudgetState;
 use crate::policy::{Observation, Scaler, CPU, REQUESTS_PER_TARGET};
 use crate::process::{self, since, Placeholders, Usage};
 use crate::registrar::{Registrar, TargetHealth};
@@ -74,6 +75,7 @@ pub struct GroupView {
     pub desired: u32,
     pub launch_version: u32,
     pub instances: Vec<InstanceView>,
+    pub budget: Option<crate::BudgetView>,
 }
 
 struct Instance {
@@ -92,6 +94,9 @@ pub(crate) struct GroupState {
     next_activity: u64,
     next_seq: u64,
     pub stopping: bool,
+    pub budget: Option<BudgetState>,
+    /// When a budget-blocked scale-out was last recorded (to record it once, not every tick).
+    blocked_noted: Option<Instant>,
 }
 
 pub struct GroupHandle {
@@ -102,8 +107,11 @@ pub struct GroupHandle {
 impl GroupHandle {
     pub(crate) fn new(cfg: GroupConfig) -> Arc<Self> {
         let desired = cfg.desired.clamp(cfg.min, cfg.max);
+        let budget = cfg.budget.clone().map(BudgetState::new);
         Arc::new(Self {
             state: Mutex::new(GroupState {
+                budget,
+                blocked_noted: None,
                 cfg,
                 launch_version: 1,
                 desired,
@@ -131,6 +139,7 @@ impl GroupHandle {
             desired: s.desired,
             launch_version: s.launch_version,
             instances: s.instances.iter().map(|i| i.view.clone()).collect(),
+            budget: s.budget.as_ref().map(|b| b.view()),
         }
     }
 
@@ -418,7 +427,25 @@ fn evaluate_policies(handle: &GroupHandle, registrar: &dyn Registrar, local: &mu
     };
     let obs = Observation { now: local.started.elapsed(), capacity: s.desired, ready, metric: &metric };
     let Some(decision) = local.scaler.evaluate(&obs) else { return };
-    let desired = decision.desired.clamp(s.cfg.min, s.cfg.max);
+    let mut desired = decision.desired.clamp(s.cfg.min, s.cfg.max);
+    if desired > s.desired {
+        if let Some(b) = s.budget.as_ref().filter(|b| b.capped()) {
+            let (spent, monthly) = (b.spent(), b.monthly());
+            if s.blocked_noted.is_none_or(|t| since(t) > Duration::from_secs(300)) {
+                s.blocked_noted = Some(Instant::now());
+                let from = s.desired;
+                s.record(
+                    format!("Scale-out from {from} to {desired} blocked by the budget"),
+                    format!(
+                        "{}; the monthly budget is spent ({spent:.2} of {monthly:.2}) and hard_cap is on",
+                        decision.cause
+                    ),
+                    "failed",
+                );
+            }
+            desired = s.desired;
+        }
+    }
     if desired != s.desired {
         let from = s.desired;
         s.desired = desired;
@@ -429,6 +456,7 @@ fn evaluate_policies(handle: &GroupHandle, registrar: &dyn Registrar, local: &mu
 /// Launches or retires instances to match desired. Returns true when the group has stopped.
 fn resize(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Local) -> bool {
     let mut s = handle.lock();
+    accrue_budget(&mut s);
     if s.stopping {
         let tg = s.cfg.target_group.clone();
         let live: Vec<_> = s.live().map(|i| (i.view.id.clone(), i.view.addr)).collect();
@@ -450,6 +478,22 @@ fn resize(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Local) ->
         }
     }
     false
+}
+
+/// Bills every instance that exists (launch to exit, as a cloud bills) and raises alerts.
+fn accrue_budget(s: &mut GroupState) {
+    let billed = s.instances.len() as u32;
+    let Some(b) = s.budget.as_mut() else { return };
+    let crossed = b.accrue(billed);
+    let view = b.view();
+    for pct in crossed {
+        tracing::warn!(group = %s.cfg.name, percent = pct, spent = view.spent, monthly = view.monthly, "budget alert");
+        s.record(
+            format!("Budget alert: {pct} % of the monthly budget reached"),
+            format!("spent {:.2} of {:.2} this month; forecast {:.2}", view.spent, view.monthly, view.forecast),
+            "warning",
+        );
+    }
 }
 
 fn retire(s: &mut GroupState, registrar: &dyn Registrar, n: usize) {

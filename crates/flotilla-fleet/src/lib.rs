@@ -5,6 +5,7 @@
 //! deregistration drains them before they stop. Scaling decisions are pure code in [`policy`],
 //! shared with the trace simulator in [`simulate`].
 
+mod budget;
 mod group;
 pub mod policy;
 mod process;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use flotilla_config::Config;
 use tokio::task::JoinHandle;
 
+pub use budget::BudgetView;
 pub use group::{Activity, GroupView, InstanceState, InstanceView};
 pub use registrar::{Registrar, TargetHealth, TargetStatus};
 
@@ -32,6 +34,8 @@ pub enum FleetError {
     UnknownGroup(String),
     #[error("desired capacity {desired} is outside the group's bounds [{min}, {max}]")]
     OutOfBounds { desired: u32, min: u32, max: u32 },
+    #[error("the monthly budget is spent ({spent:.2} of {monthly:.2}) and hard_cap is on: no scale-out")]
+    BudgetCap { spent: f64, monthly: f64 },
 }
 
 struct Running {
@@ -77,6 +81,11 @@ impl Fleet {
             if desired < min || desired > max {
                 return Err(FleetError::OutOfBounds { desired, min, max });
             }
+            if desired > s.desired {
+                if let Some(b) = s.budget.as_ref().filter(|b| b.capped()) {
+                    return Err(FleetError::BudgetCap { spent: b.spent(), monthly: b.monthly() });
+                }
+            }
             let from = s.desired;
             if from != desired {
                 s.desired = desired;
@@ -115,6 +124,10 @@ impl Fleet {
             }
             if s.cfg.policies != new.policies || s.cfg.cooldown != new.cooldown {
                 g.policies_version.fetch_add(1, Ordering::AcqRel);
+            }
+            match (&mut s.budget, &new.budget) {
+                (Some(b), Some(cfg)) => b.reconfigure(cfg.clone()),
+                (b, cfg) => *b = cfg.clone().map(budget::BudgetState::new),
             }
             s.cfg = new.clone();
             s.desired = s.desired.clamp(new.min, new.max);

@@ -311,3 +311,24 @@ fn simulate_replays_a_real_trace_through_each_example_policy() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn budget_alerts_then_the_hard_cap_stops_scale_out() {
+    // 3600 per instance-hour = 1 per instance-second: two instances spend a budget of 6 in ~3 s.
+    let f = start(
+        "fleet-budget",
+        "min = 2\nmax = 4\n[groups.web.budget]\nprice_per_instance_hour = 3600\nmonthly = 6\nalerts = [50, 100]\nhard_cap = true\n",
+        "",
+    );
+    let g = wait_group(&f, "the budget spent", Duration::from_secs(30), |g| g["budget"]["capped"] == true).await;
+    assert!(g["budget"]["spent"].as_f64().unwrap() >= 6.0, "{g}");
+    let act = activity(&f).await;
+    assert!(act.contains("Budget alert: 50 % of the monthly budget reached"), "{act}");
+    assert!(act.contains("Budget alert: 100 % of the monthly budget reached"), "{act}");
+    let (status, body) = put_desired(&f, 3).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("monthly budget is spent"), "{body}");
+    // Scale-in is still allowed.
+    let (status, body) = put_desired(&f, 2).await;
+    assert_eq!(status, 200, "{body}");
+}
