@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use flotilla_fleet::FleetError;
+use flotilla_fleet::{FleetError, RefreshOptions};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -57,9 +57,59 @@ pub(crate) async fn activity(State(state): State<AdminState>, Path(name): Path<S
     }
 }
 
+/// `POST /api/v1/groups/{name}/refresh` with optional `{"min_healthy_percentage": 90,
+/// "checkpoints": [50], "checkpoint_delay": "60s", "auto_rollback": true}` → 202.
+pub(crate) async fn start_refresh(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    let opts = if body.iter().all(u8::is_ascii_whitespace) {
+        RefreshOptions::default()
+    } else {
+        match json_body::<RefreshOptions>(&body) {
+            Ok(o) => o,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        }
+    };
+    match state.fleet.start_refresh(&name, opts) {
+        Ok(r) => (StatusCode::ACCEPTED, Json(r)).into_response(),
+        Err(e) => fleet_error(e),
+    }
+}
+
+pub(crate) async fn show_refresh(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    match state.fleet.refresh(&name) {
+        Ok(Some(r)) => Json(r).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "this group has had no refresh"),
+        Err(e) => fleet_error(e),
+    }
+}
+
+pub(crate) async fn cancel_refresh(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    match state.fleet.cancel_refresh(&name) {
+        Ok(Some(r)) => Json(r).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "this group has had no refresh"),
+        Err(e) => fleet_error(e),
+    }
+}
+
 fn fleet_error(e: FleetError) -> Response {
     let status = match e {
         FleetError::UnknownGroup(_) => StatusCode::NOT_FOUND,
+        FleetError::RefreshRunning(_) => StatusCode::CONFLICT,
+        FleetError::BadRequest(_) => StatusCode::BAD_REQUEST,
         FleetError::OutOfBounds { .. } | FleetError::BudgetCap { .. } => StatusCode::UNPROCESSABLE_ENTITY,
     };
     error(status, &e.to_string())

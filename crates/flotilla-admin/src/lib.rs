@@ -50,6 +50,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/groups/{name}", get(groups::show))
         .route("/api/v1/groups/{name}/desired", put(groups::set_desired))
         .route("/api/v1/groups/{name}/activity", get(groups::activity))
+        .route(
+            "/api/v1/groups/{name}/refresh",
+            post(groups::start_refresh).get(groups::show_refresh).delete(groups::cancel_refresh),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
         .with_state(state)
 }

@@ -4,12 +4,12 @@
 //! The loop owns the child processes; the shared state holds only what views need, behind a
 //! mutex that is never held across an await.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use flotilla_config::GroupConfig;
+use flotilla_config::{GroupConfig, LaunchConfig};
 use serde::Serialize;
 use tokio::process::Child;
 use tokio::sync::Notify;
@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use crate::budget::BudgetState;
 use crate::policy::{Observation, Scaler, CPU, REQUESTS_PER_TARGET};
 use crate::process::{self, since, Placeholders, Usage};
+use crate::refresh::{Refresh, RefreshStatus, Step};
 use crate::registrar::{Registrar, TargetHealth};
 use crate::termination::{self, Candidate};
 use crate::time::rfc3339;
@@ -76,6 +77,8 @@ pub struct GroupView {
     pub launch_version: u32,
     pub instances: Vec<InstanceView>,
     pub budget: Option<crate::BudgetView>,
+    /// The running or last instance refresh.
+    pub refresh: Option<crate::RefreshView>,
 }
 
 struct Instance {
@@ -95,6 +98,10 @@ pub(crate) struct GroupState {
     next_seq: u64,
     pub stopping: bool,
     pub budget: Option<BudgetState>,
+    /// Every launch template version seen, so a refresh can roll back to the previous one.
+    pub templates: BTreeMap<u32, LaunchConfig>,
+    pub refresh: Option<Refresh>,
+    pub next_refresh_id: u64,
     /// When a budget-blocked scale-out was last recorded (to record it once, not every tick).
     blocked_noted: Option<Instant>,
 }
@@ -111,6 +118,9 @@ impl GroupHandle {
         Arc::new(Self {
             state: Mutex::new(GroupState {
                 budget,
+                templates: BTreeMap::from([(1, cfg.launch.clone())]),
+                refresh: None,
+                next_refresh_id: 1,
                 blocked_noted: None,
                 cfg,
                 launch_version: 1,
@@ -140,6 +150,7 @@ impl GroupHandle {
             launch_version: s.launch_version,
             instances: s.instances.iter().map(|i| i.view.clone()).collect(),
             budget: s.budget.as_ref().map(|b| b.view()),
+            refresh: s.refresh.as_ref().map(|r| r.view.clone()),
         }
     }
 
@@ -157,6 +168,18 @@ impl GroupState {
         let id = self.next_activity;
         self.next_activity += 1;
         self.activity.push_back(Activity { id, time: rfc3339(SystemTime::now()), description, cause, status });
+    }
+
+    /// Counts a failed new instance against a running refresh that launches this version.
+    fn new_instance_failed(&mut self, version: u32) {
+        if let Some(r) = self.refresh.as_mut().filter(|r| r.view.status.is_active() && r.target == version) {
+            r.failures += 1;
+        }
+    }
+
+    /// Live instances not on `version`.
+    pub(crate) fn outdated(&self, version: u32) -> u32 {
+        self.live().filter(|i| i.view.launch_version != version).count() as u32
     }
 
     fn set_state(&mut self, id: &str, state: InstanceState) {
@@ -223,6 +246,7 @@ pub(crate) async fn run(
         if Instant::now() >= local.next_metrics {
             evaluate_policies(&handle, &*registrar, &mut local);
         }
+        step_refresh(&handle, &*registrar);
         if resize(&handle, &*registrar, &mut local) {
             return;
         }
@@ -260,6 +284,7 @@ fn reap(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Local) {
                 registrar.deregister(&s.cfg.target_group, inst.view.addr);
                 if state == InstanceState::Pending {
                     note_launch_failure(local);
+                    s.new_instance_failed(inst.view.launch_version);
                 }
                 s.record(
                     format!("Instance {id} exited unexpectedly ({status}) while {state:?}"),
@@ -306,7 +331,12 @@ fn watch_health(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Loc
         let failing = status.health == TargetHealth::Unhealthy
             || (status.health == TargetHealth::Initial && i.view.state == InstanceState::Pending);
         if failing && past_grace {
-            replace.push((i.view.id.clone(), i.view.addr, i.view.state == InstanceState::Pending));
+            replace.push((
+                i.view.id.clone(),
+                i.view.addr,
+                i.view.state == InstanceState::Pending,
+                i.view.launch_version,
+            ));
         }
     }
     for (id, from, to, age) in changes {
@@ -322,11 +352,12 @@ fn watch_health(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Loc
             tracing::info!(group = %s.cfg.name, instance = %id, from = ?from, to = ?to, "instance health changed");
         }
     }
-    for (id, addr, never_healthy) in replace {
+    for (id, addr, never_healthy, version) in replace {
         registrar.deregister(&tg, addr);
         s.set_state(&id, InstanceState::Draining);
         if never_healthy {
             note_launch_failure(local);
+            s.new_instance_failed(version);
         }
         let why = if never_healthy { "never passed health checks" } else { "failed health checks" };
         s.record(
@@ -453,6 +484,84 @@ fn evaluate_policies(handle: &GroupHandle, registrar: &dyn Registrar, local: &mu
     }
 }
 
+/// Advances a running instance refresh by one decision.
+fn step_refresh(handle: &GroupHandle, registrar: &dyn Registrar) {
+    let mut s = handle.lock();
+    let Some(mut r) = s.refresh.take() else { return };
+    if !r.view.status.is_active() || s.stopping {
+        s.refresh = Some(r);
+        return;
+    }
+    let target = r.target;
+    let old = s.outdated(target);
+    let new_pending =
+        s.live().filter(|i| i.view.launch_version == target && i.view.state != InstanceState::InService).count() as u32;
+    let in_service = s.live().filter(|i| i.view.state == InstanceState::InService).count() as u32;
+    let id = r.view.id;
+    match r.step(old, new_pending, in_service, s.desired) {
+        Step::Wait => {}
+        Step::Replace(n) => {
+            let live: Vec<&Instance> = s.live().filter(|i| i.view.launch_version != target).collect();
+            let cands: Vec<Candidate<'_>> = live
+                .iter()
+                .map(|i| Candidate {
+                    zone: i.view.zone.as_deref(),
+                    launch_version: i.view.launch_version,
+                    seq: i.seq,
+                    in_service: i.view.state == InstanceState::InService,
+                })
+                .collect();
+            let victims: Vec<(String, SocketAddr, u32)> = termination::pick(&cands, n, &s.cfg.termination_policy)
+                .into_iter()
+                .map(|k| (live[k].view.id.clone(), live[k].view.addr, live[k].view.launch_version))
+                .collect();
+            let tg = s.cfg.target_group.clone();
+            for (vid, addr, v) in victims {
+                registrar.deregister(&tg, addr);
+                s.set_state(&vid, InstanceState::Draining);
+                s.record(
+                    format!("Refresh {id}: replacing instance {vid} (launch template v{v} -> v{target})"),
+                    format!("instance refresh, {} % complete", r.view.percent_complete),
+                    "in_progress",
+                );
+            }
+        }
+        Step::Done => {
+            let (status, what) = if r.view.status == RefreshStatus::RollingBack {
+                (RefreshStatus::RolledBack, format!("rolled back to launch template v{target}"))
+            } else {
+                (RefreshStatus::Successful, format!("every instance runs launch template v{target}"))
+            };
+            r.finish(status, None);
+            s.record(format!("Refresh {id} finished"), what, "successful");
+        }
+        Step::RollBack => {
+            let from = r.view.from_version;
+            r.failures = 0;
+            r.target = from;
+            r.view.status = RefreshStatus::RollingBack;
+            r.view.reason = Some(format!("new instances on launch template v{} failed", r.view.to_version));
+            if let Some(t) = s.templates.get(&from).cloned() {
+                s.cfg.launch = t;
+            }
+            s.launch_version = from;
+            s.record(
+                format!("Refresh {id}: rolling back to launch template v{from}"),
+                format!(
+                    "new instances on launch template v{} failed to launch or to pass health checks",
+                    r.view.to_version
+                ),
+                "failed",
+            );
+        }
+        Step::Fail(reason) => {
+            s.record(format!("Refresh {id} failed"), reason.clone(), "failed");
+            r.finish(RefreshStatus::Failed, Some(reason));
+        }
+    }
+    s.refresh = Some(r);
+}
+
 /// Launches or retires instances to match desired. Returns true when the group has stopped.
 fn resize(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Local) -> bool {
     let mut s = handle.lock();
@@ -545,6 +654,8 @@ fn launch(s: &mut GroupState, registrar: &dyn Registrar, local: &mut Local, live
         Ok(c) => c,
         Err(e) => {
             note_launch_failure(local);
+            let v = s.launch_version;
+            s.new_instance_failed(v);
             s.record(
                 format!("Launching instance {id} failed"),
                 format!("{cause}; could not start the command: {e}"),

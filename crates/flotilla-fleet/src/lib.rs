@@ -9,6 +9,7 @@ mod budget;
 mod group;
 pub mod policy;
 mod process;
+mod refresh;
 mod registrar;
 pub mod simulate;
 mod termination;
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 
 pub use budget::BudgetView;
 pub use group::{Activity, GroupView, InstanceState, InstanceView};
+pub use refresh::{RefreshOptions, RefreshStatus, RefreshView};
 pub use registrar::{Registrar, TargetHealth, TargetStatus};
 
 use group::GroupHandle;
@@ -34,6 +36,10 @@ pub enum FleetError {
     UnknownGroup(String),
     #[error("desired capacity {desired} is outside the group's bounds [{min}, {max}]")]
     OutOfBounds { desired: u32, min: u32, max: u32 },
+    #[error("refresh {0} is still running (cancel it first)")]
+    RefreshRunning(u64),
+    #[error("{0}")]
+    BadRequest(String),
     #[error("the monthly budget is spent ({spent:.2} of {monthly:.2}) and hard_cap is on: no scale-out")]
     BudgetCap { spent: f64, monthly: f64 },
 }
@@ -105,6 +111,68 @@ impl Fleet {
         Ok(self.running(name)?.handle.activity())
     }
 
+    /// Starts an instance refresh to the current launch template.
+    pub fn start_refresh(&self, name: &str, opts: RefreshOptions) -> Result<RefreshView, FleetError> {
+        if opts.min_healthy_percentage > 100 {
+            return Err(FleetError::BadRequest("min_healthy_percentage must be between 0 and 100".into()));
+        }
+        if opts.checkpoints.iter().any(|c| *c == 0 || *c > 100) {
+            return Err(FleetError::BadRequest("checkpoints are percentages between 1 and 100".into()));
+        }
+        let g = self.running(name)?;
+        let view = {
+            let mut s = g.handle.lock();
+            if let Some(r) = s.refresh.as_ref().filter(|r| r.view.status.is_active()) {
+                return Err(FleetError::RefreshRunning(r.view.id));
+            }
+            let id = s.next_refresh_id;
+            s.next_refresh_id += 1;
+            let to = s.launch_version;
+            let outdated = s.outdated(to);
+            let from = s.templates.range(..to).next_back().map(|(v, _)| *v).unwrap_or(to);
+            let mut r = refresh::Refresh::new(id, from, to, outdated, opts);
+            if outdated == 0 {
+                r.finish(
+                    RefreshStatus::Successful,
+                    Some("every instance already runs the current launch template".into()),
+                );
+            }
+            s.record(
+                format!("Refresh {id} started: {outdated} instances to launch template v{to}"),
+                format!("requested through the admin API (min healthy {} %)", r.view.min_healthy_percentage),
+                "in_progress",
+            );
+            let view = r.view.clone();
+            s.refresh = Some(r);
+            view
+        };
+        g.handle.wake.notify_one();
+        Ok(view)
+    }
+
+    /// The running or last refresh of a group.
+    pub fn refresh(&self, name: &str) -> Result<Option<RefreshView>, FleetError> {
+        Ok(self.running(name)?.handle.lock().refresh.as_ref().map(|r| r.view.clone()))
+    }
+
+    /// Stops a running refresh where it is (instances already replaced stay replaced).
+    pub fn cancel_refresh(&self, name: &str) -> Result<Option<RefreshView>, FleetError> {
+        let g = self.running(name)?;
+        let mut s = g.handle.lock();
+        let Some(mut r) = s.refresh.take() else { return Ok(None) };
+        if r.view.status.is_active() {
+            r.finish(RefreshStatus::Cancelled, Some("cancelled through the admin API".into()));
+            s.record(
+                format!("Refresh {} cancelled", r.view.id),
+                "requested through the admin API".into(),
+                "successful",
+            );
+        }
+        let view = r.view.clone();
+        s.refresh = Some(r);
+        Ok(Some(view))
+    }
+
     /// Applies a reloaded config to groups that exist in both: bounds, policies and the launch
     /// template (a changed template becomes a new version, used by new instances).
     pub fn reconfigure(&self, cfg: &Config) {
@@ -118,8 +186,9 @@ impl Fleet {
                 continue;
             }
             if s.cfg.launch != new.launch {
-                s.launch_version += 1;
-                let v = s.launch_version;
+                let v = s.templates.keys().next_back().copied().unwrap_or(0) + 1;
+                s.launch_version = v;
+                s.templates.insert(v, new.launch.clone());
                 s.record(format!("Launch template is now v{v}"), "configuration reloaded".into(), "successful");
             }
             if s.cfg.policies != new.policies || s.cfg.cooldown != new.cooldown {

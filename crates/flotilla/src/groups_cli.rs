@@ -77,3 +77,50 @@ fn print_group(g: &Value) {
         );
     }
 }
+
+pub struct RefreshArgs {
+    pub group: String,
+    pub min_healthy: u32,
+    pub checkpoints: Vec<u32>,
+    pub checkpoint_delay: String,
+    pub no_rollback: bool,
+    pub detach: bool,
+}
+
+/// Starts a refresh and, unless detached, follows it to the end with a progress line per change.
+/// Exits non-zero when it fails, rolls back or is cancelled.
+pub async fn refresh(config: &Path, a: RefreshArgs) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "min_healthy_percentage": a.min_healthy,
+        "checkpoints": a.checkpoints,
+        "checkpoint_delay": a.checkpoint_delay,
+        "auto_rollback": !a.no_rollback,
+    });
+    let path = format!("/api/v1/groups/{}/refresh", a.group);
+    let text = admin_client::call(config, http::Method::POST, &path, Some(body.to_string())).await?;
+    let mut v: Value = serde_json::from_str(&text)?;
+    let mut last = String::new();
+    loop {
+        let line = format!(
+            "refresh {}: {} {:>3} %  (launch template v{} -> v{}){}",
+            v["id"],
+            v["status"].as_str().unwrap_or("?"),
+            v["percent_complete"],
+            v["from_version"],
+            v["to_version"],
+            v["reason"].as_str().map(|r| format!("  {r}")).unwrap_or_default()
+        );
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        match v["status"].as_str() {
+            Some("successful") => return Ok(()),
+            Some(s @ ("failed" | "rolled_back" | "cancelled")) => anyhow::bail!("refresh {}: {s}", v["id"]),
+            _ if a.detach => return Ok(()),
+            _ => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        v = serde_json::from_str(&admin_client::call(config, http::Method::GET, &path, None).await?)?;
+    }
+}

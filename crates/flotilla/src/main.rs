@@ -1,6 +1,6 @@
 //! `flotilla`: the one binary. Parses the command line, sets up logging, and hands off to a
 //! subcommand: `up` (run everything the config describes), `validate`, `invalidate`, `groups`,
-//! `scale`, `activity`, `simulate`, `demo-app`.
+//! `scale`, `refresh`, `activity`, `simulate`, `demo-app`.
 
 mod admin_client;
 mod demo;
@@ -72,6 +72,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replace every instance running an older launch template, in batches, with progress.
+    Refresh {
+        #[arg(long, short, default_value = "flotilla.toml")]
+        config: PathBuf,
+        group: String,
+        /// Share of desired capacity kept in service while replacing.
+        #[arg(long, default_value_t = 90)]
+        min_healthy: u32,
+        /// Pause when this percentage of instances is replaced (repeatable).
+        #[arg(long = "checkpoint")]
+        checkpoints: Vec<u32>,
+        #[arg(long, default_value = "60s")]
+        checkpoint_delay: String,
+        /// Do not go back to the previous template when new instances fail.
+        #[arg(long)]
+        no_rollback: bool,
+        /// Start it and return instead of following it.
+        #[arg(long)]
+        detach: bool,
+    },
     /// A group's scaling history, newest first, with the cause of each action.
     Activity {
         #[arg(long, short, default_value = "flotilla.toml")]
@@ -139,6 +159,11 @@ fn main() -> ExitCode {
         }
         Command::Scale { config, group, desired, json } => {
             report_plain(runtime().and_then(|rt| rt.block_on(groups_cli::scale(&config, &group, desired, json))))
+        }
+        Command::Refresh { config, group, min_healthy, checkpoints, checkpoint_delay, no_rollback, detach } => {
+            let args =
+                groups_cli::RefreshArgs { group, min_healthy, checkpoints, checkpoint_delay, no_rollback, detach };
+            report_plain(runtime().and_then(|rt| rt.block_on(groups_cli::refresh(&config, args))))
         }
         Command::Activity { config, group, json } => {
             report_plain(runtime().and_then(|rt| rt.block_on(groups_cli::activity(&config, &group, json))))

@@ -332,3 +332,106 @@ async fn budget_alerts_then_the_hard_cap_stops_scale_out() {
     let (status, body) = put_desired(&f, 2).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Rewrites the group's launch command in the config file and reloads through the admin API.
+async fn reload_with_command(f: &Flotilla, command: &str) {
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    let start = text.find("command = [").unwrap();
+    let end = start + text[start..].find('\n').unwrap();
+    std::fs::write(&f.config, format!("{}command = {command}{}", &text[..start], &text[end..])).unwrap();
+    let r = request(&client(), "POST", &f.admin("/api/v1/reload"), &[("authorization", "Bearer test-token")], "")
+        .await
+        .unwrap();
+    assert_eq!(r.0, 200, "{}", r.2);
+}
+
+#[tokio::test]
+async fn refresh_replaces_every_instance_under_load_with_no_failed_requests() {
+    let f = start("fleet-refresh", "min = 3\nmax = 4\n", "");
+    wait_group(&f, "3 in service", Duration::from_secs(30), |g| count(g, "in_service") == 3).await;
+    reload_with_command(&f, r#"["flotilla", "demo-app", "--port", "{port}", "--id", "v2-{instance}"]"#).await;
+    let g = group(&f).await;
+    assert_eq!(g["launch_version"], 2, "{g}");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (url, stop) = (f.url("/slow?ms=200"), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            let (mut ok, mut failed) = (0, vec![]);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match request(&c, "GET", &url, &[], "").await {
+                    Ok((200, _, _)) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    // The CLI starts the refresh and follows it to the end (exit 0 = successful).
+    let config = f.config.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BIN)
+            .args(["refresh", "--config", config.to_str().unwrap(), "web", "--min-healthy", "66"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), activity(&f).await);
+    assert!(stdout.contains("successful 100 %  (launch template v1 -> v2)"), "{stdout}");
+    let mut total = 0;
+    for c in clients {
+        let (ok, failed) = c.await.unwrap();
+        assert!(failed.is_empty(), "failed requests during the refresh: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 10, "only {total} requests went through");
+    let g = wait_group(&f, "3 instances on v2", Duration::from_secs(20), |g| {
+        g["instances"].as_array().unwrap().len() == 3 && count(g, "in_service") == 3
+    })
+    .await;
+    assert!(g["instances"].as_array().unwrap().iter().all(|i| i["launch_version"] == 2), "{g}");
+    assert!(get(&f.url("/whoami")).await.1.starts_with("v2-web-"));
+}
+
+#[tokio::test]
+async fn refresh_to_a_broken_template_rolls_back() {
+    let f = start("fleet-rollback", "min = 2\nmax = 3\nhealth_check_grace = \"3s\"\n", "");
+    wait_group(&f, "2 in service", Duration::from_secs(30), |g| count(g, "in_service") == 2).await;
+    reload_with_command(&f, r#"["/bin/false"]"#).await;
+    let r = request(
+        &client(),
+        "POST",
+        &f.admin("/api/v1/groups/web/refresh"),
+        &[("authorization", "Bearer test-token")],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.0, 202, "{}", r.2);
+    // A second refresh while one runs is refused.
+    let again = request(
+        &client(),
+        "POST",
+        &f.admin("/api/v1/groups/web/refresh"),
+        &[("authorization", "Bearer test-token")],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.0, 409, "{}", again.2);
+    let g = wait_group(&f, "the refresh rolled back", Duration::from_secs(60), |g| {
+        g["refresh"]["status"] == "rolled_back" && count(g, "in_service") == 2
+    })
+    .await;
+    assert_eq!(g["launch_version"], 1, "{g}");
+    assert!(g["instances"].as_array().unwrap().iter().all(|i| i["launch_version"] == 1), "{g}");
+    let act = activity(&f).await;
+    assert!(act.contains("rolling back to launch template v1"), "{act}");
+    // The site kept serving throughout.
+    assert_eq!(get(&f.url("/whoami")).await.0, 200);
+}
