@@ -29,6 +29,21 @@ pub struct GroupConfig {
     /// Time between SIGTERM and SIGKILL when an instance stops.
     pub stop_timeout: Duration,
     pub budget: Option<BudgetConfig>,
+    pub schedules: Vec<ScheduleConfig>,
+}
+
+/// A scheduled action: at each time `cron` matches in `timezone`, set whichever of min, max and
+/// desired it names (like an ASG scheduled action with a recurrence).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleConfig {
+    pub cron: crate::cron::Cron,
+    /// The expression as written (for logs and the activity history).
+    pub cron_text: String,
+    /// An IANA time zone name; "UTC" by default.
+    pub timezone: String,
+    pub min: Option<u32>,
+    pub max: Option<u32>,
+    pub desired: Option<u32>,
 }
 
 /// A monthly budget for the group's instance-hours (AWS Budgets for one ASG): alerts at

@@ -3,6 +3,7 @@
 //! Two stages, as in ripgrep's low/high args: `raw` mirrors the TOML with spans, then `validate`
 //! produces the typed [`Config`] or *every* error as `FILE:LINE:COL: message`.
 
+pub mod cron;
 mod env;
 mod error;
 mod fleet_model;

@@ -206,7 +206,7 @@ pub(crate) struct RawGroup {
     #[serde(default)]
     pub policies: Vec<S<RawPolicy>>,
     #[serde(default)]
-    pub schedules: Vec<S<toml::Value>>,
+    pub schedules: Vec<S<RawSchedule>>,
     pub metrics_interval: Option<S<String>>,
     pub stop_timeout: Option<S<String>>,
     pub budget: Option<S<RawBudget>>,
@@ -267,4 +267,14 @@ pub(crate) enum Num {
     Int(i64),
     Float(f64),
     Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSchedule {
+    pub cron: Option<S<String>>,
+    pub timezone: Option<S<String>>,
+    pub min: Option<S<i64>>,
+    pub max: Option<S<i64>>,
+    pub desired: Option<S<i64>>,
 }

@@ -260,6 +260,11 @@ adjustment = "-1"
 type = "target_tracking"        # keep metric near target: fast out, conservative in
 metric = "requests_per_target"
 target = 100
+
+[[groups.web.schedules]]
+cron = "0 8 * * MON-FRI"
+timezone = "Europe/Berlin"
+min = 4
 "#;
 
 #[test]
@@ -278,6 +283,9 @@ fn groups_contract_example() {
     assert_eq!((tt.target, tt.tolerance), (100.0, 0.1));
     let LaunchDriver::Process { command, .. } = &g.launch.driver;
     assert_eq!(command[3], "{port}");
+    let sched = &g.schedules[0];
+    assert_eq!((sched.timezone.as_str(), sched.min, sched.max), ("Europe/Berlin", Some(4), None));
+    assert!(sched.cron.matches(0, 8, 30, 11, 1));
 }
 
 #[test]
@@ -327,6 +335,31 @@ fn group_budget() {
             "flotilla.toml:6:1: groups.web.budget.price_per_instance_hour is required",
             "flotilla.toml:7:11: groups.web.budget.monthly must be greater than 0",
             "flotilla.toml:8:11: groups.web.budget.alerts: 0 must be a percentage between 1 and 1000",
+        ],
+    );
+}
+
+#[test]
+fn schedule_errors_are_located() {
+    check_err(
+        r#"[target_groups.web]
+[groups.web]
+target_group = "web"
+[groups.web.launch]
+command = ["app"]
+[[groups.web.schedules]]
+cron = "0 25 * * *"
+timezone = "Mars/Olympus"
+[[groups.web.schedules]]
+cron = "0 8 * * *"
+min = 5
+max = 3
+"#,
+        &[
+            "flotilla.toml:7:8: groups.web.schedules.cron: hour \"25\" must be 0-23",
+            "flotilla.toml:8:12: groups.web.schedules.timezone: unknown time zone \"Mars/Olympus\" (failed to find time zone `Mars/Olympus` in time zone database)",
+            "flotilla.toml:6:1: groups.web.schedules.cron: a scheduled action needs min, max or desired",
+            "flotilla.toml:9:1: groups.web.schedules.min: min (5) is greater than max (3)",
         ],
     );
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::fleet_model::*;
 use crate::model::TargetGroupConfig;
-use crate::raw::{Num, RawBudget, RawGroup, RawLaunch, RawPolicy, S};
+use crate::raw::{Num, RawBudget, RawGroup, RawLaunch, RawPolicy, RawSchedule, S};
 use crate::validate::{valid_name, Ctx};
 
 pub(crate) fn groups(
@@ -99,9 +99,7 @@ fn group(
         }
     };
     let policies = r.policies.iter().filter_map(|p| policy(cx, name, p)).collect();
-    if !r.schedules.is_empty() {
-        cx.warnings.push(format!("{}: scheduled actions are not implemented yet and are ignored", key("schedules")));
-    }
+    let schedules = r.schedules.iter().filter_map(|s| schedule(cx, name, s)).collect();
     let metrics_interval = cx.duration(&r.metrics_interval, &key("metrics_interval"), Duration::from_secs(15));
     if metrics_interval < Duration::from_millis(100) {
         if let Some(m) = &r.metrics_interval {
@@ -124,6 +122,7 @@ fn group(
         metrics_interval,
         stop_timeout: cx.duration(&r.stop_timeout, &key("stop_timeout"), Duration::from_secs(10)),
         budget: r.budget.as_ref().and_then(|b| budget(cx, name, b)),
+        schedules,
     })
 }
 
@@ -170,6 +169,42 @@ fn launch(cx: &mut Ctx<'_>, name: &str, raw: &S<RawLaunch>) -> Option<LaunchConf
         }
     };
     Some(LaunchConfig { driver, env: r.env.clone() })
+}
+
+fn schedule(cx: &mut Ctx<'_>, group: &str, raw: &S<RawSchedule>) -> Option<ScheduleConfig> {
+    let r = raw.get_ref();
+    let key = |k: &str| format!("groups.{group}.schedules.{k}");
+    let Some(text) = &r.cron else {
+        cx.err(raw, format!("{} is required, e.g. \"0 8 * * MON-FRI\"", key("cron")));
+        return None;
+    };
+    let cron = match crate::cron::Cron::parse(text.get_ref()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            cx.err(text, format!("{}: {e}", key("cron")));
+            None
+        }
+    };
+    let timezone = match &r.timezone {
+        None => "UTC".to_string(),
+        Some(tz) => {
+            if let Err(e) = jiff::tz::TimeZone::get(tz.get_ref()) {
+                cx.err(tz, format!("{}: unknown time zone {:?} ({e})", key("timezone"), tz.get_ref()));
+            }
+            tz.get_ref().clone()
+        }
+    };
+    let mut bound = |v: &Option<S<i64>>, k: &str| v.as_ref().map(|_| cx.int(v, &key(k), 0..=10_000, 0) as u32);
+    let (min, max, desired) = (bound(&r.min, "min"), bound(&r.max, "max"), bound(&r.desired, "desired"));
+    if min.is_none() && max.is_none() && desired.is_none() {
+        cx.err(raw, format!("{}: a scheduled action needs min, max or desired", key("cron")));
+    }
+    if let (Some(lo), Some(hi)) = (min, max) {
+        if lo > hi {
+            cx.err(raw, format!("{}: min ({lo}) is greater than max ({hi})", key("min")));
+        }
+    }
+    Some(ScheduleConfig { cron: cron?, cron_text: text.get_ref().clone(), timezone, min, max, desired })
 }
 
 fn budget(cx: &mut Ctx<'_>, group: &str, raw: &S<RawBudget>) -> Option<BudgetConfig> {

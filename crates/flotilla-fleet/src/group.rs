@@ -19,6 +19,7 @@ use crate::policy::{Observation, Scaler, CPU, REQUESTS_PER_TARGET};
 use crate::process::{self, since, Placeholders, Usage};
 use crate::refresh::{Refresh, RefreshStatus, Step};
 use crate::registrar::{Registrar, TargetHealth};
+use crate::schedule::{self, Scheduler};
 use crate::termination::{self, Candidate};
 use crate::time::rfc3339;
 
@@ -203,6 +204,7 @@ struct Local {
     requests: HashMap<String, (u64, Instant)>,
     term_deadline: HashMap<String, Instant>,
     scaler: Scaler,
+    scheduler: Scheduler,
     policies_version: u64,
     started: Instant,
     next_metrics: Instant,
@@ -216,9 +218,13 @@ pub(crate) async fn run(
     registrar: Arc<dyn Registrar>,
     policies_version: Arc<std::sync::atomic::AtomicU64>,
 ) {
-    let (scaler, interval) = {
+    let (scaler, scheduler, interval) = {
         let s = handle.lock();
-        (Scaler::new(&s.cfg.policies, s.cfg.cooldown), s.cfg.metrics_interval)
+        (
+            Scaler::new(&s.cfg.policies, s.cfg.cooldown),
+            Scheduler::new(&s.cfg.schedules, SystemTime::now()),
+            s.cfg.metrics_interval,
+        )
     };
     let now = Instant::now();
     let mut local = Local {
@@ -227,6 +233,7 @@ pub(crate) async fn run(
         requests: HashMap::new(),
         term_deadline: HashMap::new(),
         scaler,
+        scheduler,
         policies_version: 0,
         started: now,
         next_metrics: now + interval,
@@ -238,11 +245,13 @@ pub(crate) async fn run(
         if current != local.policies_version {
             let s = handle.lock();
             local.scaler = Scaler::new(&s.cfg.policies, s.cfg.cooldown);
+            local.scheduler = Scheduler::new(&s.cfg.schedules, SystemTime::now());
             local.policies_version = current;
         }
         reap(&handle, &*registrar, &mut local);
         watch_health(&handle, &*registrar, &mut local);
         advance_stops(&handle, &*registrar, &mut local);
+        run_schedules(&handle, &mut local);
         if Instant::now() >= local.next_metrics {
             evaluate_policies(&handle, &*registrar, &mut local);
         }
@@ -399,6 +408,26 @@ fn advance_stops(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Lo
                 let _ = child.start_kill();
             }
         }
+    }
+}
+
+/// Applies scheduled actions that came due (their new bounds last until the next one).
+fn run_schedules(handle: &GroupHandle, local: &mut Local) {
+    let due: Vec<_> = local.scheduler.due(SystemTime::now()).into_iter().cloned().collect();
+    if due.is_empty() {
+        return;
+    }
+    let mut s = handle.lock();
+    for sc in due {
+        let (min, max, desired) = schedule::apply(&sc, s.cfg.min, s.cfg.max, s.desired);
+        let what = format!(
+            "Scheduled action: min {} -> {min}, max {} -> {max}, desired {} -> {desired}",
+            s.cfg.min, s.cfg.max, s.desired
+        );
+        s.cfg.min = min;
+        s.cfg.max = max;
+        s.desired = desired;
+        s.record(what, format!("cron \"{}\" in {}", sc.cron_text, sc.timezone), "successful");
     }
 }
 

@@ -11,6 +11,7 @@ pub mod policy;
 mod process;
 mod refresh;
 mod registrar;
+mod schedule;
 pub mod simulate;
 mod termination;
 mod time;
@@ -191,7 +192,7 @@ impl Fleet {
                 s.templates.insert(v, new.launch.clone());
                 s.record(format!("Launch template is now v{v}"), "configuration reloaded".into(), "successful");
             }
-            if s.cfg.policies != new.policies || s.cfg.cooldown != new.cooldown {
+            if s.cfg.policies != new.policies || s.cfg.cooldown != new.cooldown || s.cfg.schedules != new.schedules {
                 g.policies_version.fetch_add(1, Ordering::AcqRel);
             }
             match (&mut s.budget, &new.budget) {

@@ -13,6 +13,7 @@ use flotilla_config::GroupConfig;
 use serde::Serialize;
 
 use crate::policy::{Observation, Scaler, CPU, REQUESTS_PER_TARGET};
+use crate::schedule::{self, Scheduler};
 
 pub const TICK: Duration = Duration::from_secs(15);
 
@@ -163,7 +164,7 @@ pub struct Action {
 /// Runs the group's policies over the trace.
 pub fn run(trace: &Trace, group: &GroupConfig, model: &Model) -> Report {
     let (min, max) = (model.min.unwrap_or(group.min), model.max.unwrap_or(group.max).max(1));
-    let min = min.min(max);
+    let (mut min, mut max) = (min.min(max), max);
     let c = per_instance_capacity(trace, model);
     let tick = TICK.as_secs_f64();
     let startup = model.startup.as_secs_f64();
@@ -171,7 +172,10 @@ pub fn run(trace: &Trace, group: &GroupConfig, model: &Model) -> Report {
     let ticks = ((t_end - t0) / tick).floor() as usize + 1;
     let mut hint = 0;
     let demand: Vec<f64> = (0..ticks).map(|i| trace.demand_at(t0 + i as f64 * tick, &mut hint)).collect();
-    let need = |d: f64| ((d / c).ceil() as u32).clamp(min, max);
+    // The oracle keeps the configured bounds; scheduled actions only move the policy's.
+    let (base_min, base_max) = (min, max);
+    let need = |d: f64| ((d / c).ceil() as u32).clamp(base_min, base_max);
+    let mut scheduler = Scheduler::new(&group.schedules, schedule::at(t0 - 1.0));
 
     let mut scaler = Scaler::new(&group.policies, group.cooldown);
     // Instances by launch time (seconds since t0); the initial ones are ready at t0.
@@ -201,6 +205,15 @@ pub fn run(trace: &Trace, group: &GroupConfig, model: &Model) -> Report {
             REQUESTS_PER_TARGET => rpt,
             _ => None,
         };
+        for sc in scheduler.due(schedule::at(t0 + now)) {
+            let (lo, hi, desired) = schedule::apply(sc, min, max, capacity);
+            (min, max) = (lo, hi);
+            if desired != capacity {
+                let cause = format!("scheduled action \"{}\"", sc.cron_text);
+                actions.push(Action { at: t0 + now, from: capacity, to: desired, cause });
+                capacity = desired;
+            }
+        }
         let obs = Observation { now: Duration::from_secs_f64(now), capacity, ready, metric: &metric };
         if let Some(decision) = scaler.evaluate(&obs) {
             let desired = decision.desired.clamp(min, max);

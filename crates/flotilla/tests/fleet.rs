@@ -435,3 +435,21 @@ async fn refresh_to_a_broken_template_rolls_back() {
     // The site kept serving throughout.
     assert_eq!(get(&f.url("/whoami")).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_scheduled_action_sets_capacity_at_the_next_matching_minute() {
+    // Cron has minute resolution: this waits for the next minute boundary (at most ~60 s).
+    let f = start(
+        "fleet-schedule",
+        "min = 1\nmax = 3\n[[groups.web.schedules]]\ncron = \"* * * * *\"\ntimezone = \"Europe/Berlin\"\nmin = 2\n",
+        "",
+    );
+    let g = wait_group(&f, "the schedule to raise min to 2", Duration::from_secs(75), |g| {
+        g["min"] == 2 && count(g, "in_service") == 2
+    })
+    .await;
+    assert_eq!(g["desired"], 2);
+    let act = activity(&f).await;
+    assert!(act.contains("Scheduled action: min 1 -> 2, max 3 -> 3, desired 1 -> 2"), "{act}");
+    assert!(act.contains("cron \\\"* * * * *\\\" in Europe/Berlin"), "{act}");
+}
