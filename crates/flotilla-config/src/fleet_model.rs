@@ -81,6 +81,9 @@ pub enum LaunchDriver {
     /// A local child process. `{port}`, `{instance}`, `{group}` and `{zone}` are substituted in
     /// every argument; a leading `flotilla` means this very binary.
     Process { command: Vec<String>, workdir: Option<PathBuf> },
+    /// A container from a local image, its `port` published on 127.0.0.1 only. `command`
+    /// overrides the image's CMD (same placeholders).
+    Docker { image: String, port: u16, command: Option<Vec<String>>, cpus: Option<f64>, memory: Option<u64> },
 }
 
 #[derive(Debug, Clone, PartialEq)]

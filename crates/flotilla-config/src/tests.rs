@@ -281,7 +281,7 @@ fn groups_contract_example() {
     assert_eq!(up.comparison, Comparison::Greater);
     let PolicyConfig::TargetTracking(tt) = &g.policies[2] else { panic!("target tracking expected") };
     assert_eq!((tt.target, tt.tolerance), (100.0, 0.1));
-    let LaunchDriver::Process { command, .. } = &g.launch.driver;
+    let LaunchDriver::Process { command, .. } = &g.launch.driver else { panic!("process driver expected") };
     assert_eq!(command[3], "{port}");
     let sched = &g.schedules[0];
     assert_eq!((sched.timezone.as_str(), sched.min, sched.max), ("Europe/Berlin", Some(4), None));

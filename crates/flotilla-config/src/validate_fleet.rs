@@ -159,9 +159,39 @@ fn launch(cx: &mut Ctx<'_>, name: &str, raw: &S<RawLaunch>) -> Option<LaunchConf
                 workdir: r.workdir.as_ref().map(|w| cx.base_dir.join(w.get_ref())),
             }
         }
-        Some((d, "docker")) => {
-            cx.err(d, format!("{}: the docker driver is not implemented yet (use \"process\")", key("driver")));
-            return None;
+        Some((_, "docker")) => {
+            let Some(image) = &r.image else {
+                cx.err(
+                    raw,
+                    format!("{} is required for driver = \"docker\" (a local image, e.g. \"app:1.4\")", key("image")),
+                );
+                return None;
+            };
+            if let Some(w) = &r.workdir {
+                cx.err(w, format!("{}: only the process driver takes workdir", key("workdir")));
+            }
+            let port = cx.int(&r.port, &key("port"), 1..=65_535, 8080) as u16;
+            let cpus = r.cpus.as_ref().and_then(|c| match num(cx, c, &key("cpus")) {
+                Some(x) if x > 0.0 && x <= 1024.0 => Some(x),
+                Some(_) => {
+                    cx.err(c, format!("{} must be between 0 and 1024", key("cpus")));
+                    None
+                }
+                None => None,
+            });
+            let memory = r.memory.as_ref().map(|_| cx.size(&r.memory, &key("memory"), 0));
+            if memory.is_some_and(|m| m < 6 << 20) {
+                if let Some(m) = &r.memory {
+                    cx.err(m, format!("{} must be at least 6MiB (Docker's minimum)", key("memory")));
+                }
+            }
+            LaunchDriver::Docker {
+                image: image.get_ref().clone(),
+                port,
+                command: r.command.as_ref().map(|c| c.get_ref().clone()),
+                cpus,
+                memory,
+            }
         }
         Some((d, other)) => {
             cx.err(d, format!("{}: unknown driver {other:?} (process, docker)", key("driver")));

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use flotilla_config::{GroupConfig, LaunchConfig};
 use serde::Serialize;
-use tokio::process::Child;
 use tokio::sync::Notify;
 
 use crate::budget::BudgetState;
 use crate::policy::{Observation, Scaler, CPU, REQUESTS_PER_TARGET};
-use crate::process::{self, since, Placeholders, Usage};
+use crate::process::{self, since, Placeholders};
 use crate::refresh::{Refresh, RefreshStatus, Step};
 use crate::registrar::{Registrar, TargetHealth};
+use crate::runner::{LaunchContext, Runner};
 use crate::schedule::{self, Scheduler};
 use crate::termination::{self, Candidate};
 use crate::time::rfc3339;
@@ -57,6 +57,8 @@ pub struct InstanceView {
     pub cpu: Option<f64>,
     pub memory_bytes: u64,
     pub in_flight: u32,
+    /// The container id (docker driver).
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -199,8 +201,7 @@ impl GroupState {
 
 /// What the loop keeps that views do not need.
 struct Local {
-    children: HashMap<String, Child>,
-    usage: HashMap<String, Usage>,
+    runners: HashMap<String, Runner>,
     requests: HashMap<String, (u64, Instant)>,
     term_deadline: HashMap<String, Instant>,
     scaler: Scaler,
@@ -226,10 +227,25 @@ pub(crate) async fn run(
             s.cfg.metrics_interval,
         )
     };
+    let (name, docker) = {
+        let s = handle.lock();
+        (s.cfg.name.clone(), matches!(s.cfg.launch.driver, flotilla_config::LaunchDriver::Docker { .. }))
+    };
+    if docker {
+        let d = crate::docker::Docker::default();
+        if d.available().await {
+            d.remove_stale(&name).await;
+        } else {
+            handle.lock().record(
+                "The Docker daemon is not reachable".into(),
+                "driver = \"docker\" needs dockerd on /var/run/docker.sock (or DOCKER_HOST=unix://…); launches fail and back off until it answers".into(),
+                "failed",
+            );
+        }
+    }
     let now = Instant::now();
     let mut local = Local {
-        children: HashMap::new(),
-        usage: HashMap::new(),
+        runners: HashMap::new(),
         requests: HashMap::new(),
         term_deadline: HashMap::new(),
         scaler,
@@ -249,6 +265,7 @@ pub(crate) async fn run(
             local.policies_version = current;
         }
         reap(&handle, &*registrar, &mut local);
+        note_container_ids(&handle, &local);
         watch_health(&handle, &*registrar, &mut local);
         advance_stops(&handle, &*registrar, &mut local);
         run_schedules(&handle, &mut local);
@@ -269,8 +286,8 @@ pub(crate) async fn run(
 /// Collects exited processes: expected exits end a termination; others are replaced.
 fn reap(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Local) {
     let mut exited = Vec::new();
-    for (id, child) in local.children.iter_mut() {
-        if let Ok(Some(status)) = child.try_wait() {
+    for (id, runner) in local.runners.iter_mut() {
+        if let Some(status) = runner.exited() {
             exited.push((id.clone(), status));
         }
     }
@@ -279,8 +296,7 @@ fn reap(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Local) {
     }
     let mut s = handle.lock();
     for (id, status) in exited {
-        local.children.remove(&id);
-        local.usage.remove(&id);
+        local.runners.remove(&id);
         local.requests.remove(&id);
         local.term_deadline.remove(&id);
         let Some(pos) = s.instances.iter().position(|i| i.view.id == id) else { continue };
@@ -302,6 +318,15 @@ fn reap(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Local) {
                 );
             }
         }
+    }
+}
+
+/// Shows container ids in the view once Docker has assigned them.
+fn note_container_ids(handle: &GroupHandle, local: &Local) {
+    let mut s = handle.lock();
+    for i in s.instances.iter_mut().filter(|i| i.view.container.is_none() && i.view.pid.is_none()) {
+        i.view.container =
+            local.runners.get(&i.view.id).and_then(Runner::container_id).map(|c| c.chars().take(12).collect());
     }
 }
 
@@ -393,9 +418,9 @@ fn advance_stops(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Lo
     }
     for id in to_terminate {
         s.set_state(&id, InstanceState::Terminating);
-        match local.children.get(&id) {
-            Some(child) => {
-                process::terminate(child);
+        match local.runners.get(&id) {
+            Some(runner) => {
+                runner.terminate();
                 local.term_deadline.insert(id, Instant::now() + stop_timeout);
             }
             None => s.instances.retain(|i| i.view.id != id),
@@ -403,9 +428,11 @@ fn advance_stops(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Lo
     }
     for (id, deadline) in &local.term_deadline {
         if Instant::now() >= *deadline {
-            if let Some(child) = local.children.get_mut(id) {
-                tracing::warn!(group = %s.cfg.name, instance = %id, "did not stop after {stop_timeout:?}; sending SIGKILL");
-                let _ = child.start_kill();
+            if let Some(runner) = local.runners.get_mut(id) {
+                if runner.pid().is_some() {
+                    tracing::warn!(group = %s.cfg.name, instance = %id, "did not stop after {stop_timeout:?}; sending SIGKILL");
+                }
+                runner.kill();
             }
         }
     }
@@ -441,11 +468,9 @@ fn evaluate_policies(handle: &GroupHandle, registrar: &dyn Registrar, local: &mu
         (0.0, 0u32, 0.0, 0u32, 0.0, 0.0, 0u32);
     for i in s.instances.iter_mut() {
         let id = i.view.id.clone();
-        if let Some(pid) = i.view.pid {
-            if let Some((cpu, mem)) = local.usage.entry(id.clone()).or_default().sample(pid) {
-                i.view.cpu = cpu.map(|c| (c * 10.0).round() / 10.0);
-                i.view.memory_bytes = mem;
-            }
+        if let Some((cpu, mem)) = local.runners.get_mut(&id).and_then(Runner::usage) {
+            i.view.cpu = cpu.map(|c| (c * 10.0).round() / 10.0);
+            i.view.memory_bytes = mem;
         }
         let status = registrar.status(&tg, i.view.addr);
         let now = Instant::now();
@@ -678,18 +703,20 @@ fn launch(s: &mut GroupState, registrar: &dyn Registrar, local: &mut Local, live
             return false;
         }
     };
-    let placeholders = Placeholders { port, instance: &id, group: &s.cfg.name, zone: zone.as_deref() };
-    let child = match process::spawn(&s.cfg.launch, &placeholders) {
-        Ok(c) => c,
+    let cx = LaunchContext {
+        placeholders: Placeholders { port, instance: &id, group: &s.cfg.name, zone: zone.as_deref() },
+        group: &s.cfg.name,
+        launch_version: s.launch_version,
+        stop_timeout: s.cfg.stop_timeout,
+        stats_every: s.cfg.metrics_interval,
+    };
+    let runner = match Runner::start(&s.cfg.launch, cx) {
+        Ok(r) => r,
         Err(e) => {
             note_launch_failure(local);
             let v = s.launch_version;
             s.new_instance_failed(v);
-            s.record(
-                format!("Launching instance {id} failed"),
-                format!("{cause}; could not start the command: {e}"),
-                "failed",
-            );
+            s.record(format!("Launching instance {id} failed"), format!("{cause}; {e}"), "failed");
             return false;
         }
     };
@@ -700,8 +727,8 @@ fn launch(s: &mut GroupState, registrar: &dyn Registrar, local: &mut Local, live
         return false; // dropping the child kills it
     }
     let now = Instant::now();
-    let pid = child.id();
-    local.children.insert(id.clone(), child);
+    let pid = runner.pid();
+    local.runners.insert(id.clone(), runner);
     s.record(
         format!(
             "Launching instance {id} on {addr}{}",
@@ -722,6 +749,7 @@ fn launch(s: &mut GroupState, registrar: &dyn Registrar, local: &mut Local, live
             cpu: None,
             memory_bytes: 0,
             in_flight: 0,
+            container: None,
         },
         seq,
         launched: now,

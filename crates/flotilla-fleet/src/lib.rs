@@ -6,11 +6,13 @@
 //! shared with the trace simulator in [`simulate`].
 
 mod budget;
+mod docker;
 mod group;
 pub mod policy;
 mod process;
 mod refresh;
 mod registrar;
+mod runner;
 mod schedule;
 pub mod simulate;
 mod termination;

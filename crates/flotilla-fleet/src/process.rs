@@ -6,7 +6,6 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use flotilla_config::{LaunchConfig, LaunchDriver};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
@@ -22,7 +21,7 @@ pub struct Placeholders<'a> {
 }
 
 impl Placeholders<'_> {
-    fn apply(&self, s: &str) -> String {
+    pub fn apply(&self, s: &str) -> String {
         s.replace("{port}", &self.port.to_string())
             .replace("{instance}", self.instance)
             .replace("{group}", self.group)
@@ -43,8 +42,12 @@ pub fn free_port(taken: &dyn Fn(u16) -> bool) -> std::io::Result<u16> {
 
 /// Starts one instance. A leading `flotilla` in the command means this very binary, so the
 /// quickstart's `flotilla demo-app` works without `flotilla` on PATH.
-pub fn spawn(launch: &LaunchConfig, p: &Placeholders<'_>) -> std::io::Result<Child> {
-    let LaunchDriver::Process { command, workdir } = &launch.driver;
+pub fn spawn(
+    command: &[String],
+    workdir: Option<&std::path::Path>,
+    env: &std::collections::BTreeMap<String, String>,
+    p: &Placeholders<'_>,
+) -> std::io::Result<Child> {
     let program = match command.first().map(String::as_str) {
         Some("flotilla") => std::env::current_exe()?.into_os_string(),
         Some(other) => p.apply(other).into(),
@@ -52,7 +55,7 @@ pub fn spawn(launch: &LaunchConfig, p: &Placeholders<'_>) -> std::io::Result<Chi
     };
     let mut cmd = Command::new(program);
     cmd.args(command.iter().skip(1).map(|a| p.apply(a)))
-        .envs(launch.env.iter().map(|(k, v)| (k, p.apply(v))))
+        .envs(env.iter().map(|(k, v)| (k, p.apply(v))))
         .env("PORT", p.port.to_string())
         .env("FLOTILLA_INSTANCE", p.instance)
         .env("FLOTILLA_GROUP", p.group)

@@ -1,0 +1,208 @@
+//! The fleet's docker driver against a real Docker daemon: containers of a locally built image
+//! (the demo app, `FROM scratch`), published on 127.0.0.1 only. Skipped, with a message, where
+//! no daemon runs (`.ci/run` installs and starts one).
+
+mod common;
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const IMAGE: &str = "flotilla-test-demo:latest";
+
+/// Imports an image holding this build's `flotilla` and the libraries it links (no registry is
+/// reachable, and none is needed). None when Docker is not usable here.
+fn image() -> Option<&'static str> {
+    static READY: OnceLock<bool> = OnceLock::new();
+    let ok = *READY.get_or_init(|| {
+        let info = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();
+        if !info.is_ok_and(|o| o.status.success()) {
+            eprintln!("skipping: no Docker daemon answers here");
+            return false;
+        }
+        let root = scratch_dir("docker-rootfs").join("rootfs");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::copy(BIN, root.join("flotilla")).unwrap();
+        let ldd = Command::new("ldd").arg(BIN).output().unwrap();
+        for lib in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')) {
+            let dest = root.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(lib, &dest).unwrap();
+        }
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "tar -C '{}' -c . | docker import --change 'ENTRYPOINT [\"/flotilla\"]' - {IMAGE} >/dev/null",
+                root.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success(), "docker import failed");
+        true
+    });
+    ok.then_some(IMAGE)
+}
+
+/// A docker-driven group named `group` feeding the `web` target group behind `/*`.
+fn start(group: &str, keys: &str) -> Flotilla {
+    let body = format!(
+        r#"{ROUTE_ALL}{tg}
+[groups.{group}]
+target_group = "web"
+instance_warmup = "0s"
+stop_timeout = "3s"
+{keys}
+[groups.{group}.launch]
+driver = "docker"
+image = "{IMAGE}"
+port = 8080
+command = ["demo-app", "--port", "{{port}}", "--bind", "0.0.0.0", "--id", "{{instance}}"]
+"#,
+        tg = group_toml("web", &[], "deregistration_delay = \"3s\"")
+    );
+    Flotilla::start(&format!("docker-{group}"), &body)
+}
+
+async fn group(f: &Flotilla, name: &str) -> Value {
+    serde_json::from_str(&get(&f.admin(&format!("/api/v1/groups/{name}"))).await.1).unwrap()
+}
+
+fn count(g: &Value, state: &str) -> usize {
+    g["instances"].as_array().unwrap().iter().filter(|i| i["state"] == state).count()
+}
+
+async fn wait_group(f: &Flotilla, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let g = group(f, name).await;
+        if pred(&g) {
+            return g;
+        }
+        if Instant::now() > deadline {
+            let act = get(&f.admin(&format!("/api/v1/groups/{name}/activity"))).await.1;
+            panic!("timed out waiting for {what}\n{g:#}\n{act}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn containers(group: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-a", "-q", "--filter", &format!("label=flotilla.group={group}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
+}
+
+#[tokio::test]
+async fn docker_group_serves_scales_and_cleans_up() {
+    if image().is_none() {
+        return;
+    }
+    let mut f = start("dserve", "min = 1\ndesired = 2\nmax = 3\nmetrics_interval = \"500ms\"\n");
+    let g = wait_group(&f, "dserve", "2 containers in service", |g| count(g, "in_service") == 2).await;
+    assert_eq!(containers("dserve").len(), 2);
+    assert!(g["instances"][0]["container"].as_str().is_some_and(|c| c.len() == 12), "{g}");
+    // Published on loopback only.
+    let ports = Command::new("docker")
+        .args(["ps", "--filter", "label=flotilla.group=dserve", "--format", "{{.Ports}}"])
+        .output()
+        .unwrap();
+    let ports = String::from_utf8_lossy(&ports.stdout);
+    assert!(ports.lines().all(|l| l.starts_with("127.0.0.1:")), "{ports}");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let (status, body) = get(&f.url("/whoami")).await;
+        assert_eq!(status, 200);
+        seen.insert(body);
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["dserve-0001", "dserve-0002"]);
+    // CPU and memory come from Docker's stats API.
+    wait_group(&f, "dserve", "container stats", |g| {
+        g["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["memory_bytes"].as_u64().unwrap_or(0) > 0 && i["cpu"].is_number())
+    })
+    .await;
+
+    // Scale in under load: no failed requests, the drained container is stopped and removed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url, flag) = (f.url("/slow?ms=200"), stop.clone());
+    let load = tokio::spawn(async move {
+        let c = client();
+        let mut failed = vec![];
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            match request(&c, "GET", &url, &[], "").await {
+                Ok((200, _, _)) => {}
+                other => failed.push(format!("{other:?}")),
+            }
+        }
+        failed
+    });
+    let r = request(
+        &client(),
+        "PUT",
+        &f.admin("/api/v1/groups/dserve/desired"),
+        &[("authorization", "Bearer test-token")],
+        "{\"desired\": 1}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.0, 200, "{}", r.2);
+    wait_group(&f, "dserve", "one container left", |g| g["instances"].as_array().unwrap().len() == 1).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load.await.unwrap(), Vec::<String>::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while containers("dserve").len() != 1 {
+        assert!(Instant::now() < deadline, "the drained container was not removed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // SIGTERM: flotilla stops and removes its containers before exiting.
+    f.proc.signal("TERM");
+    assert_eq!(f.proc.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(containers("dserve"), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_killed_container_is_replaced() {
+    if image().is_none() {
+        return;
+    }
+    let f = start("dkill", "min = 1\nmax = 1\n");
+    let g = wait_group(&f, "dkill", "1 container in service", |g| count(g, "in_service") == 1).await;
+    let victim = g["instances"][0]["container"].as_str().unwrap().to_string();
+    assert!(Command::new("docker").args(["kill", &victim]).output().unwrap().status.success());
+    wait_group(&f, "dkill", "a replacement", |g| {
+        count(g, "in_service") == 1 && g["instances"][0]["container"].as_str().is_some_and(|c| c != victim)
+    })
+    .await;
+    let act = get(&f.admin("/api/v1/groups/dkill/activity")).await.1;
+    assert!(act.contains("Instance dkill-0001 exited unexpectedly"), "{act}");
+}
+
+#[tokio::test]
+async fn a_missing_image_fails_the_launch_with_a_clear_reason() {
+    if image().is_none() {
+        return;
+    }
+    let body = format!(
+        "{ROUTE_ALL}{}\n[groups.dmissing]\ntarget_group = \"web\"\nmin = 1\n[groups.dmissing.launch]\ndriver = \"docker\"\nimage = \"flotilla-no-such-image:1\"\nport = 8080\n",
+        group_toml("web", &[], "")
+    );
+    let f = Flotilla::start("docker-missing", &body);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let act = get(&f.admin("/api/v1/groups/dmissing/activity")).await.1;
+        if act.contains("could not start the container") && act.contains("No such image") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{act}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
