@@ -137,6 +137,11 @@ pub struct TargetTracking {
     pub headroom: f64,
     /// Model the demand from request counts when CPU saturates (see `flotilla-fleet::policy`).
     pub predictive: bool,
+    /// Predictive only: capacity for this many standard deviations of the last 30 minutes'
+    /// demand on top of the forecast (0.5).
+    pub noise_margin: f64,
+    /// Predictive only: scale in only when the smaller group keeps this share spare (0.3).
+    pub scale_in_margin: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, LoadError};
 pub use fleet_model::*;
 pub use model::*;
+pub use validate_fleet::recommended_policy;
 
 /// Reads and validates a config file, expanding `${VAR}` from the process environment.
 pub fn load(path: &Path) -> Result<Config, LoadError> {

@@ -203,8 +203,8 @@ pub(crate) struct RawGroup {
     #[serde(default)]
     pub zones: Vec<S<String>>,
     pub launch: Option<S<RawLaunch>>,
-    #[serde(default)]
-    pub policies: Vec<S<RawPolicy>>,
+    /// None = the recommended default policy; `[]` = no scaling policy.
+    pub policies: Option<Vec<S<RawPolicy>>>,
     #[serde(default)]
     pub schedules: Vec<S<RawSchedule>>,
     pub metrics_interval: Option<S<String>>,
@@ -258,6 +258,8 @@ pub(crate) struct RawPolicy {
     pub max_scale_in_fraction: Option<S<Num>>,
     pub headroom: Option<S<Num>>,
     pub predictive: Option<bool>,
+    pub noise_margin: Option<S<Num>>,
+    pub scale_in_margin: Option<S<Num>>,
 }
 
 /// A number written as an integer, a float, or (for adjustments) a string like "+2" or "50%".

@@ -327,6 +327,8 @@ fn group_budget() {
         format!("[target_groups.web]\n[groups.web]\ntarget_group = \"web\"\n[groups.web.launch]\ncommand = [\"app\"]\n[groups.web.budget]\n{budget}")
     };
     let c = ok(&text("price_per_instance_hour = 0.0416\nmonthly = 100\n"));
+    // No policies named: the recommended one (as in examples/scaling/recommended.toml).
+    assert_eq!(c.groups["web"].policies, vec![recommended_policy()]);
     let b = c.groups["web"].budget.clone().unwrap();
     assert_eq!((b.price_per_instance_hour, b.monthly, b.alerts, b.hard_cap), (0.0416, 100.0, vec![50, 80, 100], false));
     check_err(
@@ -362,4 +364,11 @@ max = 3
             "flotilla.toml:9:1: groups.web.schedules.min: min (5) is greater than max (3)",
         ],
     );
+}
+
+#[test]
+fn recommended_example_is_the_default_policy() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/scaling/recommended.toml");
+    let c = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.groups["web"].policies, vec![recommended_policy()]);
 }

@@ -98,7 +98,10 @@ fn group(
             None
         }
     };
-    let policies = r.policies.iter().filter_map(|p| policy(cx, name, p)).collect();
+    let policies = match &r.policies {
+        Some(list) => list.iter().filter_map(|p| policy(cx, name, p)).collect(),
+        None => vec![recommended_policy()],
+    };
     let schedules = r.schedules.iter().filter_map(|s| schedule(cx, name, s)).collect();
     let metrics_interval = cx.duration(&r.metrics_interval, &key("metrics_interval"), Duration::from_secs(15));
     if metrics_interval < Duration::from_millis(100) {
@@ -281,6 +284,25 @@ fn budget(cx: &mut Ctx<'_>, group: &str, raw: &S<RawBudget>) -> Option<BudgetCon
     })
 }
 
+/// The policy a group gets when it names none: `examples/scaling/recommended.toml` (predictive
+/// CPU target tracking; see bench/scaling.sh for how it compares). `policies = []` turns it off.
+pub fn recommended_policy() -> PolicyConfig {
+    PolicyConfig::TargetTracking(TargetTracking {
+        metric: "cpu".into(),
+        target: 100.0,
+        tolerance: 0.1,
+        scale_in_stabilization: Duration::from_secs(600),
+        scale_out_stabilization: Duration::ZERO,
+        scale_in_cooldown: Duration::from_secs(1200),
+        disable_scale_in: false,
+        max_scale_in_fraction: 1.0,
+        headroom: 0.0,
+        predictive: true,
+        noise_margin: 0.0,
+        scale_in_margin: 0.6,
+    })
+}
+
 fn num(cx: &mut Ctx<'_>, v: &S<Num>, key: &str) -> Option<f64> {
     match v.get_ref() {
         Num::Int(i) => Some(*i as f64),
@@ -432,6 +454,8 @@ fn policy(cx: &mut Ctx<'_>, group: &str, raw: &S<RawPolicy>) -> Option<PolicyCon
             let tolerance = fraction(&r.tolerance, "tolerance", 0.1, 0.0..=0.9);
             let max_scale_in_fraction = fraction(&r.max_scale_in_fraction, "max_scale_in_fraction", 1.0, 0.01..=1.0);
             let headroom = fraction(&r.headroom, "headroom", 0.0, 0.0..=5.0);
+            let noise_margin = fraction(&r.noise_margin, "noise_margin", 0.5, 0.0..=5.0);
+            let scale_in_margin = fraction(&r.scale_in_margin, "scale_in_margin", 0.3, 0.0..=2.0);
             Some(PolicyConfig::TargetTracking(TargetTracking {
                 metric,
                 target,
@@ -451,6 +475,8 @@ fn policy(cx: &mut Ctx<'_>, group: &str, raw: &S<RawPolicy>) -> Option<PolicyCon
                 max_scale_in_fraction,
                 headroom,
                 predictive: r.predictive.unwrap_or(false),
+                noise_margin,
+                scale_in_margin,
             }))
         }
         Some((k, other)) => {

@@ -244,11 +244,14 @@ struct TrackingState {
     history: VecDeque<(Duration, u32)>,
     demand: DemandModel,
     last_scale_in: Option<Duration>,
+    /// When this tracker first had an answer: no scale-in before a full stabilization window
+    /// has been seen, so a fresh group is not shrunk on its first quiet seconds.
+    first: Option<Duration>,
 }
 
 impl TrackingState {
     fn new(cfg: TargetTracking) -> Self {
-        Self { cfg, history: VecDeque::new(), demand: DemandModel::default(), last_scale_in: None }
+        Self { cfg, history: VecDeque::new(), demand: DemandModel::default(), last_scale_in: None, first: None }
     }
 
     fn observe(&mut self, obs: &Observation<'_>) -> Option<Proposal> {
@@ -259,9 +262,9 @@ impl TrackingState {
                 // Sized from modelled demand: no tolerance band needed, the model already
                 // includes the noise margin.
                 let mut want = needed.ceil().max(1.0) as u32;
-                // Scale in only when the smaller group would still have SCALE_IN_MARGIN spare:
+                // Scale in only when the smaller group would still have `scale_in_margin` spare:
                 // otherwise noise flips the group between two sizes.
-                if want < obs.capacity && needed * (1.0 + SCALE_IN_MARGIN) > (obs.capacity - 1) as f64 {
+                if want < obs.capacity && needed * (1.0 + self.cfg.scale_in_margin) > (obs.capacity - 1) as f64 {
                     want = obs.capacity;
                 }
                 (want, needed / obs.ready as f64 * self.cfg.target)
@@ -269,6 +272,7 @@ impl TrackingState {
             None => (self.proportional(obs, value), value),
         };
         let value = shown;
+        self.first.get_or_insert(obs.now);
         self.history.push_back((obs.now, raw));
         let window = self.cfg.scale_in_stabilization.max(self.cfg.scale_out_stabilization);
         while self.history.front().is_some_and(|(t, _)| *t + window < obs.now) {
@@ -280,7 +284,8 @@ impl TrackingState {
             // Scale out to the lowest recommendation of the scale-out window (0 s = now).
             desired = within(self.cfg.scale_out_stabilization).min().unwrap_or(raw).max(obs.capacity);
         } else if raw < obs.capacity {
-            let cooling = self.last_scale_in.is_some_and(|t| obs.now < t + self.cfg.scale_in_cooldown);
+            let cooling = self.last_scale_in.is_some_and(|t| obs.now < t + self.cfg.scale_in_cooldown)
+                || self.first.is_some_and(|t| obs.now < t + self.cfg.scale_in_stabilization);
             if self.cfg.disable_scale_in || cooling {
                 return Some(Proposal { desired: obs.capacity, cause: String::new() });
             }
@@ -324,7 +329,7 @@ impl TrackingState {
         if !self.cfg.predictive {
             return None;
         }
-        self.demand.needed(obs, cpu, self.cfg.target / 100.0 / (1.0 + self.cfg.headroom))
+        self.demand.needed(obs, cpu, self.cfg.target / 100.0 / (1.0 + self.cfg.headroom), self.cfg.noise_margin)
     }
 }
 
@@ -333,7 +338,7 @@ impl TrackingState {
 /// rate keeps counting. The model learns requests-per-instance at 100 % CPU while the group is
 /// not saturated, then sizes the group for the demand directly: the recent demand, extrapolated
 /// along its trend over the time a new instance takes to be ready, plus a margin of
-/// `NOISE_SIGMAS` standard deviations of the recent demand, so a noisy load gets headroom and a
+/// `noise_margin` standard deviations of the recent demand, so a noisy load gets headroom and a
 /// steady one does not.
 #[derive(Default)]
 struct DemandModel {
@@ -347,11 +352,9 @@ const SATURATED_CPU: f64 = 90.0;
 const TREND_WINDOW: Duration = Duration::from_secs(300);
 const NOISE_WINDOW: Duration = Duration::from_secs(1800);
 const TREND_HORIZON_SECS: f64 = 180.0;
-const NOISE_SIGMAS: f64 = 0.5;
-const SCALE_IN_MARGIN: f64 = 0.3;
 
 impl DemandModel {
-    fn needed(&mut self, obs: &Observation<'_>, cpu: f64, utilization: f64) -> Option<f64> {
+    fn needed(&mut self, obs: &Observation<'_>, cpu: f64, utilization: f64, sigmas: f64) -> Option<f64> {
         let rpt = (obs.metric)(REQUESTS_PER_TARGET)?;
         if cpu > 1.0 && cpu < SATURATED_CPU {
             let sample = rpt / (cpu / 100.0);
@@ -372,7 +375,7 @@ impl DemandModel {
         let n = self.recent.len() as f64;
         let mean = self.recent.iter().map(|(_, v)| v).sum::<f64>() / n;
         let sd = (self.recent.iter().map(|(_, v)| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
-        Some((forecast + NOISE_SIGMAS * sd) / (k * utilization))
+        Some((forecast + sigmas * sd) / (k * utilization))
     }
 }
 
@@ -428,6 +431,8 @@ mod tests {
             max_scale_in_fraction: 1.0,
             headroom: 0.0,
             predictive: false,
+            noise_margin: 0.5,
+            scale_in_margin: 0.3,
         })
     }
 
