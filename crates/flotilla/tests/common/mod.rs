@@ -16,9 +16,21 @@ use hyper_util::rt::TokioExecutor;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
 
-/// A port that was free a moment ago (the small race is acceptable on a test machine).
+/// A port that is free now and not handed out before by this test binary. Taken from
+/// 20000-29999, below the kernel's ephemeral range, so the processes the tests start (demo apps,
+/// fleet instances, outgoing connections) cannot be given the same port in between.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each test binary starts at its own offset, so parallel binaries rarely probe the same ports.
+    let offset = (std::process::id() % 100) * 100;
+    for _ in 0..10_000 {
+        let port = (20_000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % 10_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-29999")
 }
 
 pub fn wait_for_port(port: u16) {
