@@ -206,3 +206,88 @@ async fn a_missing_image_fails_the_launch_with_a_clear_reason() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+async fn admin_call(f: &Flotilla, method: &str, path: &str, body: &str) -> (u16, String) {
+    let r = request(&client(), method, &f.admin(path), &[("authorization", "Bearer test-token")], body).await.unwrap();
+    (r.0, r.2)
+}
+
+/// Swaps one line of the config file and reloads.
+async fn reload_replacing(f: &Flotilla, from: &str, to: &str) {
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    assert!(text.contains(from), "{from:?} not in the config");
+    std::fs::write(&f.config, text.replace(from, to)).unwrap();
+    let (status, body) = admin_call(f, "POST", "/api/v1/reload", "").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn docker_refresh_rolls_forward_then_a_broken_image_rolls_back() {
+    if image().is_none() {
+        return;
+    }
+    let f = start("drefresh", "min = 2\nmax = 3\nhealth_check_grace = \"5s\"\n");
+    wait_group(&f, "drefresh", "2 in service", |g| count(g, "in_service") == 2).await;
+    // v2: same image, new command line (ids prefixed v2-).
+    reload_replacing(&f, "\"--id\", \"{instance}\"", "\"--id\", \"v2-{instance}\"").await;
+    let (status, body) =
+        admin_call(&f, "POST", "/api/v1/groups/drefresh/refresh", "{\"min_healthy_percentage\": 50}").await;
+    assert_eq!(status, 202, "{body}");
+    let g = wait_group(&f, "drefresh", "refresh to v2", |g| {
+        g["refresh"]["status"] == "successful" && count(g, "in_service") == 2
+    })
+    .await;
+    assert!(g["instances"].as_array().unwrap().iter().all(|i| i["launch_version"] == 2), "{g}");
+    assert!(get(&f.url("/whoami")).await.1.starts_with("v2-drefresh-"));
+
+    // v3: an image that does not exist. The refresh fails to launch it and rolls back to v2.
+    reload_replacing(&f, &format!("image = \"{IMAGE}\""), "image = \"flotilla-no-such-image:1\"").await;
+    let (status, body) = admin_call(&f, "POST", "/api/v1/groups/drefresh/refresh", "").await;
+    assert_eq!(status, 202, "{body}");
+    let g = wait_group(&f, "drefresh", "rollback to v2", |g| {
+        g["refresh"]["status"] == "rolled_back" && count(g, "in_service") == 2
+    })
+    .await;
+    assert_eq!(g["launch_version"], 2, "{g}");
+    assert_eq!(get(&f.url("/whoami")).await.0, 200);
+}
+
+#[tokio::test]
+async fn docker_unhealthy_container_is_replaced_and_cpu_load_scales_out() {
+    if image().is_none() {
+        return;
+    }
+    let policy = "min = 1\nmax = 3\nhealth_check_grace = \"2s\"\nmetrics_interval = \"250ms\"\ncooldown = \"30s\"\n\
+        [[groups.dcpu.policies]]\ntype = \"step\"\nmetric = \"cpu\"\nperiod = \"1s\"\nevaluation_periods = 2\n\
+        threshold = 40\ncomparison = \">\"\nadjustment = \"+1\"\n";
+    let f = start("dcpu", policy);
+    let g = wait_group(&f, "dcpu", "1 in service", |g| count(g, "in_service") == 1).await;
+    // Fail the container's health checks through its published port: it is drained and replaced.
+    let sick = g["instances"][0]["id"].as_str().unwrap().to_string();
+    let addr = g["instances"][0]["addr"].as_str().unwrap().to_string();
+    let r = request(&client(), "POST", &format!("http://{addr}/toggle-health"), &[], "").await.unwrap();
+    assert_eq!(r.0, 200);
+    wait_group(&f, "dcpu", "the sick container replaced", |g| {
+        count(g, "in_service") == 1 && !g.to_string().contains(&format!("\"{sick}\""))
+    })
+    .await;
+    // CPU load through the edge (Docker's stats API): the step policy adds a container.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let (url, stop) = (f.url("/work?ms=100"), stop.clone());
+        load.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = request(&c, "GET", &url, &[], "").await;
+            }
+        }));
+    }
+    wait_group(&f, "dcpu", "scale-out on CPU", |g| g["desired"].as_u64().unwrap_or(0) >= 2).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        let _ = l.await;
+    }
+    let act = get(&f.admin("/api/v1/groups/dcpu/activity")).await.1;
+    assert!(act.contains("alarm: cpu > 40"), "{act}");
+}
