@@ -8,6 +8,7 @@
 mod auth;
 mod groups;
 mod time;
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub trait Control: Send + Sync + 'static {
 pub struct AdminState {
     pub edge: Arc<Edge>,
     pub fleet: Arc<flotilla_fleet::Fleet>,
+    pub watch: Arc<flotilla_watch::Watch>,
     pub token: Option<String>,
     pub control: Arc<dyn Control>,
 }
@@ -46,6 +48,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/invalidations", post(invalidate))
         .route("/api/v1/invalidations/{id}", get(invalidation))
         .route("/api/v1/deployments", post(deployment))
+        .route("/api/v1/metrics", get(watch::names))
+        .route("/api/v1/metrics/query", get(watch::query))
+        .route("/api/v1/alarms", get(watch::alarms))
         .route("/api/v1/groups", get(groups::list))
         .route("/api/v1/groups/{name}", get(groups::show))
         .route("/api/v1/groups/{name}/desired", put(groups::set_desired))
@@ -106,8 +111,20 @@ async fn health(State(state): State<AdminState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Everything flotilla exports, as one OpenMetrics text: the edge's metrics and the fleet's.
+/// The watch records the same text, so `/metrics` and the watch's series always agree.
+pub fn exposition(edge: &Edge, fleet: &flotilla_fleet::Fleet) -> String {
+    let mut text = edge.encode_metrics();
+    if let Some(stripped) = text.strip_suffix("# EOF\n") {
+        text.truncate(stripped.len());
+    }
+    text.push_str(&fleet.encode_metrics());
+    text.push_str("# EOF\n");
+    text
+}
+
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let body = state.edge.encode_metrics();
+    let body = exposition(&state.edge, &state.fleet);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }
 

@@ -45,7 +45,9 @@ timeout = "1s"
     let edge = Arc::new(Edge::new(&cfg).unwrap());
     edge.start(&cfg).unwrap();
     let fleet = Arc::new(flotilla_fleet::Fleet::start(&cfg, Arc::new(NoRegistrar)));
-    AdminState { edge, fleet, token: Some("secret".into()), control: Arc::new(NoReload) }
+    let (e2, f2) = (edge.clone(), fleet.clone());
+    let watch = flotilla_watch::Watch::start(&cfg, Arc::new(move || exposition(&e2, &f2)));
+    AdminState { edge, fleet, watch, token: Some("secret".into()), control: Arc::new(NoReload) }
 }
 
 async fn call(state: &AdminState, method: &str, uri: &str, token: Option<&str>, body: &str) -> (StatusCode, String) {

@@ -12,6 +12,8 @@ mod raw;
 pub mod units;
 mod validate;
 mod validate_fleet;
+mod validate_watch;
+mod watch_model;
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +21,7 @@ pub use error::{ConfigError, LoadError};
 pub use fleet_model::*;
 pub use model::*;
 pub use validate_fleet::recommended_policy;
+pub use watch_model::*;
 
 /// Reads and validates a config file, expanding `${VAR}` from the process environment.
 pub fn load(path: &Path) -> Result<Config, LoadError> {

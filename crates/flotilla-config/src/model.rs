@@ -19,6 +19,9 @@ pub struct Config {
     pub cache_behaviors: BTreeMap<String, CacheBehaviorConfig>,
     /// Auto scaling groups (`[groups.*]`), run by the fleet.
     pub groups: BTreeMap<String, crate::GroupConfig>,
+    pub watch: crate::WatchConfig,
+    pub alarms: Vec<crate::AlarmConfig>,
+    pub notifiers: BTreeMap<String, crate::NotifierConfig>,
     /// Non-fatal findings (unset environment variables, groups with no targets) to log at start.
     pub warnings: Vec<String>,
 }

@@ -22,6 +22,45 @@ pub(crate) struct RawConfig {
     pub cache_behaviors: BTreeMap<S<String>, S<RawBehavior>>,
     #[serde(default)]
     pub groups: BTreeMap<S<String>, S<RawGroup>>,
+    pub watch: Option<S<RawWatch>>,
+    #[serde(default)]
+    pub alarms: Vec<S<RawAlarm>>,
+    #[serde(default)]
+    pub notifiers: BTreeMap<S<String>, S<RawNotifier>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWatch {
+    pub retention: Option<S<String>>,
+    pub resolution: Option<S<String>>,
+    pub data_dir: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAlarm {
+    pub name: Option<S<String>>,
+    pub metric: Option<S<String>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub statistic: Option<S<String>>,
+    pub period: Option<S<String>>,
+    pub evaluation_periods: Option<S<i64>>,
+    pub datapoints_to_alarm: Option<S<i64>>,
+    pub threshold: Option<S<Num>>,
+    pub comparison: Option<S<String>>,
+    pub missing_data: Option<S<String>>,
+    #[serde(default)]
+    pub notify: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNotifier {
+    pub webhook: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub attempts: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

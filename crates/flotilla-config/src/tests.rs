@@ -372,3 +372,50 @@ fn recommended_example_is_the_default_policy() {
     let c = load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.groups["web"].policies, vec![recommended_policy()]);
 }
+
+#[test]
+fn watch_alarms_and_notifiers() {
+    let c = ok(r#"
+[watch]
+retention = "14d"
+resolution = "5s"
+
+[[alarms]]
+name = "high-5xx"
+metric = "http_requests_5xx_rate"   # any metric, with labels: { target_group = "web" }
+labels = { target_group = "web" }
+statistic = "sum"
+period = "60s"
+evaluation_periods = 5
+datapoints_to_alarm = 3
+threshold = 1
+comparison = ">"
+missing_data = "not_breaching"
+notify = ["ops"]
+
+[notifiers.ops]
+webhook = "http://127.0.0.1:9999/hook"
+"#);
+    let a = &c.alarms[0];
+    assert_eq!((a.evaluation_periods, a.datapoints_to_alarm, a.threshold), (5, 3, 1.0));
+    assert_eq!((a.statistic, a.missing_data), (AlarmStatistic::Sum, MissingData::NotBreaching));
+    assert_eq!(a.labels["target_group"], "web");
+    assert_eq!(c.notifiers["ops"].attempts, 5);
+    assert_eq!(c.watch.resolution, Duration::from_secs(5));
+    check_err(
+        r#"[[alarms]]
+name = "a"
+metric = "m"
+statistic = "p42"
+threshold = 1
+notify = ["pager"]
+[notifiers.ops]
+webhook = "https://example.com/"
+"#,
+        &[
+            "flotilla.toml:8:11: notifiers.ops.webhook: \"https://example.com/\" must be an http:// URL",
+            "flotilla.toml:4:13: alarms.a.statistic: unknown statistic \"p42\" (avg, sum, min, max, count, p50, p95, p99)",
+            "flotilla.toml:6:11: alarms.a.notify: \"pager\" is not a [notifiers] entry (known: ops)",
+        ],
+    );
+}

@@ -79,7 +79,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn expand(&mut self, v: &S<String>, key: &str) -> String {
+    pub(crate) fn expand(&mut self, v: &S<String>, key: &str) -> String {
         match env::expand(v.get_ref(), self.env) {
             Ok((s, unset)) => {
                 for name in unset {
@@ -152,6 +152,9 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
         }
     }
     let groups = crate::validate_fleet::groups(cx, &raw.groups, &target_groups);
+    let watch = crate::validate_watch::watch(cx, raw.watch.as_ref());
+    let notifiers = crate::validate_watch::notifiers(cx, &raw.notifiers);
+    let alarms = crate::validate_watch::alarms(cx, &raw.alarms, &notifiers);
     cx.errors.is_empty().then(|| Config {
         source,
         edge,
@@ -161,6 +164,9 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
         cache,
         cache_behaviors,
         groups,
+        watch,
+        alarms,
+        notifiers,
         warnings: std::mem::take(&mut cx.warnings),
     })
 }

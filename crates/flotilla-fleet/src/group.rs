@@ -44,6 +44,18 @@ pub enum InstanceState {
     Terminating,
 }
 
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::InService => "in_service",
+            InstanceState::Unhealthy => "unhealthy",
+            InstanceState::Draining => "draining",
+            InstanceState::Terminating => "terminating",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct InstanceView {
     pub id: String,

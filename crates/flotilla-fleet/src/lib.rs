@@ -81,6 +81,48 @@ impl Fleet {
         Ok(self.running(name)?.handle.view())
     }
 
+    /// Prometheus text for the groups: capacity, instances by state, per-instance CPU and
+    /// memory. Names are validated (letters, digits, '-', '_'), so no label escaping is needed.
+    pub fn encode_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let groups = self.groups();
+        let mut out = String::new();
+        let _ = writeln!(out, "# TYPE flotilla_group_desired_capacity gauge");
+        for g in &groups {
+            let _ = writeln!(out, "flotilla_group_desired_capacity{{group=\"{}\"}} {}", g.name, g.desired);
+        }
+        let _ = writeln!(out, "# TYPE flotilla_group_instances gauge");
+        for g in &groups {
+            for state in ["pending", "in_service", "unhealthy", "draining", "terminating"] {
+                let n = g.instances.iter().filter(|i| i.state.as_str() == state).count();
+                let _ = writeln!(out, "flotilla_group_instances{{group=\"{}\",state=\"{state}\"}} {n}", g.name);
+            }
+        }
+        let _ = writeln!(out, "# TYPE flotilla_instance_cpu_percent gauge");
+        for g in &groups {
+            for i in g.instances.iter() {
+                if let Some(c) = i.cpu {
+                    let _ = writeln!(
+                        out,
+                        "flotilla_instance_cpu_percent{{group=\"{}\",instance=\"{}\"}} {c}",
+                        g.name, i.id
+                    );
+                }
+            }
+        }
+        let _ = writeln!(out, "# TYPE flotilla_instance_memory_bytes gauge");
+        for g in &groups {
+            for i in g.instances.iter().filter(|i| i.memory_bytes > 0) {
+                let _ = writeln!(
+                    out,
+                    "flotilla_instance_memory_bytes{{group=\"{}\",instance=\"{}\"}} {}",
+                    g.name, i.id, i.memory_bytes
+                );
+            }
+        }
+        out
+    }
+
     /// Sets the desired capacity (within the group's bounds), as `PUT .../desired` does.
     pub fn set_desired(&self, name: &str, desired: u32) -> Result<GroupView, FleetError> {
         let g = self.running(name)?;

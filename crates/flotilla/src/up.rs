@@ -42,6 +42,8 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     // Instances are launched from this (current-thread) runtime, so they are children of the
     // main thread and get SIGTERM if flotilla dies (see flotilla-fleet's process.rs).
     let fleet = Arc::new(Fleet::start(&cfg, Arc::new(EdgeRegistrar(edge.clone()))));
+    let (e, f) = (edge.clone(), fleet.clone());
+    let watch = flotilla_watch::Watch::start(&cfg, Arc::new(move || flotilla_admin::exposition(&e, &f)));
     let reloader = Arc::new(Reloader { path: path.clone(), edge: edge.clone(), fleet: fleet.clone() });
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -54,6 +56,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
             let state = AdminState {
                 edge: edge.clone(),
                 fleet: fleet.clone(),
+                watch: watch.clone(),
                 token: admin.token.clone(),
                 control: reloader.clone(),
             };

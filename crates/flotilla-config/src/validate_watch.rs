@@ -1,0 +1,221 @@
+//! Raw → typed for `[watch]`, `[[alarms]]` and `[notifiers.*]`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use crate::raw::{Num, RawAlarm, RawNotifier, RawWatch, S};
+use crate::validate::{valid_name, Ctx};
+use crate::watch_model::*;
+use crate::{Comparison, MissingData};
+
+pub(crate) fn watch(cx: &mut Ctx<'_>, raw: Option<&S<RawWatch>>) -> WatchConfig {
+    let d = WatchConfig::default();
+    let Some(raw) = raw else { return d };
+    let r = raw.get_ref();
+    let resolution = cx.duration(&r.resolution, "watch.resolution", d.resolution);
+    if resolution < Duration::from_millis(100) {
+        if let Some(v) = &r.resolution {
+            cx.err(v, "watch.resolution must be at least 100ms");
+        }
+    }
+    let retention = cx.duration(&r.retention, "watch.retention", d.retention);
+    if retention < resolution * 2 {
+        if let Some(v) = &r.retention {
+            cx.err(v, "watch.retention must hold at least two datapoints (2 × resolution)");
+        }
+    }
+    let data_dir = r.data_dir.as_ref().map(|d| {
+        cx.warnings.push("watch.data_dir: persistence is not implemented yet; history lives in memory".into());
+        cx.base_dir.join(d.get_ref())
+    });
+    WatchConfig { retention, resolution, data_dir }
+}
+
+pub(crate) fn notifiers(
+    cx: &mut Ctx<'_>,
+    raw: &BTreeMap<S<String>, S<RawNotifier>>,
+) -> BTreeMap<String, NotifierConfig> {
+    let mut out = BTreeMap::new();
+    for (name, n) in raw {
+        let key = |k: &str| format!("notifiers.{}.{k}", name.get_ref());
+        if !valid_name(name.get_ref()) {
+            cx.err(name, format!("notifier name {:?} must be letters, digits, '-' or '_'", name.get_ref()));
+        }
+        let r = n.get_ref();
+        let Some(hook) = &r.webhook else {
+            cx.err(n, format!("{} is required (an http:// URL that receives JSON)", key("webhook")));
+            continue;
+        };
+        let url = cx.expand(hook, &key("webhook"));
+        if !http_url_ok(&url) {
+            cx.err(hook, format!("{}: {url:?} must be an http:// URL", key("webhook")));
+        }
+        let timeout = cx.duration(&r.timeout, &key("timeout"), Duration::from_secs(5));
+        let attempts = cx.int(&r.attempts, &key("attempts"), 1..=20, 5) as u32;
+        out.insert(
+            name.get_ref().clone(),
+            NotifierConfig { name: name.get_ref().clone(), webhook: url, timeout, attempts },
+        );
+    }
+    out
+}
+
+/// `http://host[:port][/path]`: the shape the webhook client can use (no URL crate needed).
+fn http_url_ok(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let authority = rest.split('/').next().unwrap_or("");
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !authority.ends_with(']') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    !host.is_empty() && !host.contains(char::is_whitespace) && port.is_none_or(|p| p.parse::<u16>().is_ok())
+}
+
+pub(crate) fn alarms(
+    cx: &mut Ctx<'_>,
+    raw: &[S<RawAlarm>],
+    notifiers: &BTreeMap<String, NotifierConfig>,
+) -> Vec<AlarmConfig> {
+    let mut seen = HashSet::new();
+    raw.iter().filter_map(|a| alarm(cx, a, notifiers, &mut seen)).collect()
+}
+
+fn alarm(
+    cx: &mut Ctx<'_>,
+    raw: &S<RawAlarm>,
+    notifiers: &BTreeMap<String, NotifierConfig>,
+    seen: &mut HashSet<String>,
+) -> Option<AlarmConfig> {
+    let r = raw.get_ref();
+    let Some(name) = &r.name else {
+        cx.err(raw, "alarm needs name = \"...\"");
+        return None;
+    };
+    let key = |k: &str| format!("alarms.{}.{k}", name.get_ref());
+    if !seen.insert(name.get_ref().clone()) {
+        cx.err(name, format!("alarm {:?} is defined twice", name.get_ref()));
+    }
+    let Some(metric) = &r.metric else {
+        cx.err(raw, format!("{} is required, e.g. \"http_requests_5xx_rate\"", key("metric")));
+        return None;
+    };
+    let statistic = match r.statistic.as_ref().map(|s| (s, s.get_ref().as_str())) {
+        None | Some((_, "avg")) | Some((_, "average")) => AlarmStatistic::Avg,
+        Some((_, "sum")) => AlarmStatistic::Sum,
+        Some((_, "min")) => AlarmStatistic::Min,
+        Some((_, "max")) => AlarmStatistic::Max,
+        Some((_, "count")) => AlarmStatistic::Count,
+        Some((_, "p50")) => AlarmStatistic::Percentile(50.0),
+        Some((_, "p95")) => AlarmStatistic::Percentile(95.0),
+        Some((_, "p99")) => AlarmStatistic::Percentile(99.0),
+        Some((s, other)) => {
+            cx.err(
+                s,
+                format!("{}: unknown statistic {other:?} (avg, sum, min, max, count, p50, p95, p99)", key("statistic")),
+            );
+            AlarmStatistic::Avg
+        }
+    };
+    let period = cx.duration(&r.period, &key("period"), Duration::from_secs(60));
+    if period.is_zero() {
+        if let Some(p) = &r.period {
+            cx.err(p, format!("{} must be greater than 0", key("period")));
+        }
+    }
+    let evaluation_periods = cx.int(&r.evaluation_periods, &key("evaluation_periods"), 1..=1000, 1) as u32;
+    let datapoints_to_alarm =
+        cx.int(&r.datapoints_to_alarm, &key("datapoints_to_alarm"), 1..=1000, evaluation_periods as i64) as u32;
+    if datapoints_to_alarm > evaluation_periods {
+        if let Some(d) = &r.datapoints_to_alarm {
+            cx.err(
+                d,
+                format!(
+                    "{} ({datapoints_to_alarm}) cannot exceed evaluation_periods ({evaluation_periods})",
+                    key("datapoints_to_alarm")
+                ),
+            );
+        }
+    }
+    let threshold = match &r.threshold {
+        Some(t) => match t.get_ref() {
+            Num::Int(i) => *i as f64,
+            Num::Float(f) if f.is_finite() => *f,
+            _ => {
+                cx.err(t, format!("{} must be a number", key("threshold")));
+                0.0
+            }
+        },
+        None => {
+            cx.err(raw, format!("{} is required", key("threshold")));
+            0.0
+        }
+    };
+    let comparison = match r.comparison.as_ref().map(|c| (c, c.get_ref().as_str())) {
+        None | Some((_, ">")) => Comparison::Greater,
+        Some((_, ">=")) => Comparison::GreaterOrEqual,
+        Some((_, "<")) => Comparison::Less,
+        Some((_, "<=")) => Comparison::LessOrEqual,
+        Some((c, other)) => {
+            cx.err(c, format!("{}: {other:?} must be one of >, >=, <, <=", key("comparison")));
+            Comparison::Greater
+        }
+    };
+    let missing_data = match r.missing_data.as_ref().map(|m| (m, m.get_ref().as_str())) {
+        None | Some((_, "missing")) => MissingData::Missing,
+        Some((_, "ignore")) => MissingData::Ignore,
+        Some((_, "breaching")) => MissingData::Breaching,
+        Some((_, "not_breaching")) => MissingData::NotBreaching,
+        Some((m, other)) => {
+            cx.err(
+                m,
+                format!("{}: {other:?} must be missing, ignore, breaching or not_breaching", key("missing_data")),
+            );
+            MissingData::Missing
+        }
+    };
+    let notify = r
+        .notify
+        .iter()
+        .map(|n| {
+            if !notifiers.contains_key(n.get_ref()) {
+                let known: Vec<_> = notifiers.keys().map(String::as_str).collect();
+                cx.err(
+                    n,
+                    format!(
+                        "{}: {:?} is not a [notifiers] entry (known: {})",
+                        key("notify"),
+                        n.get_ref(),
+                        known.join(", ")
+                    ),
+                );
+            }
+            n.get_ref().clone()
+        })
+        .collect();
+    Some(AlarmConfig {
+        name: name.get_ref().clone(),
+        metric: metric.get_ref().clone(),
+        labels: r.labels.clone(),
+        statistic,
+        period,
+        evaluation_periods,
+        datapoints_to_alarm,
+        threshold,
+        comparison,
+        missing_data,
+        notify,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls() {
+        for ok in ["http://127.0.0.1:9999/hook", "http://[::1]:80/", "http://hooks.example", "http://[::1]"] {
+            assert!(super::http_url_ok(ok), "{ok}");
+        }
+        for bad in ["https://x/", "http://", "http://:80/", "http://h:port/", "ftp://x"] {
+            assert!(!super::http_url_ok(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The typed `[watch]`, `[[alarms]]` and `[notifiers.*]` config: the in-process metrics store,
+//! CloudWatch-style alarms and where their state changes go.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::{Comparison, MissingData};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchConfig {
+    /// How long datapoints are kept.
+    pub retention: Duration,
+    /// Time between samples of every metric (one datapoint per series per step).
+    pub resolution: Duration,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self { retention: Duration::from_secs(14 * 86_400), resolution: Duration::from_secs(10), data_dir: None }
+    }
+}
+
+/// Statistic of an alarm over the samples in one period.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AlarmStatistic {
+    Avg,
+    Sum,
+    Min,
+    Max,
+    Count,
+    /// A percentile (50, 95, 99) of the samples.
+    Percentile(f64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmConfig {
+    pub name: String,
+    pub metric: String,
+    /// Only series with these labels (others summed over).
+    pub labels: BTreeMap<String, String>,
+    pub statistic: AlarmStatistic,
+    pub period: Duration,
+    pub evaluation_periods: u32,
+    pub datapoints_to_alarm: u32,
+    pub threshold: f64,
+    pub comparison: Comparison,
+    pub missing_data: MissingData,
+    pub notify: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifierConfig {
+    pub name: String,
+    /// JSON is POSTed here on every alarm state change.
+    pub webhook: String,
+    pub timeout: Duration,
+    /// Attempts per notification (backoff 1 s, 2 s, 4 s, …).
+    pub attempts: u32,
+}

@@ -1,0 +1,196 @@
+//! Flotilla's watch: CloudWatch in the box. A sampler scrapes every metric flotilla exports
+//! (the same text `/metrics` serves) into an in-process time-series store; alarms evaluate it
+//! with CloudWatch semantics and notify webhooks on every state change.
+//!
+//! The watch imports neither the edge nor the fleet: it reads a [`Source`] of exposition text.
+
+pub mod alarm;
+pub mod expo;
+mod notify;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_config::Config;
+use serde::Serialize;
+
+pub use alarm::{AlarmState, Transition};
+pub use store::Point;
+
+use alarm::Alarm;
+use notify::Notifier;
+use store::Store;
+
+/// Where the metrics come from: Prometheus text, e.g. the edge's `encode_metrics`.
+pub type Source = Arc<dyn Fn() -> String + Send + Sync>;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AlarmView {
+    pub name: String,
+    pub metric: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: AlarmState,
+    pub datapoints: Vec<Option<f64>>,
+    pub threshold: f64,
+    pub period_secs: f64,
+    pub history: Vec<Transition>,
+}
+
+pub struct Watch {
+    store: Mutex<Store>,
+    alarms: Mutex<Vec<Alarm>>,
+    notifiers: HashMap<String, Notifier>,
+    resolution: Duration,
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn rfc3339(secs: f64) -> String {
+    let s = secs as u64;
+    let days = (s / 86_400) as i64;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let rem = s % 86_400;
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+impl Watch {
+    /// Builds the store, alarms and notifiers, and starts the sampler on the current runtime.
+    pub fn start(cfg: &Config, source: Source) -> Arc<Self> {
+        let w = &cfg.watch;
+        let notifiers = cfg.notifiers.values().map(|n| (n.name.clone(), Notifier::start(n.clone()))).collect();
+        let watch = Arc::new(Self {
+            store: Mutex::new(Store::new(w.retention.as_secs_f64(), w.resolution.as_secs_f64())),
+            alarms: Mutex::new(cfg.alarms.iter().cloned().map(Alarm::new).collect()),
+            notifiers,
+            resolution: w.resolution,
+        });
+        tokio::spawn(sample_loop(Arc::downgrade(&watch), source));
+        watch
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn alarms_lock(&self) -> MutexGuard<'_, Vec<Alarm>> {
+        self.alarms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A series between two times (epoch seconds), averaged into `step`-second buckets when a
+    /// step is given.
+    pub fn query(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        from: f64,
+        to: f64,
+        step: Option<f64>,
+    ) -> Vec<Point> {
+        let points = self.store().query(name, labels, from, to);
+        let Some(step) = step.filter(|s| *s > 0.0) else { return points };
+        let mut buckets: BTreeMap<i64, (f64, u32)> = BTreeMap::new();
+        for p in points {
+            let e = buckets.entry((p.t / step).floor() as i64).or_insert((0.0, 0));
+            e.0 += p.v;
+            e.1 += 1;
+        }
+        buckets.into_iter().map(|(k, (sum, n))| Point { t: k as f64 * step, v: sum / n as f64 }).collect()
+    }
+
+    pub fn metric_names(&self) -> Vec<(String, Vec<store::Labels>)> {
+        self.store().names()
+    }
+
+    pub fn alarms(&self) -> Vec<AlarmView> {
+        self.alarms_lock()
+            .iter()
+            .map(|a| AlarmView {
+                name: a.cfg.name.clone(),
+                metric: a.cfg.metric.clone(),
+                labels: a.cfg.labels.clone(),
+                state: a.state,
+                datapoints: a.datapoints.iter().copied().collect(),
+                threshold: a.cfg.threshold,
+                period_secs: a.cfg.period.as_secs_f64(),
+                history: a.history.iter().rev().cloned().collect(),
+            })
+            .collect()
+    }
+
+    /// One scrape, then every alarm whose period ended since its last evaluation.
+    fn tick(&self, source: &Source) {
+        let t = now_secs();
+        let (samples, kinds) = expo::parse(&source());
+        self.store().ingest(t, &samples, &kinds);
+        let mut alarms = self.alarms_lock();
+        for a in alarms.iter_mut() {
+            let period = a.cfg.period.as_secs_f64();
+            // Periods aligned to the clock; evaluate each that ended (at most N after a stall).
+            let ended = (t / period).floor() * period;
+            let mut start =
+                a.evaluated_until.unwrap_or(ended - period).max(ended - period * a.cfg.evaluation_periods as f64);
+            while start + period <= ended + 1e-9 {
+                let points = self.store().query(&a.cfg.metric, &a.cfg.labels, start, start + period - 1e-6);
+                let dp = a.datapoint(&points);
+                if let Some(tr) = a.observe(dp, rfc3339(start + period)) {
+                    self.announce(a, &tr);
+                }
+                start += period;
+            }
+            a.evaluated_until = Some(ended);
+        }
+    }
+
+    fn announce(&self, a: &Alarm, tr: &Transition) {
+        let payload = serde_json::json!({
+            "alarm": a.cfg.name,
+            "metric": a.cfg.metric,
+            "labels": a.cfg.labels,
+            "state": tr.to,
+            "previous_state": tr.from,
+            "reason": tr.reason,
+            "time": tr.time,
+            "threshold": a.cfg.threshold,
+        });
+        match tr.to {
+            AlarmState::Alarm => {
+                tracing::warn!(alarm = %a.cfg.name, from = ?tr.from, reason = %tr.reason, "alarm state ALARM")
+            }
+            _ => {
+                tracing::info!(alarm = %a.cfg.name, from = ?tr.from, to = ?tr.to, reason = %tr.reason, "alarm state changed")
+            }
+        }
+        for n in &a.cfg.notify {
+            if let Some(notifier) = self.notifiers.get(n) {
+                notifier.send(payload.clone());
+            }
+        }
+    }
+}
+
+async fn sample_loop(watch: std::sync::Weak<Watch>, source: Source) {
+    let every = match watch.upgrade() {
+        Some(w) => w.resolution,
+        None => return,
+    };
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(w) = watch.upgrade() else { return };
+        w.tick(&source);
+    }
+}

@@ -1,0 +1,282 @@
+//! The in-process time-series store: one datapoint per series per sample, kept for the
+//! retention. Counters are stored as per-second rates (`x_total` → `x_rate`), gauges as they are,
+//! histograms as the quantiles of the observations between two samples (`x_p50`, `x_p95`,
+//! `x_p99`, plus `x_count_rate`), so a period with no traffic has no latency datapoint — missing
+//! data, as CloudWatch would see it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::Serialize;
+
+use crate::expo::{Kind, Sample};
+
+/// Series beyond this are dropped (with a log line), so label explosions cannot eat memory.
+pub const MAX_SERIES: usize = 20_000;
+/// Points per series at most, whatever retention / resolution asks for.
+pub const MAX_POINTS: usize = 100_000;
+
+pub type Labels = Vec<(String, String)>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Point {
+    /// Seconds since the Unix epoch.
+    pub t: f64,
+    pub v: f64,
+}
+
+struct Series {
+    points: VecDeque<Point>,
+}
+
+/// An alias: its name, the real series name, and labels it adds to the filter.
+type Alias = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+/// Cumulative bucket counts (upper bound, count) of one histogram at one scrape.
+type Buckets = Vec<(f64, f64)>;
+
+/// Friendly names for the edge's metrics, as alarms and dashboards use them.
+const ALIASES: &[Alias] = &[
+    ("http_requests_rate", "flotilla_http_requests_rate", &[]),
+    ("http_requests_2xx_rate", "flotilla_http_requests_rate", &[("class", "2xx")]),
+    ("http_requests_3xx_rate", "flotilla_http_requests_rate", &[("class", "3xx")]),
+    ("http_requests_4xx_rate", "flotilla_http_requests_rate", &[("class", "4xx")]),
+    ("http_requests_5xx_rate", "flotilla_http_requests_rate", &[("class", "5xx")]),
+    ("http_latency_p50", "flotilla_http_request_duration_seconds_p50", &[]),
+    ("http_latency_p95", "flotilla_http_request_duration_seconds_p95", &[]),
+    ("http_latency_p99", "flotilla_http_request_duration_seconds_p99", &[]),
+];
+
+pub struct Store {
+    max_points: usize,
+    series: HashMap<String, BTreeMap<Labels, Series>>,
+    count: usize,
+    /// Previous raw counter values (for rates) and histogram buckets (for quantiles).
+    last_counters: HashMap<(String, Labels), (f64, f64)>,
+    last_buckets: HashMap<(String, Labels), (f64, Buckets)>,
+    dropped_logged: bool,
+}
+
+impl Store {
+    pub fn new(retention_secs: f64, resolution_secs: f64) -> Self {
+        let max_points = ((retention_secs / resolution_secs.max(0.001)).ceil() as usize).clamp(2, MAX_POINTS);
+        Self {
+            max_points,
+            series: HashMap::new(),
+            count: 0,
+            last_counters: HashMap::new(),
+            last_buckets: HashMap::new(),
+            dropped_logged: false,
+        }
+    }
+
+    /// Records one scrape taken at `t`.
+    pub fn ingest(&mut self, t: f64, samples: &[Sample], kinds: &HashMap<String, Kind>) {
+        let mut buckets: HashMap<(String, Labels), Buckets> = HashMap::new();
+        for s in samples {
+            let family = family_of(&s.name, kinds);
+            match family {
+                Some((f, Kind::Counter)) if s.name.ends_with("_total") => {
+                    let key = (format!("{f}_rate"), s.labels.clone());
+                    if let Some((pt, pv)) = self.last_counters.insert(key.clone(), (t, s.value)) {
+                        let dt = t - pt;
+                        // A counter that went down was reset: count from zero.
+                        let delta = if s.value >= pv { s.value - pv } else { s.value };
+                        if dt > 0.0 {
+                            self.push(&key.0, &key.1, Point { t, v: delta / dt });
+                        }
+                    }
+                }
+                Some((f, Kind::Histogram)) if s.name.ends_with("_bucket") => {
+                    let mut labels = s.labels.clone();
+                    let Some(pos) = labels.iter().position(|(k, _)| k == "le") else { continue };
+                    let le = labels.remove(pos).1;
+                    let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
+                    buckets.entry((f.to_string(), labels)).or_default().push((bound, s.value));
+                }
+                Some((_, Kind::Histogram)) | Some((_, Kind::Counter)) => {}
+                _ => self.push(&s.name, &s.labels, Point { t, v: s.value }),
+            }
+        }
+        for ((family, labels), mut now) in buckets {
+            now.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let key = (family.clone(), labels.clone());
+            let Some((pt, before)) = self.last_buckets.insert(key, (t, now.clone())) else { continue };
+            let dt = t - pt;
+            // Observations in this interval per bucket (cumulative counts, reset-safe).
+            let delta: Vec<(f64, f64)> = now
+                .iter()
+                .map(|(le, c)| {
+                    let prev = before.iter().find(|(l, _)| l == le).map_or(0.0, |p| p.1);
+                    (*le, if *c >= prev { c - prev } else { *c })
+                })
+                .collect();
+            let total = delta.last().map_or(0.0, |d| d.1);
+            if dt > 0.0 {
+                self.push(&format!("{family}_count_rate"), &labels, Point { t, v: total / dt });
+            }
+            if total <= 0.0 {
+                continue;
+            }
+            for (q, suffix) in [(0.5, "p50"), (0.95, "p95"), (0.99, "p99")] {
+                let v = quantile(&delta, q);
+                self.push(&format!("{family}_{suffix}"), &labels, Point { t, v });
+            }
+        }
+    }
+
+    fn push(&mut self, name: &str, labels: &Labels, p: Point) {
+        if !p.v.is_finite() {
+            return;
+        }
+        let family = self.series.entry(name.to_string()).or_default();
+        if !family.contains_key(labels) {
+            if self.count >= MAX_SERIES {
+                if !self.dropped_logged {
+                    self.dropped_logged = true;
+                    tracing::warn!(limit = MAX_SERIES, metric = name, "too many series; new ones are not recorded");
+                }
+                return;
+            }
+            self.count += 1;
+            family.insert(labels.clone(), Series { points: VecDeque::new() });
+        }
+        if let Some(s) = family.get_mut(labels) {
+            if s.points.len() == self.max_points {
+                s.points.pop_front();
+            }
+            s.points.push_back(p);
+        }
+    }
+
+    /// Points of every series of `name` whose labels include `filter`, combined per timestamp:
+    /// summed (rates, gauges) or, for quantiles, the largest. Aliases resolve first.
+    pub fn query(&self, name: &str, filter: &BTreeMap<String, String>, from: f64, to: f64) -> Vec<Point> {
+        let (real, extra) = resolve(name);
+        let mut filter = filter.clone();
+        for (k, v) in extra {
+            filter.entry(k.to_string()).or_insert_with(|| v.to_string());
+        }
+        let Some(family) = self.series.get(real) else { return vec![] };
+        let quantile = ["_p50", "_p95", "_p99"].iter().any(|s| real.ends_with(s));
+        let mut by_t: BTreeMap<u64, f64> = BTreeMap::new();
+        for (labels, s) in family {
+            if !filter.iter().all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v)) {
+                continue;
+            }
+            for p in s.points.iter().filter(|p| p.t >= from && p.t <= to) {
+                let e = by_t.entry(p.t.to_bits()).or_insert(if quantile { f64::MIN } else { 0.0 });
+                *e = if quantile { e.max(p.v) } else { *e + p.v };
+            }
+        }
+        let mut out: Vec<Point> = by_t.into_iter().map(|(t, v)| Point { t: f64::from_bits(t), v }).collect();
+        out.sort_by(|a, b| a.t.total_cmp(&b.t));
+        out
+    }
+
+    /// Every metric name (and alias) with its label sets.
+    pub fn names(&self) -> Vec<(String, Vec<Labels>)> {
+        let mut out: Vec<_> = self.series.iter().map(|(n, f)| (n.clone(), f.keys().cloned().collect())).collect();
+        out.sort();
+        out
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.count
+    }
+}
+
+fn resolve(name: &str) -> (&str, &[(&str, &str)]) {
+    ALIASES.iter().find(|(a, _, _)| *a == name).map_or((name, &[][..]), |(_, real, extra)| (real, *extra))
+}
+
+/// The family a sample line belongs to and its kind (`x_total` → `x`, `x_bucket` → `x`).
+fn family_of<'a>(name: &'a str, kinds: &HashMap<String, Kind>) -> Option<(&'a str, Kind)> {
+    if let Some(k) = kinds.get(name) {
+        return Some((name, *k));
+    }
+    for suffix in ["_total", "_bucket", "_sum", "_count", "_created"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            if let Some(k) = kinds.get(base) {
+                return Some((base, *k));
+            }
+        }
+    }
+    None
+}
+
+/// Quantile from per-bucket counts (upper bound, count), interpolating linearly inside the
+/// bucket, as Prometheus' histogram_quantile does.
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let rank = q * total;
+    let mut lower = 0.0;
+    let mut below = 0.0;
+    for &(le, cum) in buckets {
+        if cum >= rank {
+            if le.is_infinite() {
+                return lower; // beyond the last finite bound: report that bound
+            }
+            let inside = cum - below;
+            return if inside > 0.0 { lower + (le - lower) * (rank - below) / inside } else { le };
+        }
+        lower = le;
+        below = cum;
+    }
+    lower
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expo::parse;
+
+    fn scrape(store: &mut Store, t: f64, text: &str) {
+        let (s, k) = parse(text);
+        store.ingest(t, &s, &k);
+    }
+
+    fn text(ok: u64, err: u64, fast: u64, slow: u64) -> String {
+        format!(
+            "# TYPE flotilla_http_requests counter\n\
+             flotilla_http_requests_total{{target_group=\"web\",class=\"2xx\"}} {ok}\n\
+             flotilla_http_requests_total{{target_group=\"web\",class=\"5xx\"}} {err}\n\
+             # TYPE flotilla_http_request_duration_seconds histogram\n\
+             flotilla_http_request_duration_seconds_bucket{{le=\"0.1\",target_group=\"web\"}} {fast}\n\
+             flotilla_http_request_duration_seconds_bucket{{le=\"1.0\",target_group=\"web\"}} {}\n\
+             flotilla_http_request_duration_seconds_bucket{{le=\"+Inf\",target_group=\"web\"}} {}\n\
+             # TYPE flotilla_cache_memory_entries gauge\nflotilla_cache_memory_entries 4\n",
+            fast + slow,
+            fast + slow
+        )
+    }
+
+    #[test]
+    fn rates_quantiles_and_aliases() {
+        let mut st = Store::new(3600.0, 10.0);
+        let all = BTreeMap::new();
+        scrape(&mut st, 100.0, &text(0, 0, 0, 0));
+        scrape(&mut st, 110.0, &text(100, 20, 90, 10));
+        // 120 requests in 10 s.
+        assert_eq!(st.query("flotilla_http_requests_rate", &all, 0.0, 1e9), vec![Point { t: 110.0, v: 12.0 }]);
+        let web = BTreeMap::from([("target_group".to_string(), "web".to_string())]);
+        assert_eq!(st.query("http_requests_5xx_rate", &web, 0.0, 1e9)[0].v, 2.0);
+        // 90 of 100 under 0.1 s: p50 is inside the first bucket, p95 inside (0.1, 1.0].
+        let p50 = st.query("http_latency_p50", &web, 0.0, 1e9)[0].v;
+        let p95 = st.query("http_latency_p95", &web, 0.0, 1e9)[0].v;
+        assert!((p50 - 0.0556).abs() < 0.001, "{p50}");
+        assert!((p95 - 0.55).abs() < 0.001, "{p95}");
+        assert_eq!(st.query("flotilla_cache_memory_entries", &all, 0.0, 1e9).len(), 2);
+        // No traffic in the next interval: a zero rate, but no latency datapoint.
+        scrape(&mut st, 120.0, &text(100, 20, 90, 10));
+        assert_eq!(st.query("http_requests_rate", &all, 115.0, 1e9)[0].v, 0.0);
+        assert!(st.query("http_latency_p95", &web, 115.0, 1e9).is_empty());
+    }
+
+    #[test]
+    fn bounded() {
+        let mut st = Store::new(30.0, 10.0);
+        for i in 0..10 {
+            scrape(&mut st, i as f64 * 10.0, "g 1\n");
+        }
+        assert_eq!(st.query("g", &BTreeMap::new(), 0.0, 1e9).len(), 3);
+    }
+}

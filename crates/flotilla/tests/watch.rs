@@ -1,0 +1,172 @@
+//! The watch with real traffic: 5xx responses through the edge drive an alarm to ALARM and back
+//! to OK, each change delivered to a real webhook receiver (which fails once, to show the retry);
+//! alarms on absent metrics follow their missing-data treatment; series are queryable.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// A webhook receiver on 127.0.0.1: answers 500 to the first request, 200 after, and hands
+/// every JSON body it got to the test.
+async fn receiver() -> (u16, mpsc::UnboundedReceiver<Value>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read the head, then Content-Length bytes of body.
+            let body = loop {
+                let Ok(n) = conn.read(&mut chunk).await else { break None };
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break Some(buf[end + 4..end + 4 + len].to_vec());
+                    }
+                }
+            };
+            let status = if first { "500 Internal Server Error" } else { "200 OK" };
+            let _ = conn
+                .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
+                .await;
+            if let Some(body) = body {
+                if !first {
+                    let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                }
+                first = false;
+            }
+        }
+    });
+    (port, rx)
+}
+
+/// The next notification that `alarm` entered `state` (earlier ones are skipped).
+async fn next_for(rx: &mut mpsc::UnboundedReceiver<Value>, alarm: &str, state: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(v)) if v["alarm"] == alarm && v["state"] == state => return v,
+            Ok(Some(_)) => continue,
+            _ => panic!("no notification of {alarm} entering {state} within {limit:?}"),
+        }
+    }
+}
+
+async fn alarm_state(f: &Flotilla, name: &str) -> String {
+    let v: Value = serde_json::from_str(&get(&f.admin("/api/v1/alarms")).await.1).unwrap();
+    v["alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == name)
+        .map(|a| a["state"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_follow_real_traffic_and_notify_a_webhook() {
+    let app = DemoApp::start("a");
+    let (hook_port, mut hooks) = receiver().await;
+    let body = format!(
+        r#"{ROUTE_ALL}{tg}[target_groups.web.passive]
+consecutive_5xx = 0
+
+[watch]
+resolution = "250ms"
+
+[notifiers.ops]
+webhook = "http://127.0.0.1:{hook_port}/hook"
+
+[[alarms]]
+name = "high-5xx"
+metric = "http_requests_5xx_rate"
+labels = {{ target_group = "web" }}
+statistic = "max"
+period = "1s"
+evaluation_periods = 2
+datapoints_to_alarm = 2
+threshold = 0
+comparison = ">"
+missing_data = "not_breaching"
+notify = ["ops"]
+
+[[alarms]]
+name = "no-data"
+metric = "nothing_exports_this"
+period = "1s"
+threshold = 1
+
+[[alarms]]
+name = "no-data-breaching"
+metric = "nothing_exports_this"
+period = "1s"
+threshold = 1
+missing_data = "breaching"
+"#,
+        tg = group_toml("web", &[&app], "")
+    );
+    let f = Flotilla::start("watch-alarms", &body);
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+
+    // Healthy traffic first: the 5xx alarm settles in OK (rates of 0 are datapoints).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alarm_state(&f, "high-5xx").await != "OK" {
+        let _ = get(&f.url("/whoami")).await;
+        assert!(Instant::now() < deadline, "high-5xx never reached OK");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(alarm_state(&f, "no-data").await, "INSUFFICIENT_DATA");
+    assert_eq!(alarm_state(&f, "no-data-breaching").await, "ALARM");
+
+    // 5xx for a few seconds: ALARM, delivered to the webhook (after one failed attempt).
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert_eq!(get(&f.url("/status/500")).await.0, 500);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let n = next_for(&mut hooks, "high-5xx", "ALARM", Duration::from_secs(15)).await;
+    assert_eq!(n["previous_state"], "OK");
+    assert!(n["reason"].as_str().unwrap().contains("2 of the last 2 datapoints"), "{n}");
+    assert!(f.log().contains("notification failed"), "the first delivery should have been retried");
+
+    // The series is there to query.
+    let (_, q) =
+        get(&f.admin("/api/v1/metrics/query?name=http_requests_5xx_rate&labels=target_group=web&from=-1m")).await;
+    let q: Value = serde_json::from_str(&q).unwrap();
+    assert!(q["points"].as_array().unwrap().iter().any(|p| p["v"].as_f64().unwrap() > 1.0), "{q}");
+
+    // Errors stop: back to OK, notified too.
+    let n = next_for(&mut hooks, "high-5xx", "OK", Duration::from_secs(15)).await;
+    assert_eq!(n["previous_state"], "ALARM", "{n}");
+    let (_, alarms) = get(&f.admin("/api/v1/alarms")).await;
+    assert!(alarms.contains("\"from\":\"ALARM\",\"to\":\"OK\"") || alarms.contains("\"to\":\"OK\""), "{alarms}");
+
+    // /metrics carries the edge's and the fleet's families in one exposition.
+    let (_, metrics) = get(&f.admin("/metrics")).await;
+    assert!(
+        metrics.contains("flotilla_http_requests_total")
+            && metrics.contains("# TYPE flotilla_group_desired_capacity gauge")
+    );
+    assert!(metrics.trim_end().ends_with("# EOF") && metrics.matches("# EOF").count() == 1);
+}
