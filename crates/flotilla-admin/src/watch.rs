@@ -73,3 +73,7 @@ pub(crate) async fn query(State(state): State<AdminState>, Query(q): Query<Query
 pub(crate) async fn alarms(State(state): State<AdminState>) -> Response {
     Json(json!({ "alarms": state.watch.alarms() })).into_response()
 }
+
+pub(crate) async fn slos(State(state): State<AdminState>) -> Response {
+    Json(json!({ "slos": state.watch.slos() })).into_response()
+}

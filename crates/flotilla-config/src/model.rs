@@ -21,6 +21,7 @@ pub struct Config {
     pub groups: BTreeMap<String, crate::GroupConfig>,
     pub watch: crate::WatchConfig,
     pub alarms: Vec<crate::AlarmConfig>,
+    pub slos: Vec<crate::SloConfig>,
     pub notifiers: BTreeMap<String, crate::NotifierConfig>,
     /// Non-fatal findings (unset environment variables, groups with no targets) to log at start.
     pub warnings: Vec<String>,

@@ -27,6 +27,21 @@ pub(crate) struct RawConfig {
     pub alarms: Vec<S<RawAlarm>>,
     #[serde(default)]
     pub notifiers: BTreeMap<S<String>, S<RawNotifier>>,
+    #[serde(default)]
+    pub slos: Vec<S<RawSlo>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSlo {
+    pub name: Option<S<String>>,
+    pub target_group: Option<S<String>>,
+    pub objective: Option<S<Num>>,
+    pub latency: Option<S<String>>,
+    pub kind: Option<S<String>>,
+    pub window: Option<S<String>>,
+    #[serde(default)]
+    pub notify: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -155,6 +155,7 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
     let watch = crate::validate_watch::watch(cx, raw.watch.as_ref());
     let notifiers = crate::validate_watch::notifiers(cx, &raw.notifiers);
     let alarms = crate::validate_watch::alarms(cx, &raw.alarms, &notifiers);
+    let slos = crate::validate_watch::slos(cx, &raw.slos, &notifiers, &target_groups);
     cx.errors.is_empty().then(|| Config {
         source,
         edge,
@@ -166,6 +167,7 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
         groups,
         watch,
         alarms,
+        slos,
         notifiers,
         warnings: std::mem::take(&mut cx.warnings),
     })

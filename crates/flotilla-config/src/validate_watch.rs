@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use crate::raw::{Num, RawAlarm, RawNotifier, RawWatch, S};
+use crate::model::TargetGroupConfig;
+use crate::raw::{Num, RawAlarm, RawNotifier, RawSlo, RawWatch, S};
 use crate::validate::{valid_name, Ctx};
 use crate::watch_model::*;
 use crate::{Comparison, MissingData};
@@ -69,6 +70,99 @@ fn http_url_ok(url: &str) -> bool {
         _ => (authority, None),
     };
     !host.is_empty() && !host.contains(char::is_whitespace) && port.is_none_or(|p| p.parse::<u16>().is_ok())
+}
+
+pub(crate) fn slos(
+    cx: &mut Ctx<'_>,
+    raw: &[S<RawSlo>],
+    notifiers: &BTreeMap<String, NotifierConfig>,
+    groups: &BTreeMap<String, TargetGroupConfig>,
+) -> Vec<SloConfig> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for s in raw {
+        let r = s.get_ref();
+        let Some(name) = &r.name else {
+            cx.err(s, "slo needs name = \"...\"");
+            continue;
+        };
+        let key = |k: &str| format!("slos.{}.{k}", name.get_ref());
+        if !seen.insert(name.get_ref().clone()) {
+            cx.err(name, format!("slo {:?} is defined twice", name.get_ref()));
+        }
+        let Some(tg) = &r.target_group else {
+            cx.err(s, format!("{} is required", key("target_group")));
+            continue;
+        };
+        if !groups.contains_key(tg.get_ref()) {
+            let known: Vec<_> = groups.keys().map(String::as_str).collect();
+            cx.err(
+                tg,
+                format!("{} {:?} is not defined (known: {})", key("target_group"), tg.get_ref(), known.join(", ")),
+            );
+        }
+        let objective = match r.objective.as_ref().map(|o| (o, o.get_ref())) {
+            None => {
+                cx.err(s, format!("{} is required, e.g. \"99.9%\"", key("objective")));
+                continue;
+            }
+            Some((o, v)) => {
+                let parsed = match v {
+                    Num::Text(t) => {
+                        t.trim().strip_suffix('%').and_then(|p| p.trim().parse::<f64>().ok()).map(|p| p / 100.0)
+                    }
+                    Num::Float(f) if *f > 1.0 => Some(f / 100.0),
+                    Num::Float(f) => Some(*f),
+                    Num::Int(i) => Some(*i as f64 / 100.0),
+                };
+                match parsed {
+                    Some(x) if x > 0.0 && x < 1.0 => x,
+                    _ => {
+                        cx.err(o, format!("{} must be a percentage below 100, e.g. \"99.9%\"", key("objective")));
+                        continue;
+                    }
+                }
+            }
+        };
+        let kind = match (r.kind.as_ref().map(|k| (k, k.get_ref().as_str())), &r.latency) {
+            (Some((_, "availability")), None) => SloKind::Availability,
+            (Some((k, "availability")), Some(_)) => {
+                cx.err(k, format!("{}: an availability SLO takes no latency", key("kind")));
+                SloKind::Availability
+            }
+            (None | Some((_, "latency")), Some(l)) => {
+                SloKind::Latency(cx.duration(&Some(l.clone()), &key("latency"), Duration::from_millis(200)))
+            }
+            (None | Some((_, "latency")), None) => {
+                cx.err(s, format!("{} needs latency = \"200ms\" (or kind = \"availability\")", key("latency")));
+                SloKind::Availability
+            }
+            (Some((k, other)), _) => {
+                cx.err(k, format!("{}: {other:?} must be \"latency\" or \"availability\"", key("kind")));
+                SloKind::Availability
+            }
+        };
+        let window = cx.duration(&r.window, &key("window"), Duration::from_secs(30 * 86_400));
+        let notify = r
+            .notify
+            .iter()
+            .map(|n| {
+                if !notifiers.contains_key(n.get_ref()) {
+                    cx.err(n, format!("{}: {:?} is not a [notifiers] entry", key("notify"), n.get_ref()));
+                }
+                n.get_ref().clone()
+            })
+            .collect();
+        out.push(SloConfig {
+            name: name.get_ref().clone(),
+            target_group: tg.get_ref().clone(),
+            objective,
+            kind,
+            window,
+            notify,
+        });
+    }
+    out
 }
 
 pub(crate) fn alarms(

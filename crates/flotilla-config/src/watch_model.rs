@@ -59,3 +59,26 @@ pub struct NotifierConfig {
     /// Attempts per notification (backoff 1 s, 2 s, 4 s, …).
     pub attempts: u32,
 }
+
+/// What makes a request good for an SLO.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SloKind {
+    /// Not 5xx.
+    Availability,
+    /// Not 5xx and answered within this (rounded down to a bound of the edge's latency
+    /// histogram).
+    Latency(Duration),
+}
+
+/// A service level objective over one target group's requests, with multi-window,
+/// multi-burn-rate alerts (the SRE workbook's scheme).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SloConfig {
+    pub name: String,
+    pub target_group: String,
+    /// Fraction of good requests, e.g. 0.999.
+    pub objective: f64,
+    pub kind: SloKind,
+    pub window: Duration,
+    pub notify: Vec<String>,
+}

@@ -7,6 +7,7 @@
 pub mod alarm;
 pub mod expo;
 mod notify;
+pub mod slo;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,10 +18,12 @@ use flotilla_config::Config;
 use serde::Serialize;
 
 pub use alarm::{AlarmState, Transition};
+pub use slo::SloView;
 pub use store::Point;
 
 use alarm::Alarm;
 use notify::Notifier;
+use slo::Slo;
 use store::Store;
 
 /// Where the metrics come from: Prometheus text, e.g. the edge's `encode_metrics`.
@@ -41,6 +44,7 @@ pub struct AlarmView {
 pub struct Watch {
     store: Mutex<Store>,
     alarms: Mutex<Vec<Alarm>>,
+    slos: Mutex<Vec<Slo>>,
     notifiers: HashMap<String, Notifier>,
     resolution: Duration,
 }
@@ -74,6 +78,7 @@ impl Watch {
         let watch = Arc::new(Self {
             store: Mutex::new(Store::new(w.retention.as_secs_f64(), w.resolution.as_secs_f64())),
             alarms: Mutex::new(cfg.alarms.iter().cloned().map(Alarm::new).collect()),
+            slos: Mutex::new(cfg.slos.iter().cloned().map(Slo::new).collect()),
             notifiers,
             resolution: w.resolution,
         });
@@ -130,6 +135,10 @@ impl Watch {
             .collect()
     }
 
+    pub fn slos(&self) -> Vec<SloView> {
+        self.slos.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(|s| s.last.clone()).collect()
+    }
+
     /// One scrape, then every alarm whose period ended since its last evaluation.
     fn tick(&self, source: &Source) {
         let t = now_secs();
@@ -151,6 +160,33 @@ impl Watch {
                 start += period;
             }
             a.evaluated_until = Some(ended);
+        }
+        drop(alarms);
+        let mut slos = self.slos.lock().unwrap_or_else(|e| e.into_inner());
+        for s in slos.iter_mut() {
+            let changes = s.evaluate(&self.store(), t);
+            for c in changes {
+                let view = s.last.clone();
+                let payload = serde_json::json!({
+                    "slo": s.cfg.name,
+                    "target_group": s.cfg.target_group,
+                    "alert": c.alert,
+                    "state": if c.firing { "firing" } else { "resolved" },
+                    "time": rfc3339(t),
+                    "burn_rates": view.as_ref().map(|v| &v.burn_rates),
+                    "error_budget_remaining": view.as_ref().and_then(|v| v.error_budget_remaining),
+                });
+                if c.firing {
+                    tracing::warn!(slo = %s.cfg.name, alert = c.alert, "SLO burn alert firing");
+                } else {
+                    tracing::info!(slo = %s.cfg.name, alert = c.alert, "SLO burn alert resolved");
+                }
+                for n in &s.cfg.notify {
+                    if let Some(notifier) = self.notifiers.get(n) {
+                        notifier.send(payload.clone());
+                    }
+                }
+            }
         }
     }
 

@@ -112,6 +112,15 @@ impl Store {
             let total = delta.last().map_or(0.0, |d| d.1);
             if dt > 0.0 {
                 self.push(&format!("{family}_count_rate"), &labels, Point { t, v: total / dt });
+                // Per-bucket rates (cumulative: requests at most `le` seconds), for SLOs.
+                for (le, c) in now.iter().filter(|(le, _)| le.is_finite()) {
+                    let prev = before.iter().find(|(l, _)| l == le).map_or(0.0, |p| p.1);
+                    let d = if *c >= prev { c - prev } else { *c };
+                    let mut with_le = labels.clone();
+                    with_le.push(("le".into(), le.to_string()));
+                    with_le.sort();
+                    self.push(&format!("{family}_bucket_rate"), &with_le, Point { t, v: d / dt });
+                }
             }
             if total <= 0.0 {
                 continue;
@@ -176,6 +185,20 @@ impl Store {
     pub fn names(&self) -> Vec<(String, Vec<Labels>)> {
         let mut out: Vec<_> = self.series.iter().map(|(n, f)| (n.clone(), f.keys().cloned().collect())).collect();
         out.sort();
+        out
+    }
+
+    /// Label values of `label` among the series of `name` (e.g. the `le` bounds of a histogram).
+    pub fn label_values(&self, name: &str, label: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .series
+            .get(name)
+            .into_iter()
+            .flat_map(|f| f.keys())
+            .filter_map(|l| l.iter().find(|(k, _)| k == label).map(|(_, v)| v.clone()))
+            .collect();
+        out.sort();
+        out.dedup();
         out
     }
 

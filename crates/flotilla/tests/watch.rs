@@ -170,3 +170,68 @@ missing_data = "breaching"
     );
     assert!(metrics.trim_end().ends_with("# EOF") && metrics.matches("# EOF").count() == 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_responses_burn_the_latency_slo_and_page() {
+    let app = DemoApp::start("a");
+    let (hook_port, mut hooks) = receiver().await;
+    let body = format!(
+        r#"{ROUTE_ALL}{tg}
+[watch]
+resolution = "250ms"
+
+[notifiers.ops]
+webhook = "http://127.0.0.1:{hook_port}/hook"
+
+[[slos]]
+name = "web-latency"
+target_group = "web"
+objective = "99%"
+latency = "200ms"
+window = "30d"
+notify = ["ops"]
+
+[[slos]]
+name = "web-availability"
+target_group = "web"
+objective = "99.9%"
+kind = "availability"
+"#,
+        tg = group_toml("web", &[&app], "")
+    );
+    let f = Flotilla::start("watch-slo", &body);
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    // A quarter of the requests take 300 ms: 25 % bad against a 1 % budget, burn rate ~25.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for _ in 0..3 {
+            assert_eq!(get(&f.url("/whoami")).await.0, 200);
+        }
+        assert_eq!(get(&f.url("/slow?ms=300")).await.0, 200);
+    }
+    let n = next_for_slo(&mut hooks, "web-latency", "fast_burn", Duration::from_secs(15)).await;
+    assert_eq!(n["state"], "firing", "{n}");
+    let (_, slos) = get(&f.admin("/api/v1/slos")).await;
+    let v: Value = serde_json::from_str(&slos).unwrap();
+    let lat = v["slos"].as_array().unwrap().iter().find(|s| s["name"] == "web-latency").unwrap();
+    assert_eq!(lat["kind"], "latency <= 0.2s", "{lat}");
+    let burn = lat["burn_rates"]["5m"].as_f64().unwrap();
+    assert!(burn > 14.4, "{lat}");
+    assert!(lat["error_budget_remaining"].as_f64().unwrap() < 0.0, "{lat}");
+    // No 5xx: the availability SLO is met in full.
+    let avail = v["slos"].as_array().unwrap().iter().find(|s| s["name"] == "web-availability").unwrap();
+    assert_eq!(avail["attainment"].as_f64(), Some(1.0), "{avail}");
+    assert_eq!(avail["fast_burn"], false);
+}
+
+async fn next_for_slo(rx: &mut mpsc::UnboundedReceiver<Value>, slo: &str, alert: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(v)) if v["slo"] == slo && v["alert"] == alert => return v,
+            Ok(Some(_)) => continue,
+            _ => panic!("no {alert} notification for {slo} within {limit:?}"),
+        }
+    }
+}
