@@ -6,6 +6,7 @@
 //! mutating call needs `Authorization: Bearer <admin.token>`.
 
 mod auth;
+mod dashboard;
 mod groups;
 mod time;
 mod watch;
@@ -39,6 +40,8 @@ pub struct AdminState {
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(dashboard::page))
+        .route("/api/v1/dashboard", get(dashboard::data))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api/v1/target-groups", get(target_groups))
