@@ -169,6 +169,23 @@ missing_data = "breaching"
             && metrics.contains("# TYPE flotilla_group_desired_capacity gauge")
     );
     assert!(metrics.trim_end().ends_with("# EOF") && metrics.matches("# EOF").count() == 1);
+    // Every metric the Grafana dashboard in contrib/ queries exists.
+    let grafana =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../contrib/grafana-dashboard.json")).unwrap();
+    let mut names: Vec<&str> = grafana
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("flotilla_"))
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 8, "{names:?}");
+    for name in names {
+        let family = ["_total", "_bucket"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(
+            metrics.contains(&format!("# TYPE {family} ")),
+            "the Grafana dashboard queries {name}, which /metrics lacks"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
