@@ -10,12 +10,34 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// Sends `method path` with an optional JSON body; returns the response body on 2xx.
+/// Sends `method path` with an optional JSON body; returns the response body on 2xx. Reads go
+/// without the token (the API's reads are open); mutations carry it.
 pub async fn call(config: &Path, method: http::Method, path: &str, body: Option<String>) -> anyhow::Result<String> {
+    let auth = method != http::Method::GET;
+    send(config, method, path, body, auth).await
+}
+
+/// Like `call`, with the token on reads too (the dashboard's data).
+pub async fn call_authorized(
+    config: &Path,
+    method: http::Method,
+    path: &str,
+    body: Option<String>,
+) -> anyhow::Result<String> {
+    send(config, method, path, body, true).await
+}
+
+async fn send(
+    config: &Path,
+    method: http::Method,
+    path: &str,
+    body: Option<String>,
+    auth: bool,
+) -> anyhow::Result<String> {
     let cfg = flotilla_config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let admin = cfg.admin.with_context(|| format!("{}: no [admin] section, so no API to call", config.display()))?;
     let mut req = http::Request::builder().method(method.clone()).uri(format!("http://{}{path}", admin.listen));
-    if method != http::Method::GET {
+    if auth {
         let token = admin
             .token
             .with_context(|| format!("{}: admin.token is empty; mutating calls are disabled", config.display()))?;

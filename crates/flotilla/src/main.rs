@@ -1,6 +1,6 @@
 //! `flotilla`: the one binary. Parses the command line, sets up logging, and hands off to a
-//! subcommand: `up` (run everything the config describes), `validate`, `invalidate`, `groups`,
-//! `scale`, `refresh`, `activity`, `simulate`, `demo-app`.
+//! subcommand: `up` (run everything the config describes), `validate`, `invalidate`, `status`,
+//! `groups`, `scale`, `refresh`, `activity`, `simulate`, `demo-app`.
 
 mod admin_client;
 mod demo;
@@ -9,6 +9,7 @@ mod groups_cli;
 mod invalidate;
 mod logging;
 mod simulate;
+mod status;
 mod up;
 
 use std::path::PathBuf;
@@ -100,6 +101,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A compact view in the terminal: targets, groups, rates, latency, alarms, SLOs.
+    Status {
+        #[arg(long, short, default_value = "flotilla.toml")]
+        config: PathBuf,
+        /// Redraw every two seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Replay a request-rate trace (`timestamp,value` CSV) through a group's scaling policies.
     Simulate {
         #[arg(long)]
@@ -153,6 +162,9 @@ fn main() -> ExitCode {
         }
         Command::Invalidate { config, paths, tags, all } => {
             report_plain(runtime().and_then(|rt| rt.block_on(invalidate::run(&config, paths, tags, all))))
+        }
+        Command::Status { config, watch } => {
+            report_plain(runtime().and_then(|rt| rt.block_on(status::run(&config, watch))))
         }
         Command::Groups { config, json } => {
             report_plain(runtime().and_then(|rt| rt.block_on(groups_cli::list(&config, json))))

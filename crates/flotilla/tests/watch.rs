@@ -169,6 +169,13 @@ missing_data = "breaching"
             && metrics.contains("# TYPE flotilla_group_desired_capacity gauge")
     );
     assert!(metrics.trim_end().ends_with("# EOF") && metrics.matches("# EOF").count() == 1);
+    // `flotilla status` shows the same from the terminal (with the token from the config file).
+    let out =
+        std::process::Command::new(BIN).args(["status", "--config", f.config.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("requests ") && text.contains("high-5xx") && text.contains("healthy"), "{text}");
+
     // Every metric the Grafana dashboard in contrib/ queries exists.
     let grafana =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../contrib/grafana-dashboard.json")).unwrap();
