@@ -25,10 +25,7 @@ pub(crate) fn watch(cx: &mut Ctx<'_>, raw: Option<&S<RawWatch>>) -> WatchConfig 
             cx.err(v, "watch.retention must hold at least two datapoints (2 × resolution)");
         }
     }
-    let data_dir = r.data_dir.as_ref().map(|d| {
-        cx.warnings.push("watch.data_dir: persistence is not implemented yet; history lives in memory".into());
-        cx.base_dir.join(d.get_ref())
-    });
+    let data_dir = r.data_dir.as_ref().map(|d| cx.base_dir.join(d.get_ref()));
     WatchConfig { retention, resolution, data_dir }
 }
 

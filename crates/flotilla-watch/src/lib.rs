@@ -7,6 +7,7 @@
 pub mod alarm;
 pub mod expo;
 mod notify;
+pub mod persist;
 pub mod slo;
 pub mod store;
 
@@ -25,6 +26,9 @@ use alarm::Alarm;
 use notify::Notifier;
 use slo::Slo;
 use store::Store;
+
+/// How often the history is written to `data_dir`.
+const PERSIST_EVERY: Duration = Duration::from_secs(60);
 
 /// Where the metrics come from: Prometheus text, e.g. the edge's `encode_metrics`.
 pub type Source = Arc<dyn Fn() -> String + Send + Sync>;
@@ -47,6 +51,7 @@ pub struct Watch {
     slos: Mutex<Vec<Slo>>,
     notifiers: HashMap<String, Notifier>,
     resolution: Duration,
+    data_dir: Option<std::path::PathBuf>,
 }
 
 fn now_secs() -> f64 {
@@ -75,8 +80,24 @@ impl Watch {
     pub fn start(cfg: &Config, source: Source) -> Arc<Self> {
         let w = &cfg.watch;
         let notifiers = cfg.notifiers.values().map(|n| (n.name.clone(), Notifier::start(n.clone()))).collect();
+        let mut store = Store::new(w.retention.as_secs_f64(), w.resolution.as_secs_f64());
+        if let Some(dir) = &w.data_dir {
+            match persist::load(dir) {
+                Ok(dump) => {
+                    let kept = store.restore(dump, now_secs() - w.retention.as_secs_f64());
+                    tracing::info!(dir = %dir.display(), points = kept, "watch history restored");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let aside = persist::file(dir).with_extension("bin.damaged");
+                    let _ = std::fs::rename(persist::file(dir), &aside);
+                    tracing::warn!(error = %e, moved_to = %aside.display(), "watch history unreadable; starting empty");
+                }
+            }
+        }
         let watch = Arc::new(Self {
-            store: Mutex::new(Store::new(w.retention.as_secs_f64(), w.resolution.as_secs_f64())),
+            data_dir: w.data_dir.clone(),
+            store: Mutex::new(store),
             alarms: Mutex::new(cfg.alarms.iter().cloned().map(Alarm::new).collect()),
             slos: Mutex::new(cfg.slos.iter().cloned().map(Slo::new).collect()),
             notifiers,
@@ -133,6 +154,15 @@ impl Watch {
                 history: a.history.iter().rev().cloned().collect(),
             })
             .collect()
+    }
+
+    /// Writes the history to `data_dir` (if set); called every minute and at shutdown.
+    pub fn persist(&self) {
+        let Some(dir) = &self.data_dir else { return };
+        let dump = self.store().dump();
+        if let Err(e) = persist::save(dir, &dump) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not save the watch history");
+        }
     }
 
     pub fn slos(&self) -> Vec<SloView> {
@@ -224,9 +254,16 @@ async fn sample_loop(watch: std::sync::Weak<Watch>, source: Source) {
     };
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_save = tokio::time::Instant::now() + PERSIST_EVERY;
     loop {
         interval.tick().await;
         let Some(w) = watch.upgrade() else { return };
         w.tick(&source);
+        if tokio::time::Instant::now() >= next_save {
+            next_save = tokio::time::Instant::now() + PERSIST_EVERY;
+            // Writing can take a moment for a large history: off the runtime thread.
+            let w2 = w.clone();
+            let _ = tokio::task::spawn_blocking(move || w2.persist()).await;
+        }
     }
 }

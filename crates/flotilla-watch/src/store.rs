@@ -202,6 +202,29 @@ impl Store {
         out
     }
 
+    /// Every series with its points, for persistence.
+    pub fn dump(&self) -> crate::persist::Dump {
+        let mut out = Vec::with_capacity(self.count);
+        for (name, family) in &self.series {
+            for (labels, s) in family {
+                out.push((name.clone(), labels.clone(), s.points.iter().copied().collect()));
+            }
+        }
+        out
+    }
+
+    /// Restores persisted series, dropping points older than `oldest`. Returns the points kept.
+    pub fn restore(&mut self, dump: crate::persist::Dump, oldest: f64) -> usize {
+        let mut kept = 0;
+        for (name, labels, points) in dump {
+            for p in points.into_iter().filter(|p| p.t >= oldest) {
+                self.push(&name, &labels, p);
+                kept += 1;
+            }
+        }
+        kept
+    }
+
     pub fn series_count(&self) -> usize {
         self.count
     }

@@ -87,6 +87,8 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     tracing::info!("shutting down: draining in-flight requests");
     edge.shutdown().await;
     fleet.shutdown().await;
+    let w = watch.clone();
+    let _ = tokio::task::spawn_blocking(move || w.persist()).await;
     let _ = admin_stop_tx.send(());
     if let Some(t) = admin_task {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;

@@ -259,3 +259,33 @@ async fn next_for_slo(rx: &mut mpsc::UnboundedReceiver<Value>, slo: &str, alert:
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_survives_a_restart() {
+    let app = DemoApp::start("a");
+    let data = scratch_dir("watch-data");
+    let body = format!(
+        "{ROUTE_ALL}{}\n[watch]\nresolution = \"200ms\"\ndata_dir = \"{}\"\n",
+        group_toml("web", &[&app], ""),
+        data.display()
+    );
+    let mut f = Flotilla::start("watch-persist-1", &body);
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let _ = get(&f.url("/whoami")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.proc.signal("TERM");
+    assert_eq!(f.proc.wait_exit(Duration::from_secs(20)), Some(0));
+    let stopped = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(data.join("watch-series.bin").exists());
+
+    // A new process with the same data_dir answers queries about the time before it started.
+    let f2 = Flotilla::start("watch-persist-2", &body);
+    let (_, q) = get(&f2.admin(&format!("/api/v1/metrics/query?name=http_requests_rate&from=-5m&to={stopped}"))).await;
+    let q: Value = serde_json::from_str(&q).unwrap();
+    let points = q["points"].as_array().unwrap();
+    assert!(points.iter().any(|p| p["v"].as_f64().unwrap() > 0.0), "{q}");
+    assert!(f2.log().contains("watch history restored"));
+}
