@@ -95,6 +95,7 @@ pub(crate) async fn data(State(state): State<AdminState>, headers: HeaderMap) ->
         "groups": groups,
         "alarms": state.watch.alarms(),
         "slos": state.watch.slos(),
+        "budget": state.watch.budget(),
         "series": {
             "requests": series(&state, "http_requests_rate", &[], from, now, step),
             "classes": classes,

@@ -110,7 +110,7 @@ fn fleet_error(e: FleetError) -> Response {
         FleetError::UnknownGroup(_) => StatusCode::NOT_FOUND,
         FleetError::RefreshRunning(_) => StatusCode::CONFLICT,
         FleetError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        FleetError::OutOfBounds { .. } | FleetError::BudgetCap { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        FleetError::OutOfBounds { .. } | FleetError::ScaleOutBlocked(_) => StatusCode::UNPROCESSABLE_ENTITY,
     };
     error(status, &e.to_string())
 }

@@ -55,6 +55,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/metrics/query", get(watch::query))
         .route("/api/v1/alarms", get(watch::alarms))
         .route("/api/v1/slos", get(watch::slos))
+        .route("/api/v1/budget", get(watch::budget))
         .route("/api/v1/groups", get(groups::list))
         .route("/api/v1/groups/{name}", get(groups::show))
         .route("/api/v1/groups/{name}/desired", put(groups::set_desired))

@@ -77,3 +77,10 @@ pub(crate) async fn alarms(State(state): State<AdminState>) -> Response {
 pub(crate) async fn slos(State(state): State<AdminState>) -> Response {
     Json(json!({ "slos": state.watch.slos() })).into_response()
 }
+
+pub(crate) async fn budget(State(state): State<AdminState>) -> Response {
+    match state.watch.budget() {
+        Some(b) => Json(b).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no [budget] in the config"),
+    }
+}

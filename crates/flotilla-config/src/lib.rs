@@ -9,6 +9,7 @@ mod error;
 mod fleet_model;
 mod model;
 mod raw;
+pub mod time;
 pub mod units;
 mod validate;
 mod validate_fleet;

@@ -22,6 +22,7 @@ pub struct Config {
     pub watch: crate::WatchConfig,
     pub alarms: Vec<crate::AlarmConfig>,
     pub slos: Vec<crate::SloConfig>,
+    pub budget: Option<crate::AccountBudgetConfig>,
     pub notifiers: BTreeMap<String, crate::NotifierConfig>,
     /// Non-fatal findings (unset environment variables, groups with no targets) to log at start.
     pub warnings: Vec<String>,

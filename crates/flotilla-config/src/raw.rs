@@ -29,6 +29,20 @@ pub(crate) struct RawConfig {
     pub notifiers: BTreeMap<S<String>, S<RawNotifier>>,
     #[serde(default)]
     pub slos: Vec<S<RawSlo>>,
+    pub budget: Option<S<RawAccountBudget>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccountBudget {
+    pub currency: Option<S<String>>,
+    pub monthly: Option<S<Num>>,
+    #[serde(default)]
+    pub instance_hour: BTreeMap<S<String>, S<Num>>,
+    pub alerts: Option<Vec<S<Num>>>,
+    #[serde(default)]
+    pub notify: Vec<S<String>>,
+    pub hard_cap: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -156,6 +156,7 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
     let notifiers = crate::validate_watch::notifiers(cx, &raw.notifiers);
     let alarms = crate::validate_watch::alarms(cx, &raw.alarms, &notifiers);
     let slos = crate::validate_watch::slos(cx, &raw.slos, &notifiers, &target_groups);
+    let budget = raw.budget.as_ref().and_then(|b| crate::validate_watch::budget(cx, b, &notifiers, &groups));
     cx.errors.is_empty().then(|| Config {
         source,
         edge,
@@ -168,6 +169,7 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
         watch,
         alarms,
         slos,
+        budget,
         notifiers,
         warnings: std::mem::take(&mut cx.warnings),
     })

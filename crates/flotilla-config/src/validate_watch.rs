@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use crate::model::TargetGroupConfig;
-use crate::raw::{Num, RawAlarm, RawNotifier, RawSlo, RawWatch, S};
+use crate::raw::{Num, RawAccountBudget, RawAlarm, RawNotifier, RawSlo, RawWatch, S};
 use crate::validate::{valid_name, Ctx};
 use crate::watch_model::*;
 use crate::{Comparison, MissingData};
@@ -160,6 +160,86 @@ pub(crate) fn slos(
         });
     }
     out
+}
+
+pub(crate) fn budget(
+    cx: &mut Ctx<'_>,
+    raw: &S<RawAccountBudget>,
+    notifiers: &BTreeMap<String, NotifierConfig>,
+    groups: &BTreeMap<String, crate::GroupConfig>,
+) -> Option<AccountBudgetConfig> {
+    let r = raw.get_ref();
+    let number = |v: &Num| match v {
+        Num::Int(i) => Some(*i as f64),
+        Num::Float(f) if f.is_finite() => Some(*f),
+        _ => None,
+    };
+    let monthly = match r.monthly.as_ref().map(|m| (m, number(m.get_ref()))) {
+        Some((_, Some(m))) if m > 0.0 => m,
+        Some((m, _)) => {
+            cx.err(m, "budget.monthly must be a number greater than 0");
+            return None;
+        }
+        None => {
+            cx.err(raw, "budget.monthly is required (the month's budget in budget.currency)");
+            return None;
+        }
+    };
+    let mut instance_hour = BTreeMap::new();
+    for (g, price) in &r.instance_hour {
+        if !groups.contains_key(g.get_ref()) {
+            let known: Vec<_> = groups.keys().map(String::as_str).collect();
+            cx.err(
+                g,
+                format!(
+                    "budget.instance_hour: {:?} is not a [groups] entry (known: {})",
+                    g.get_ref(),
+                    known.join(", ")
+                ),
+            );
+        }
+        match number(price.get_ref()) {
+            Some(p) if p >= 0.0 => {
+                instance_hour.insert(g.get_ref().clone(), p);
+            }
+            _ => cx.err(price, format!("budget.instance_hour.{}: must be a price of 0 or more", g.get_ref())),
+        }
+    }
+    let mut alerts: Vec<f64> = match &r.alerts {
+        None => vec![0.5, 0.8, 1.0],
+        Some(list) => list
+            .iter()
+            .filter_map(|a| match number(a.get_ref()) {
+                // 0.8 and 80 both mean 80 %.
+                Some(x) if x > 0.0 && x <= 10.0 => Some(x),
+                Some(x) if x > 10.0 && x <= 1000.0 => Some(x / 100.0),
+                _ => {
+                    cx.err(a, "budget.alerts: each is a fraction (0.8) or a percentage (80) of the budget");
+                    None
+                }
+            })
+            .collect(),
+    };
+    alerts.sort_by(f64::total_cmp);
+    alerts.dedup();
+    let notify = r
+        .notify
+        .iter()
+        .map(|n| {
+            if !notifiers.contains_key(n.get_ref()) {
+                cx.err(n, format!("budget.notify: {:?} is not a [notifiers] entry", n.get_ref()));
+            }
+            n.get_ref().clone()
+        })
+        .collect();
+    Some(AccountBudgetConfig {
+        currency: r.currency.as_ref().map_or("USD".into(), |c| c.get_ref().clone()),
+        monthly,
+        instance_hour,
+        alerts,
+        notify,
+        hard_cap: r.hard_cap.unwrap_or(false),
+    })
 }
 
 pub(crate) fn alarms(

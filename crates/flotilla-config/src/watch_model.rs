@@ -82,3 +82,17 @@ pub struct SloConfig {
     pub window: Duration,
     pub notify: Vec<String>,
 }
+
+/// `[budget]`: a monthly budget for all groups' instance-hours (AWS Budgets), with alerts on
+/// actual and forecast spend and, with `hard_cap`, no scale-out once it is spent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountBudgetConfig {
+    pub currency: String,
+    pub monthly: f64,
+    /// Price per instance-hour by group name.
+    pub instance_hour: BTreeMap<String, f64>,
+    /// Fractions of `monthly` (0.5 = 50 %) that alert, for actual and for forecast spend.
+    pub alerts: Vec<f64>,
+    pub notify: Vec<String>,
+    pub hard_cap: bool,
+}

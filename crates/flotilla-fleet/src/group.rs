@@ -113,6 +113,8 @@ pub(crate) struct GroupState {
     next_seq: u64,
     pub stopping: bool,
     pub budget: Option<BudgetState>,
+    /// Set by the binary: refuses scale-out with a reason (the watch's account budget).
+    pub guard: Option<crate::ScaleOutGuard>,
     /// Every launch template version seen, so a refresh can roll back to the previous one.
     pub templates: BTreeMap<u32, LaunchConfig>,
     pub refresh: Option<Refresh>,
@@ -133,6 +135,7 @@ impl GroupHandle {
         Arc::new(Self {
             state: Mutex::new(GroupState {
                 budget,
+                guard: None,
                 templates: BTreeMap::from([(1, cfg.launch.clone())]),
                 refresh: None,
                 next_refresh_id: 1,
@@ -183,6 +186,19 @@ impl GroupState {
         let id = self.next_activity;
         self.next_activity += 1;
         self.activity.push_back(Activity { id, time: rfc3339(SystemTime::now()), description, cause, status });
+    }
+
+    /// Why scale-out is refused now, if it is: the group's own budget cap or the fleet-wide guard
+    /// (the account budget).
+    pub(crate) fn scale_out_blocked(&self) -> Option<String> {
+        if let Some(b) = self.budget.as_ref().filter(|b| b.capped()) {
+            return Some(format!(
+                "the monthly budget is spent ({:.2} of {:.2}) and hard_cap is on",
+                b.spent(),
+                b.monthly()
+            ));
+        }
+        self.guard.as_ref().and_then(|g| g())
     }
 
     /// Counts a failed new instance against a running refresh that launches this version.
@@ -526,17 +542,13 @@ fn evaluate_policies(handle: &GroupHandle, registrar: &dyn Registrar, local: &mu
     let Some(decision) = local.scaler.evaluate(&obs) else { return };
     let mut desired = decision.desired.clamp(s.cfg.min, s.cfg.max);
     if desired > s.desired {
-        if let Some(b) = s.budget.as_ref().filter(|b| b.capped()) {
-            let (spent, monthly) = (b.spent(), b.monthly());
+        if let Some(reason) = s.scale_out_blocked() {
             if s.blocked_noted.is_none_or(|t| since(t) > Duration::from_secs(300)) {
                 s.blocked_noted = Some(Instant::now());
                 let from = s.desired;
                 s.record(
                     format!("Scale-out from {from} to {desired} blocked by the budget"),
-                    format!(
-                        "{}; the monthly budget is spent ({spent:.2} of {monthly:.2}) and hard_cap is on",
-                        decision.cause
-                    ),
+                    format!("{}; {reason}", decision.cause),
                     "failed",
                 );
             }

@@ -33,6 +33,9 @@ pub use registrar::{Registrar, TargetHealth, TargetStatus};
 
 use group::GroupHandle;
 
+/// Asked before any scale-out; Some(reason) refuses it.
+pub type ScaleOutGuard = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FleetError {
     #[error("no group named {0:?}")]
@@ -43,8 +46,8 @@ pub enum FleetError {
     RefreshRunning(u64),
     #[error("{0}")]
     BadRequest(String),
-    #[error("the monthly budget is spent ({spent:.2} of {monthly:.2}) and hard_cap is on: no scale-out")]
-    BudgetCap { spent: f64, monthly: f64 },
+    #[error("no scale-out: {0}")]
+    ScaleOutBlocked(String),
 }
 
 struct Running {
@@ -133,8 +136,8 @@ impl Fleet {
                 return Err(FleetError::OutOfBounds { desired, min, max });
             }
             if desired > s.desired {
-                if let Some(b) = s.budget.as_ref().filter(|b| b.capped()) {
-                    return Err(FleetError::BudgetCap { spent: b.spent(), monthly: b.monthly() });
+                if let Some(reason) = s.scale_out_blocked() {
+                    return Err(FleetError::ScaleOutBlocked(reason));
                 }
             }
             let from = s.desired;
@@ -154,6 +157,14 @@ impl Fleet {
     /// The group's scaling history, newest first.
     pub fn activity(&self, name: &str) -> Result<Vec<Activity>, FleetError> {
         Ok(self.running(name)?.handle.activity())
+    }
+
+    /// Installs a check every group makes before scaling out (the binary wires the watch's
+    /// account budget here, so the fleet needs no knowledge of the watch).
+    pub fn set_scale_out_guard(&self, guard: ScaleOutGuard) {
+        for g in self.groups.values() {
+            g.handle.lock().guard = Some(guard.clone());
+        }
     }
 
     /// Starts an instance refresh to the current launch template.

@@ -5,6 +5,7 @@
 //! The watch imports neither the edge nor the fleet: it reads a [`Source`] of exposition text.
 
 pub mod alarm;
+pub mod budget;
 pub mod expo;
 mod notify;
 pub mod persist;
@@ -19,6 +20,7 @@ use flotilla_config::Config;
 use serde::Serialize;
 
 pub use alarm::{AlarmState, Transition};
+pub use budget::BudgetView;
 pub use slo::SloView;
 pub use store::Point;
 
@@ -49,6 +51,7 @@ pub struct Watch {
     store: Mutex<Store>,
     alarms: Mutex<Vec<Alarm>>,
     slos: Mutex<Vec<Slo>>,
+    budget: Mutex<Option<budget::Budget>>,
     notifiers: HashMap<String, Notifier>,
     resolution: Duration,
     data_dir: Option<std::path::PathBuf>,
@@ -59,20 +62,7 @@ fn now_secs() -> f64 {
 }
 
 fn rfc3339(secs: f64) -> String {
-    let s = secs as u64;
-    let days = (s / 86_400) as i64;
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let rem = s % 86_400;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    flotilla_config::time::rfc3339(UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0)))
 }
 
 impl Watch {
@@ -100,6 +90,7 @@ impl Watch {
             store: Mutex::new(store),
             alarms: Mutex::new(cfg.alarms.iter().cloned().map(Alarm::new).collect()),
             slos: Mutex::new(cfg.slos.iter().cloned().map(Slo::new).collect()),
+            budget: Mutex::new(cfg.budget.clone().map(budget::Budget::new)),
             notifiers,
             resolution: w.resolution,
         });
@@ -165,6 +156,18 @@ impl Watch {
         }
     }
 
+    pub fn budget(&self) -> Option<BudgetView> {
+        self.budget.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.view())
+    }
+
+    /// Some(reason) when `[budget] hard_cap` holds: the fleet refuses scale-out.
+    pub fn budget_cap(&self) -> Option<String> {
+        let b = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        let b = b.as_ref().filter(|b| b.capped())?;
+        let v = b.view();
+        Some(format!("the account budget is spent ({:.2} of {:.2} {})", v.spent, v.monthly, v.currency))
+    }
+
     pub fn slos(&self) -> Vec<SloView> {
         self.slos.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(|s| s.last.clone()).collect()
     }
@@ -174,6 +177,35 @@ impl Watch {
         let t = now_secs();
         let (samples, kinds) = expo::parse(&source());
         self.store().ingest(t, &samples, &kinds);
+        let fired = match self.budget.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            Some(b) => b.accrue(t, &samples).into_iter().map(|a| (a, b.notify().to_vec())).collect(),
+            None => Vec::new(),
+        };
+        for (a, notify) in fired {
+            let pct = a.threshold * 100.0;
+            tracing::warn!(
+                kind = a.kind,
+                percent = pct,
+                spent = a.view.spent,
+                forecast = a.view.forecast,
+                "budget alert"
+            );
+            let payload = serde_json::json!({
+                "budget": "monthly",
+                "kind": a.kind,
+                "threshold": a.threshold,
+                "spent": a.view.spent,
+                "forecast": a.view.forecast,
+                "monthly": a.view.monthly,
+                "currency": a.view.currency,
+                "time": rfc3339(t),
+            });
+            for n in &notify {
+                if let Some(notifier) = self.notifiers.get(n) {
+                    notifier.send(payload.clone());
+                }
+            }
+        }
         let mut alarms = self.alarms_lock();
         for a in alarms.iter_mut() {
             let period = a.cfg.period.as_secs_f64();

@@ -289,3 +289,68 @@ async fn history_survives_a_restart() {
     assert!(points.iter().any(|p| p["v"].as_f64().unwrap() > 0.0), "{q}");
     assert!(f2.log().contains("watch history restored"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_budget_alerts_on_forecast_and_actual_then_caps_scale_out() {
+    let (hook_port, mut hooks) = receiver().await;
+    // 3600 per instance-hour = 1 per instance-second: one instance spends 4 in ~4 s.
+    let body = format!(
+        r#"{ROUTE_ALL}{tg}
+[groups.web]
+target_group = "web"
+min = 1
+max = 3
+[groups.web.launch]
+command = ["flotilla", "demo-app", "--port", "{{port}}", "--id", "{{instance}}"]
+
+[watch]
+resolution = "250ms"
+
+[notifiers.ops]
+webhook = "http://127.0.0.1:{hook_port}/hook"
+
+[budget]
+currency = "EUR"
+monthly = 4
+instance_hour = {{ web = 3600 }}
+alerts = [0.5, 1.0]
+notify = ["ops"]
+hard_cap = true
+"#,
+        tg = group_toml("web", &[], "")
+    );
+    let f = Flotilla::start("watch-budget", &body);
+    // The forecast crosses both thresholds as soon as the instance is billed; actual spend later.
+    let v = next_budget(&mut hooks, "forecast", 1.0).await;
+    assert!(v["forecast"].as_f64().unwrap() > 4.0, "{v}");
+    let v = next_budget(&mut hooks, "actual", 1.0).await;
+    assert!(v["spent"].as_f64().unwrap() >= 4.0 && v["currency"] == "EUR", "{v}");
+    let (_, b) = get(&f.admin("/api/v1/budget")).await;
+    let b: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(b["capped"], true, "{b}");
+    assert!(b["by_group"]["web"].as_f64().unwrap() >= 4.0, "{b}");
+    // The fleet refuses to scale out while the cap holds.
+    let r = request(
+        &client(),
+        "PUT",
+        &f.admin("/api/v1/groups/web/desired"),
+        &[("authorization", "Bearer test-token")],
+        "{\"desired\": 2}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.0, 422, "{}", r.2);
+    assert!(r.2.contains("the account budget is spent"), "{}", r.2);
+}
+
+async fn next_budget(rx: &mut mpsc::UnboundedReceiver<Value>, kind: &str, threshold: f64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(v)) if v["kind"] == kind && v["threshold"].as_f64() == Some(threshold) => return v,
+            Ok(Some(_)) => continue,
+            _ => panic!("no {kind} budget alert at {threshold}"),
+        }
+    }
+}
