@@ -8,7 +8,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use flotilla_config::{MissingData, PolicyConfig, Statistic, StepPolicy, TargetTracking};
+use flotilla_config::{AlarmConfig, AlarmStatistic, PolicyConfig, Statistic, StepPolicy, TargetTracking};
+use flotilla_watch::alarm::Alarm;
+use flotilla_watch::AlarmState;
 
 /// Metric names the policies understand besides any custom metric the caller supplies.
 pub const CPU: &str = "cpu";
@@ -105,14 +107,14 @@ impl Scaler {
     }
 }
 
-/// A CloudWatch-style alarm: one datapoint per period, `M of N` breaching → in alarm. While in
-/// alarm, every period close applies the adjustment (after the cooldown), as ASG step policies do.
+/// A step policy: its metric's datapoint per period goes into the watch's alarm engine (the same
+/// CloudWatch evaluation `[[alarms]]` use: M of N, missing data); while the alarm is in ALARM,
+/// every period close applies the adjustment (after the cooldown), as ASG step policies do.
 struct StepState {
     cfg: StepPolicy,
     period_start: Duration,
     acc: Accumulator,
-    datapoints: VecDeque<Option<f64>>,
-    in_alarm: bool,
+    alarm: Alarm,
 }
 
 #[derive(Default)]
@@ -149,35 +151,39 @@ impl Accumulator {
 
 impl StepState {
     fn new(cfg: StepPolicy) -> Self {
-        let n = cfg.evaluation_periods as usize;
-        Self {
-            cfg,
-            period_start: Duration::ZERO,
-            acc: Accumulator::default(),
-            datapoints: VecDeque::with_capacity(n),
-            in_alarm: false,
-        }
+        let alarm = Alarm::new(AlarmConfig {
+            name: format!("step policy on {}", cfg.metric),
+            metric: cfg.metric.clone(),
+            labels: Default::default(),
+            statistic: match cfg.statistic {
+                Statistic::Avg => AlarmStatistic::Avg,
+                Statistic::Min => AlarmStatistic::Min,
+                Statistic::Max => AlarmStatistic::Max,
+                Statistic::Sum => AlarmStatistic::Sum,
+            },
+            period: cfg.period,
+            evaluation_periods: cfg.evaluation_periods,
+            datapoints_to_alarm: cfg.datapoints_to_alarm,
+            threshold: cfg.threshold,
+            comparison: cfg.comparison,
+            missing_data: cfg.missing_data,
+            notify: vec![],
+        });
+        Self { cfg, period_start: Duration::ZERO, acc: Accumulator::default(), alarm }
     }
 
     fn observe(&mut self, obs: &Observation<'_>, cooled: bool) -> Option<Proposal> {
         let mut closed = false;
         while obs.now >= self.period_start + self.cfg.period {
             let dp = self.acc.take(self.cfg.statistic);
-            if self.datapoints.len() == self.cfg.evaluation_periods as usize {
-                self.datapoints.pop_front();
-            }
-            self.datapoints.push_back(dp);
+            self.alarm.observe(dp, format!("{:?}", self.period_start + self.cfg.period));
             self.period_start += self.cfg.period;
             closed = true;
         }
         if let Some(v) = (obs.metric)(&self.cfg.metric) {
             self.acc.add(v);
         }
-        if !closed {
-            return None;
-        }
-        self.evaluate_alarm();
-        if !self.in_alarm || !cooled {
+        if !closed || self.alarm.state != AlarmState::Alarm || !cooled {
             return None;
         }
         let desired = self.cfg.adjustment.apply(obs.capacity);
@@ -192,32 +198,6 @@ impl StepState {
             self.cfg.adjustment
         );
         Some(Proposal { desired, cause })
-    }
-
-    fn evaluate_alarm(&mut self) {
-        if self.datapoints.len() < self.cfg.evaluation_periods as usize {
-            return; // insufficient data: no state yet
-        }
-        let mut breaching = 0;
-        let mut present = 0;
-        for dp in &self.datapoints {
-            match (dp, self.cfg.missing_data) {
-                (Some(v), _) => {
-                    present += 1;
-                    if self.cfg.comparison.holds(*v, self.cfg.threshold) {
-                        breaching += 1;
-                    }
-                }
-                (None, MissingData::Breaching) => breaching += 1,
-                (None, _) => {}
-            }
-        }
-        if breaching >= self.cfg.datapoints_to_alarm {
-            self.in_alarm = true;
-        } else if present > 0 || self.cfg.missing_data == MissingData::NotBreaching {
-            self.in_alarm = false;
-        }
-        // All datapoints missing with `missing`/`ignore`: the alarm keeps its state.
     }
 }
 
@@ -403,7 +383,7 @@ fn slope_per_sec(points: &VecDeque<(Duration, f64)>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_config::{Adjustment, Comparison};
+    use flotilla_config::{Adjustment, Comparison, MissingData};
 
     fn step(threshold: f64, comparison: Comparison, adjustment: Adjustment) -> PolicyConfig {
         PolicyConfig::Step(StepPolicy {
@@ -476,13 +456,13 @@ mod tests {
         }
         let mut s = Scaler::new(&[cfg], Duration::ZERO);
         let mut cap = 2;
-        // 80, 10, 80, 10 → two breaching of four: in alarm when the fourth period closes.
+        // 80, 10, 80 → two breaching datapoints (the fourth period not seen yet counts as
+        // missing, as CloudWatch does): in alarm when the third period closes, at 180.
         let mut acts = vec![];
         for (i, cpu) in [80.0, 10.0, 80.0, 10.0].into_iter().enumerate() {
             acts.extend(run(&mut s, &mut cap, i as u64 * 60, i as u64 * 60 + 60, cpu));
         }
-        acts.extend(run(&mut s, &mut cap, 240, 255, 10.0));
-        assert_eq!(acts, vec![(240, 3)]);
+        assert_eq!(acts, vec![(180, 3)]);
     }
 
     #[test]
