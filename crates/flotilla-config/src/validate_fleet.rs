@@ -341,45 +341,26 @@ fn policy(cx: &mut Ctx<'_>, group: &str, raw: &S<RawPolicy>) -> Option<PolicyCon
                     Statistic::Avg
                 }
             };
-            let period = cx.duration(&r.period, &key("period"), Duration::from_secs(60));
-            if period.is_zero() {
-                cx.err_at(
-                    r.period.as_ref().map_or(raw.span().start, |p| p.span().start),
-                    format!("{} must be greater than 0", key("period")),
-                );
-            }
-            let evaluation_periods = cx.int(&r.evaluation_periods, &key("evaluation_periods"), 1..=100, 1) as u32;
-            let datapoints_to_alarm =
-                cx.int(&r.datapoints_to_alarm, &key("datapoints_to_alarm"), 1..=100, evaluation_periods as i64) as u32;
-            if datapoints_to_alarm > evaluation_periods {
-                if let Some(d) = &r.datapoints_to_alarm {
-                    cx.err(
-                        d,
-                        format!(
-                            "{} ({datapoints_to_alarm}) cannot exceed evaluation_periods ({evaluation_periods})",
-                            key("datapoints_to_alarm")
-                        ),
-                    );
-                }
-            }
+            let ev = crate::validate_watch::evaluation(
+                cx,
+                &key,
+                crate::validate_watch::EvaluationRaw {
+                    period: &r.period,
+                    evaluation_periods: &r.evaluation_periods,
+                    datapoints_to_alarm: &r.datapoints_to_alarm,
+                    comparison: &r.comparison,
+                    missing_data: &r.missing_data,
+                },
+                100,
+            );
             let Some(threshold) = r.threshold.as_ref().map(|t| num(cx, t, &key("threshold"))) else {
                 cx.err(raw, "step policy needs threshold = N");
                 return None;
             };
-            let comparison = match r.comparison.as_ref().map(|c| (c, c.get_ref().as_str())) {
-                Some((_, ">")) => Comparison::Greater,
-                Some((_, ">=")) => Comparison::GreaterOrEqual,
-                Some((_, "<")) => Comparison::Less,
-                Some((_, "<=")) => Comparison::LessOrEqual,
-                Some((c, other)) => {
-                    cx.err(c, format!("{}: {other:?} must be one of >, >=, <, <=", key("comparison")));
-                    Comparison::Greater
-                }
-                None => {
-                    cx.err(raw, "step policy needs comparison = \">\" (or >=, <, <=)");
-                    Comparison::Greater
-                }
-            };
+            let comparison = ev.comparison.unwrap_or_else(|| {
+                cx.err(raw, "step policy needs comparison = \">\" (or >=, <, <=)");
+                Comparison::Greater
+            });
             let Some(adj) = &r.adjustment else {
                 cx.err(raw, "step policy needs adjustment = \"+2\" (+N, -N, +N%, -N%, =N)");
                 return None;
@@ -391,22 +372,6 @@ fn policy(cx: &mut Ctx<'_>, group: &str, raw: &S<RawPolicy>) -> Option<PolicyCon
                     return None;
                 }
             };
-            let missing_data = match r.missing_data.as_ref().map(|m| (m, m.get_ref().as_str())) {
-                None | Some((_, "missing")) => MissingData::Missing,
-                Some((_, "ignore")) => MissingData::Ignore,
-                Some((_, "breaching")) => MissingData::Breaching,
-                Some((_, "not_breaching")) => MissingData::NotBreaching,
-                Some((m, other)) => {
-                    cx.err(
-                        m,
-                        format!(
-                            "{}: {other:?} must be missing, ignore, breaching or not_breaching",
-                            key("missing_data")
-                        ),
-                    );
-                    MissingData::Missing
-                }
-            };
             for (field, present) in [("target", r.target.is_some()), ("tolerance", r.tolerance.is_some())] {
                 if present {
                     cx.err(raw, format!("{}: step policies take threshold/comparison, not {field}", key(field)));
@@ -415,13 +380,13 @@ fn policy(cx: &mut Ctx<'_>, group: &str, raw: &S<RawPolicy>) -> Option<PolicyCon
             Some(PolicyConfig::Step(StepPolicy {
                 metric,
                 statistic,
-                period,
-                evaluation_periods,
-                datapoints_to_alarm,
+                period: ev.period,
+                evaluation_periods: ev.evaluation_periods,
+                datapoints_to_alarm: ev.datapoints_to_alarm,
                 threshold: threshold?,
                 comparison,
                 adjustment,
-                missing_data,
+                missing_data: ev.missing_data,
             }))
         }
         Some((_, "target_tracking")) => {

@@ -69,6 +69,76 @@ fn http_url_ok(url: &str) -> bool {
     !host.is_empty() && !host.contains(char::is_whitespace) && port.is_none_or(|p| p.parse::<u16>().is_ok())
 }
 
+/// What alarms and step policies share, parsed one way: the period, M of N, the comparison
+/// (None when absent: callers choose a default or an error) and the missing-data treatment.
+pub(crate) struct Evaluation {
+    pub period: Duration,
+    pub evaluation_periods: u32,
+    pub datapoints_to_alarm: u32,
+    pub comparison: Option<Comparison>,
+    pub missing_data: MissingData,
+}
+
+pub(crate) struct EvaluationRaw<'a> {
+    pub period: &'a Option<S<String>>,
+    pub evaluation_periods: &'a Option<S<i64>>,
+    pub datapoints_to_alarm: &'a Option<S<i64>>,
+    pub comparison: &'a Option<S<String>>,
+    pub missing_data: &'a Option<S<String>>,
+}
+
+pub(crate) fn evaluation(
+    cx: &mut Ctx<'_>,
+    key: &dyn Fn(&str) -> String,
+    r: EvaluationRaw<'_>,
+    max_periods: i64,
+) -> Evaluation {
+    let period = cx.duration(r.period, &key("period"), Duration::from_secs(60));
+    if period.is_zero() {
+        if let Some(p) = r.period {
+            cx.err(p, format!("{} must be greater than 0", key("period")));
+        }
+    }
+    let evaluation_periods = cx.int(r.evaluation_periods, &key("evaluation_periods"), 1..=max_periods, 1) as u32;
+    let datapoints_to_alarm =
+        cx.int(r.datapoints_to_alarm, &key("datapoints_to_alarm"), 1..=max_periods, evaluation_periods as i64) as u32;
+    if datapoints_to_alarm > evaluation_periods {
+        if let Some(d) = r.datapoints_to_alarm {
+            cx.err(
+                d,
+                format!(
+                    "{} ({datapoints_to_alarm}) cannot exceed evaluation_periods ({evaluation_periods})",
+                    key("datapoints_to_alarm")
+                ),
+            );
+        }
+    }
+    let comparison = r.comparison.as_ref().map(|c| match c.get_ref().as_str() {
+        ">" => Comparison::Greater,
+        ">=" => Comparison::GreaterOrEqual,
+        "<" => Comparison::Less,
+        "<=" => Comparison::LessOrEqual,
+        other => {
+            cx.err(c, format!("{}: {other:?} must be one of >, >=, <, <=", key("comparison")));
+            Comparison::Greater
+        }
+    });
+    let missing_data = match r.missing_data.as_ref().map(|m| (m, m.get_ref().as_str())) {
+        None | Some((_, "missing")) => MissingData::Missing,
+        Some((_, "ignore")) => MissingData::Ignore,
+        Some((_, "breaching")) => MissingData::Breaching,
+        Some((_, "not_breaching")) => MissingData::NotBreaching,
+        Some((m, other)) => {
+            cx.err(
+                m,
+                format!("{}: {other:?} must be missing, ignore, breaching or not_breaching", key("missing_data")),
+            );
+            MissingData::Missing
+        }
+    };
+    Evaluation { period, evaluation_periods, datapoints_to_alarm, comparison, missing_data }
+}
+
 pub(crate) fn slos(
     cx: &mut Ctx<'_>,
     raw: &[S<RawSlo>],
@@ -287,26 +357,18 @@ fn alarm(
             AlarmStatistic::Avg
         }
     };
-    let period = cx.duration(&r.period, &key("period"), Duration::from_secs(60));
-    if period.is_zero() {
-        if let Some(p) = &r.period {
-            cx.err(p, format!("{} must be greater than 0", key("period")));
-        }
-    }
-    let evaluation_periods = cx.int(&r.evaluation_periods, &key("evaluation_periods"), 1..=1000, 1) as u32;
-    let datapoints_to_alarm =
-        cx.int(&r.datapoints_to_alarm, &key("datapoints_to_alarm"), 1..=1000, evaluation_periods as i64) as u32;
-    if datapoints_to_alarm > evaluation_periods {
-        if let Some(d) = &r.datapoints_to_alarm {
-            cx.err(
-                d,
-                format!(
-                    "{} ({datapoints_to_alarm}) cannot exceed evaluation_periods ({evaluation_periods})",
-                    key("datapoints_to_alarm")
-                ),
-            );
-        }
-    }
+    let ev = evaluation(
+        cx,
+        &key,
+        EvaluationRaw {
+            period: &r.period,
+            evaluation_periods: &r.evaluation_periods,
+            datapoints_to_alarm: &r.datapoints_to_alarm,
+            comparison: &r.comparison,
+            missing_data: &r.missing_data,
+        },
+        1000,
+    );
     let threshold = match &r.threshold {
         Some(t) => match t.get_ref() {
             Num::Int(i) => *i as f64,
@@ -319,29 +381,6 @@ fn alarm(
         None => {
             cx.err(raw, format!("{} is required", key("threshold")));
             0.0
-        }
-    };
-    let comparison = match r.comparison.as_ref().map(|c| (c, c.get_ref().as_str())) {
-        None | Some((_, ">")) => Comparison::Greater,
-        Some((_, ">=")) => Comparison::GreaterOrEqual,
-        Some((_, "<")) => Comparison::Less,
-        Some((_, "<=")) => Comparison::LessOrEqual,
-        Some((c, other)) => {
-            cx.err(c, format!("{}: {other:?} must be one of >, >=, <, <=", key("comparison")));
-            Comparison::Greater
-        }
-    };
-    let missing_data = match r.missing_data.as_ref().map(|m| (m, m.get_ref().as_str())) {
-        None | Some((_, "missing")) => MissingData::Missing,
-        Some((_, "ignore")) => MissingData::Ignore,
-        Some((_, "breaching")) => MissingData::Breaching,
-        Some((_, "not_breaching")) => MissingData::NotBreaching,
-        Some((m, other)) => {
-            cx.err(
-                m,
-                format!("{}: {other:?} must be missing, ignore, breaching or not_breaching", key("missing_data")),
-            );
-            MissingData::Missing
         }
     };
     let notify = r
@@ -368,12 +407,12 @@ fn alarm(
         metric: metric.get_ref().clone(),
         labels: r.labels.clone(),
         statistic,
-        period,
-        evaluation_periods,
-        datapoints_to_alarm,
+        period: ev.period,
+        evaluation_periods: ev.evaluation_periods,
+        datapoints_to_alarm: ev.datapoints_to_alarm,
         threshold,
-        comparison,
-        missing_data,
+        comparison: ev.comparison.unwrap_or(Comparison::Greater),
+        missing_data: ev.missing_data,
         notify,
     })
 }

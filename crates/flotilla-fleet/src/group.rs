@@ -580,18 +580,9 @@ fn step_refresh(handle: &GroupHandle, registrar: &dyn Registrar) {
         Step::Wait => {}
         Step::Replace(n) => {
             let live: Vec<&Instance> = s.live().filter(|i| i.view.launch_version != target).collect();
-            let cands: Vec<Candidate<'_>> = live
-                .iter()
-                .map(|i| Candidate {
-                    zone: i.view.zone.as_deref(),
-                    launch_version: i.view.launch_version,
-                    seq: i.seq,
-                    in_service: i.view.state == InstanceState::InService,
-                })
-                .collect();
-            let victims: Vec<(String, SocketAddr, u32)> = termination::pick(&cands, n, &s.cfg.termination_policy)
+            let victims: Vec<(String, SocketAddr, u32)> = pick_victims(&live, n, &s.cfg.termination_policy)
                 .into_iter()
-                .map(|k| (live[k].view.id.clone(), live[k].view.addr, live[k].view.launch_version))
+                .map(|i| (i.view.id.clone(), i.view.addr, i.view.launch_version))
                 .collect();
             let tg = s.cfg.target_group.clone();
             for (vid, addr, v) in victims {
@@ -685,18 +676,9 @@ fn accrue_budget(s: &mut GroupState) {
 
 fn retire(s: &mut GroupState, registrar: &dyn Registrar, n: usize) {
     let live: Vec<&Instance> = s.live().collect();
-    let cands: Vec<Candidate<'_>> = live
-        .iter()
-        .map(|i| Candidate {
-            zone: i.view.zone.as_deref(),
-            launch_version: i.view.launch_version,
-            seq: i.seq,
-            in_service: i.view.state == InstanceState::InService,
-        })
-        .collect();
-    let victims: Vec<(String, SocketAddr)> = termination::pick(&cands, n, &s.cfg.termination_policy)
+    let victims: Vec<(String, SocketAddr)> = pick_victims(&live, n, &s.cfg.termination_policy)
         .into_iter()
-        .map(|k| (live[k].view.id.clone(), live[k].view.addr))
+        .map(|i| (i.view.id.clone(), i.view.addr))
         .collect();
     let tg = s.cfg.target_group.clone();
     let desired = s.desired;
@@ -780,6 +762,24 @@ fn launch(s: &mut GroupState, registrar: &dyn Registrar, local: &mut Local, live
         state_since: now,
     });
     true
+}
+
+/// `n` of `among` to take out, by the termination policy.
+fn pick_victims<'a>(
+    among: &[&'a Instance],
+    n: usize,
+    rules: &[flotilla_config::TerminationPolicy],
+) -> Vec<&'a Instance> {
+    let cands: Vec<Candidate<'_>> = among
+        .iter()
+        .map(|i| Candidate {
+            zone: i.view.zone.as_deref(),
+            launch_version: i.view.launch_version,
+            seq: i.seq,
+            in_service: i.view.state == InstanceState::InService,
+        })
+        .collect();
+    termination::pick(&cands, n, rules).into_iter().map(|k| among[k]).collect()
 }
 
 /// The configured zone with the fewest live instances (first listed wins ties).

@@ -140,36 +140,15 @@ async fn desired_capacity_scales_out_and_in_with_no_failed_requests() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).matches("in_service").count(), 3);
 
     // Scale in to 1 while clients keep sending requests (some slow): none may fail.
-    let url = f.url("/slow?ms=300");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (url, stop) = (url.clone(), stop.clone());
-        clients.push(tokio::spawn(async move {
-            let c = client();
-            let (mut ok, mut failed) = (0, vec![]);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match request(&c, "GET", &url, &[], "").await {
-                    Ok((200, _, _)) => ok += 1,
-                    other => failed.push(format!("{other:?}")),
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let load = Load::start(&f.url("/slow?ms=300"), 4);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(put_desired(&f, 1).await.0, 200);
     let g =
         wait_group(&f, "1 instance left", Duration::from_secs(30), |g| g["instances"].as_array().unwrap().len() == 1)
             .await;
     assert_eq!(count(&g, "in_service"), 1);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut total = 0;
-    for c in clients {
-        let (ok, failed) = c.await.unwrap();
-        assert!(failed.is_empty(), "failed requests during scale-in: {failed:?}");
-        total += ok;
-    }
+    let (total, failed) = load.stop().await;
+    assert!(failed.is_empty(), "failed requests during scale-in: {failed:?}");
     assert!(total > 10, "only {total} requests went through");
     let act = String::from_utf8_lossy(&cli(&["activity", "web"]).stdout).into_owned();
     assert!(act.contains("Draining instance") && act.contains("Terminated instance"), "{act}");
@@ -244,22 +223,9 @@ adjustment = "-1"
     wait_group(&f, "1 in service", Duration::from_secs(30), |g| count(g, "in_service") == 1).await;
 
     // Burn CPU through the edge: /work?ms=100 back to back from two clients.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..2 {
-        let (url, stop) = (f.url("/work?ms=100"), stop.clone());
-        load.push(tokio::spawn(async move {
-            let c = client();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = request(&c, "GET", &url, &[], "").await;
-            }
-        }));
-    }
+    let load = Load::start(&f.url("/work?ms=100"), 2);
     let g = wait_group(&f, "scale-out to 3", Duration::from_secs(40), |g| g["desired"] == 3).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for l in load {
-        let _ = l.await;
-    }
+    load.stop().await;
     let act = activity(&f).await;
     assert!(act.contains("Changing desired capacity from 1 to 3") && act.contains("alarm: cpu > 40"), "{act}\n{g}");
     // Idle now: the low alarm brings it back to 1, one step at a time, 4 s cooldown apart.
@@ -353,22 +319,7 @@ async fn refresh_replaces_every_instance_under_load_with_no_failed_requests() {
     let g = group(&f).await;
     assert_eq!(g["launch_version"], 2, "{g}");
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (url, stop) = (f.url("/slow?ms=200"), stop.clone());
-        clients.push(tokio::spawn(async move {
-            let c = client();
-            let (mut ok, mut failed) = (0, vec![]);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match request(&c, "GET", &url, &[], "").await {
-                    Ok((200, _, _)) => ok += 1,
-                    other => failed.push(format!("{other:?}")),
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let load = Load::start(&f.url("/slow?ms=200"), 4);
     // The CLI starts the refresh and follows it to the end (exit 0 = successful).
     let config = f.config.clone();
     let out = tokio::task::spawn_blocking(move || {
@@ -379,16 +330,11 @@ async fn refresh_replaces_every_instance_under_load_with_no_failed_requests() {
     })
     .await
     .unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (total, failed) = load.stop().await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), activity(&f).await);
     assert!(stdout.contains("successful 100 %  (launch template v1 -> v2)"), "{stdout}");
-    let mut total = 0;
-    for c in clients {
-        let (ok, failed) = c.await.unwrap();
-        assert!(failed.is_empty(), "failed requests during the refresh: {failed:?}");
-        total += ok;
-    }
+    assert!(failed.is_empty(), "failed requests during the refresh: {failed:?}");
     assert!(total > 10, "only {total} requests went through");
     let g = wait_group(&f, "3 instances on v2", Duration::from_secs(20), |g| {
         g["instances"].as_array().unwrap().len() == 3 && count(g, "in_service") == 3

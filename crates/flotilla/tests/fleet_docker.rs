@@ -131,19 +131,7 @@ async fn docker_group_serves_scales_and_cleans_up() {
     .await;
 
     // Scale in under load: no failed requests, the drained container is stopped and removed.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (url, flag) = (f.url("/slow?ms=200"), stop.clone());
-    let load = tokio::spawn(async move {
-        let c = client();
-        let mut failed = vec![];
-        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            match request(&c, "GET", &url, &[], "").await {
-                Ok((200, _, _)) => {}
-                other => failed.push(format!("{other:?}")),
-            }
-        }
-        failed
-    });
+    let load = Load::start(&f.url("/slow?ms=200"), 1);
     let r = request(
         &client(),
         "PUT",
@@ -155,8 +143,7 @@ async fn docker_group_serves_scales_and_cleans_up() {
     .unwrap();
     assert_eq!(r.0, 200, "{}", r.2);
     wait_group(&f, "dserve", "one container left", |g| g["instances"].as_array().unwrap().len() == 1).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(load.await.unwrap(), Vec::<String>::new());
+    assert_eq!(load.stop().await.1, Vec::<String>::new());
     let deadline = Instant::now() + Duration::from_secs(20);
     while containers("dserve").len() != 1 {
         assert!(Instant::now() < deadline, "the drained container was not removed");
@@ -272,22 +259,9 @@ async fn docker_unhealthy_container_is_replaced_and_cpu_load_scales_out() {
     })
     .await;
     // CPU load through the edge (Docker's stats API): the step policy adds a container.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..2 {
-        let (url, stop) = (f.url("/work?ms=100"), stop.clone());
-        load.push(tokio::spawn(async move {
-            let c = client();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = request(&c, "GET", &url, &[], "").await;
-            }
-        }));
-    }
+    let load = Load::start(&f.url("/work?ms=100"), 2);
     wait_group(&f, "dcpu", "scale-out on CPU", |g| g["desired"].as_u64().unwrap_or(0) >= 2).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for l in load {
-        let _ = l.await;
-    }
+    load.stop().await;
     let act = get(&f.admin("/api/v1/groups/dcpu/activity")).await.1;
     assert!(act.contains("alarm: cpu > 40"), "{act}");
 }

@@ -262,3 +262,46 @@ pub fn group_toml(name: &str, apps: &[&DemoApp], extra: &str) -> String {
 }
 
 pub const ROUTE_ALL: &str = "[[routes]]\npath = \"/*\"\ntarget_group = \"web\"\n\n";
+
+/// Clients requesting one URL back to back until stopped, counting what succeeded (200) and
+/// describing what did not: the "no failed requests under load" checks.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Load {
+    pub fn start(url: &str, clients: usize) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (url, stop) = (url.to_string(), stop.clone());
+                tokio::spawn(async move {
+                    let c = client();
+                    let (mut ok, mut failed) = (0, vec![]);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match request(&c, "GET", &url, &[], "").await {
+                            Ok((200, _, _)) => ok += 1,
+                            other => failed.push(format!("{other:?}")),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Stops the clients; returns (successful requests, failures).
+    pub async fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut failed) = (0, vec![]);
+        for t in self.tasks {
+            if let Ok((o, f)) = t.await {
+                ok += o;
+                failed.extend(f);
+            }
+        }
+        (ok, failed)
+    }
+}
