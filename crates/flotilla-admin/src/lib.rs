@@ -128,6 +128,16 @@ pub fn exposition(edge: &Edge, fleet: &flotilla_fleet::Fleet) -> String {
     text
 }
 
+/// What the watch samples: `exposition()` plus the edge's fine latency buckets (hundreds of
+/// lines per group, so they stay off `/metrics`), from which it computes p50/p95/p99.
+pub fn exposition_for_watch(edge: &Edge, fleet: &flotilla_fleet::Fleet) -> String {
+    let mut text = exposition(edge, fleet);
+    text.truncate(text.len() - "# EOF\n".len());
+    text.push_str(&edge.encode_latency_fine());
+    text.push_str("# EOF\n");
+    text
+}
+
 async fn metrics(State(state): State<AdminState>) -> Response {
     let body = exposition(&state.edge, &state.fleet);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use flotilla_config::{Algorithm, TargetConfig, TargetGroupConfig};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
 
 use crate::balance::{self, Candidate};
 use crate::health;
@@ -27,7 +26,7 @@ pub struct TargetGroup {
     edge_zone: Option<String>,
     metrics: Arc<EdgeMetrics>,
     client: health::Client,
-    pub(crate) duration: Histogram,
+    pub(crate) duration: Arc<crate::latency::LatencyHistogram>,
     pub(crate) retries: Counter,
     fail_open: Counter,
     pub(crate) ejections: Counter,
@@ -51,7 +50,7 @@ impl TargetGroup {
         client: health::Client,
     ) -> Arc<Self> {
         let labels = GroupLabels { target_group: cfg.name.clone() };
-        let duration = metrics.duration.get_or_create(&labels).clone();
+        let duration = metrics.latency.get_or_create(&cfg.name);
         let retries = metrics.retries.get_or_create(&labels).clone();
         let fail_open = metrics.fail_open.get_or_create(&labels).clone();
         let ejections = metrics.ejections.get_or_create(&labels).clone();

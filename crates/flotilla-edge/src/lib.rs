@@ -11,6 +11,7 @@ mod framing;
 mod group;
 mod headers;
 mod health;
+mod latency;
 mod listener;
 pub mod metrics;
 mod pool;
@@ -310,6 +311,19 @@ impl Edge {
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &m.registry) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
+        // The latency histograms are ours (lock-free); they go before the closing `# EOF`.
+        if let Some(stripped) = out.strip_suffix("# EOF\n") {
+            out.truncate(stripped.len());
+        }
+        m.latency.encode_classic(&mut out);
+        out.push_str("# EOF\n");
+        out
+    }
+
+    /// The fine latency buckets (for the watch's percentiles; not on `/metrics`).
+    pub fn encode_latency_fine(&self) -> String {
+        let mut out = String::new();
+        self.shared.metrics.latency.encode_fine(&mut out);
         out
     }
 }

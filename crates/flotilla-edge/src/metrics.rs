@@ -5,7 +5,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,13 +40,11 @@ pub struct ErrorLabels {
 
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Latency buckets in seconds: fine below 100 ms where an edge lives, coarse above.
-const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0];
-
 pub struct EdgeMetrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
-    pub duration: Family<GroupLabels, Histogram, fn() -> Histogram>,
+    /// Latency per target group (lock-free; encoded by hand, see latency.rs).
+    pub latency: crate::latency::Latencies,
     pub targets: Family<StateLabels, Gauge>,
     pub retries: Family<GroupLabels, Counter>,
     pub fail_open: Family<GroupLabels, Counter>,
@@ -61,16 +58,10 @@ pub struct EdgeMetrics {
     pub connections: Counter,
 }
 
-fn histogram() -> Histogram {
-    Histogram::new(BUCKETS)
-}
-
 impl EdgeMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("flotilla");
         let requests = Family::<RequestLabels, Counter>::default();
-        let duration =
-            Family::<GroupLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram as fn() -> _);
         let targets = Family::<StateLabels, Gauge>::default();
         let retries = Family::<GroupLabels, Counter>::default();
         let fail_open = Family::<GroupLabels, Counter>::default();
@@ -86,11 +77,6 @@ impl EdgeMetrics {
             "http_requests",
             "Requests proxied, by target group, target and status class",
             requests.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "Time from request received to response head sent, by target group",
-            duration.clone(),
         );
         registry.register(
             "targets",
@@ -118,7 +104,7 @@ impl EdgeMetrics {
         Self {
             registry,
             requests,
-            duration,
+            latency: crate::latency::Latencies::default(),
             targets,
             retries,
             fail_open,

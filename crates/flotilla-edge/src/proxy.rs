@@ -68,7 +68,7 @@ pub(crate) async fn handle(
     let status = resp.status().as_u16();
     let elapsed = start.elapsed();
     if let Some(g) = &out.group {
-        g.duration.observe(elapsed.as_secs_f64());
+        g.duration.observe(elapsed);
     }
     if rt.access_log {
         tracing::info!(

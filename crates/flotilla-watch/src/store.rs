@@ -40,9 +40,10 @@ const ALIASES: &[Alias] = &[
     ("http_requests_3xx_rate", "flotilla_http_requests_rate", &[("class", "3xx")]),
     ("http_requests_4xx_rate", "flotilla_http_requests_rate", &[("class", "4xx")]),
     ("http_requests_5xx_rate", "flotilla_http_requests_rate", &[("class", "5xx")]),
-    ("http_latency_p50", "flotilla_http_request_duration_seconds_p50", &[]),
-    ("http_latency_p95", "flotilla_http_request_duration_seconds_p95", &[]),
-    ("http_latency_p99", "flotilla_http_request_duration_seconds_p99", &[]),
+    // From the edge's fine (~3 %) buckets rather than the classic ones.
+    ("http_latency_p50", "flotilla_http_request_latency_fine_seconds_p50", &[]),
+    ("http_latency_p95", "flotilla_http_request_latency_fine_seconds_p95", &[]),
+    ("http_latency_p99", "flotilla_http_request_latency_fine_seconds_p99", &[]),
 ];
 
 pub struct Store {
@@ -101,11 +102,13 @@ impl Store {
             let key = (family.clone(), labels.clone());
             let Some((pt, before)) = self.last_buckets.insert(key, (t, now.clone())) else { continue };
             let dt = t - pt;
-            // Observations in this interval per bucket (cumulative counts, reset-safe).
+            // Observations in this interval per bucket (cumulative counts, reset-safe). A bound
+            // the previous scrape did not list (sparse histograms list only buckets in use) had
+            // the cumulative count of the largest bound below it.
             let delta: Vec<(f64, f64)> = now
                 .iter()
                 .map(|(le, c)| {
-                    let prev = before.iter().find(|(l, _)| l == le).map_or(0.0, |p| p.1);
+                    let prev = prev_cumulative(&before, *le);
                     (*le, if *c >= prev { c - prev } else { *c })
                 })
                 .collect();
@@ -114,7 +117,7 @@ impl Store {
                 self.push(&format!("{family}_count_rate"), &labels, Point { t, v: total / dt });
                 // Per-bucket rates (cumulative: requests at most `le` seconds), for SLOs.
                 for (le, c) in now.iter().filter(|(le, _)| le.is_finite()) {
-                    let prev = before.iter().find(|(l, _)| l == le).map_or(0.0, |p| p.1);
+                    let prev = prev_cumulative(&before, *le);
                     let d = if *c >= prev { c - prev } else { *c };
                     let mut with_le = labels.clone();
                     with_le.push(("le".into(), le.to_string()));
@@ -230,6 +233,12 @@ impl Store {
     }
 }
 
+/// Cumulative count at `le` in an earlier scrape: its own entry, or that of the largest bound
+/// below it (cumulative counts are flat between listed bounds).
+fn prev_cumulative(before: &[(f64, f64)], le: f64) -> f64 {
+    before.iter().filter(|(l, _)| *l <= le).map(|(_, c)| *c).fold(0.0, f64::max)
+}
+
 fn resolve(name: &str) -> (&str, &[(&str, &str)]) {
     ALIASES.iter().find(|(a, _, _)| *a == name).map_or((name, &[][..]), |(_, real, extra)| (real, *extra))
 }
@@ -306,15 +315,27 @@ mod tests {
         let web = BTreeMap::from([("target_group".to_string(), "web".to_string())]);
         assert_eq!(st.query("http_requests_5xx_rate", &web, 0.0, 1e9)[0].v, 2.0);
         // 90 of 100 under 0.1 s: p50 is inside the first bucket, p95 inside (0.1, 1.0].
-        let p50 = st.query("http_latency_p50", &web, 0.0, 1e9)[0].v;
-        let p95 = st.query("http_latency_p95", &web, 0.0, 1e9)[0].v;
+        let p50 = st.query("flotilla_http_request_duration_seconds_p50", &web, 0.0, 1e9)[0].v;
+        let p95 = st.query("flotilla_http_request_duration_seconds_p95", &web, 0.0, 1e9)[0].v;
         assert!((p50 - 0.0556).abs() < 0.001, "{p50}");
         assert!((p95 - 0.55).abs() < 0.001, "{p95}");
         assert_eq!(st.query("flotilla_cache_memory_entries", &all, 0.0, 1e9).len(), 2);
         // No traffic in the next interval: a zero rate, but no latency datapoint.
         scrape(&mut st, 120.0, &text(100, 20, 90, 10));
         assert_eq!(st.query("http_requests_rate", &all, 115.0, 1e9)[0].v, 0.0);
-        assert!(st.query("http_latency_p95", &web, 115.0, 1e9).is_empty());
+        assert!(st.query("flotilla_http_request_duration_seconds_p95", &web, 115.0, 1e9).is_empty());
+    }
+
+    #[test]
+    fn sparse_buckets_that_appear_later() {
+        let mut st = Store::new(3600.0, 10.0);
+        let h = |b: &str| format!("# TYPE x histogram\n{b}");
+        scrape(&mut st, 0.0, &h("x_bucket{le=\"0.01\"} 10\nx_bucket{le=\"+Inf\"} 10\n"));
+        // Ten more, all in a bucket not listed before: p50 of this interval must be ~0.02, not
+        // dragged down by the earlier ten.
+        scrape(&mut st, 10.0, &h("x_bucket{le=\"0.01\"} 10\nx_bucket{le=\"0.02\"} 20\nx_bucket{le=\"+Inf\"} 20\n"));
+        let p50 = st.query("x_p50", &BTreeMap::new(), 0.0, 1e9)[0].v;
+        assert!((0.01..=0.02).contains(&p50) && p50 > 0.014, "{p50}");
     }
 
     #[test]

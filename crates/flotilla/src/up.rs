@@ -43,7 +43,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     // main thread and get SIGTERM if flotilla dies (see flotilla-fleet's process.rs).
     let fleet = Arc::new(Fleet::start(&cfg, Arc::new(EdgeRegistrar(edge.clone()))));
     let (e, f) = (edge.clone(), fleet.clone());
-    let watch = flotilla_watch::Watch::start(&cfg, Arc::new(move || flotilla_admin::exposition(&e, &f)));
+    let watch = flotilla_watch::Watch::start(&cfg, Arc::new(move || flotilla_admin::exposition_for_watch(&e, &f)));
     let w = watch.clone();
     fleet.set_scale_out_guard(Arc::new(move || w.budget_cap()));
     let reloader = Arc::new(Reloader { path: path.clone(), edge: edge.clone(), fleet: fleet.clone() });

@@ -242,6 +242,12 @@ kind = "availability"
     let burn = lat["burn_rates"]["5m"].as_f64().unwrap();
     assert!(burn > 14.4, "{lat}");
     assert!(lat["error_budget_remaining"].as_f64().unwrap() < 0.0, "{lat}");
+    // p99 from the fine buckets: a quarter of the requests slept 300 ms, so p99 is at least that
+    // (less the ~3 % bucket width), never the classic histogram's 0.2-0.5 s interpolation.
+    let (_, q) = get(&f.admin("/api/v1/metrics/query?name=http_latency_p99&labels=target_group=web&from=-1m")).await;
+    let q: Value = serde_json::from_str(&q).unwrap();
+    let p99 = q["points"].as_array().unwrap().iter().filter_map(|p| p["v"].as_f64()).fold(0.0, f64::max);
+    assert!((0.29..2.0).contains(&p99), "{q}");
     // No 5xx: the availability SLO is met in full.
     let avail = v["slos"].as_array().unwrap().iter().find(|s| s["name"] == "web-availability").unwrap();
     assert_eq!(avail["attainment"].as_f64(), Some(1.0), "{avail}");
