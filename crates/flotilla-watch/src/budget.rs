@@ -174,4 +174,28 @@ mod tests {
         assert!(b.capped());
         assert!(b.accrue(t0 + 6.0 * 3600.0, &instances("web", 2.0)).is_empty());
     }
+
+    #[test]
+    fn a_new_month_starts_from_zero_and_alerts_again() {
+        let cfg = AccountBudgetConfig {
+            currency: "EUR".into(),
+            monthly: 1.0,
+            instance_hour: BTreeMap::from([("web".into(), 1.0)]),
+            alerts: vec![1.0],
+            notify: vec![],
+            hard_cap: true,
+        };
+        let mut b = Budget::new(cfg);
+        // The clock runs on the timestamps given: 2026-11-30 22:00 → 23:59:59 → 2026-12-01 00:30.
+        let nov30_22h = 1_796_076_000.0;
+        b.accrue(nov30_22h, &instances("web", 1.0));
+        let fired = b.accrue(nov30_22h + 7199.0, &instances("web", 1.0));
+        assert!(fired.iter().any(|a| a.kind == "actual"), "2 h at 1/h spends the budget of 1");
+        assert!(b.capped());
+        let fired = b.accrue(nov30_22h + 7200.0 + 1800.0, &instances("web", 1.0));
+        assert!(!b.capped(), "December starts from zero");
+        assert!(b.view().spent < 1.0);
+        // The forecast for December (1/h for 31 days) crosses the budget again: alerted anew.
+        assert!(fired.iter().any(|a| a.kind == "forecast"));
+    }
 }

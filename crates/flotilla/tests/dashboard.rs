@@ -200,6 +200,21 @@ command = ["flotilla", "demo-app", "--port", "{{port}}", "--id", "{{instance}}"]
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     std::fs::write(&path, &png).unwrap();
     eprintln!("dashboard screenshot: {}", path.display());
+
+    // A phone-sized window: one column, nothing wider than the screen.
+    browser.call("POST", "/window/rect", json!({ "width": 390, "height": 844 })).await;
+    browser
+        .wait_js(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1 && \
+             document.querySelector('main').getBoundingClientRect().width <= window.innerWidth",
+            "a layout that fits a phone",
+            Duration::from_secs(10),
+        )
+        .await;
+    let shot = browser.call("GET", "/screenshot", Value::Null).await;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-phone.png");
+    std::fs::write(&path, decode_base64(shot["value"].as_str().unwrap())).unwrap();
+    eprintln!("dashboard phone screenshot: {}", path.display());
 }
 
 /// Standard base64 (the WebDriver screenshot encoding), without a crate for one test.
