@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::budget::BudgetState;
-use crate::policy::{Observation, Scaler, CPU, REQUESTS_PER_TARGET};
+use crate::policy::{Observation, Scaler, CPU, LATENCY_P95, REQUESTS_PER_TARGET};
 use crate::process::{self, since, Placeholders};
 use crate::refresh::{Refresh, RefreshStatus, Step};
 use crate::registrar::{Registrar, TargetHealth};
@@ -115,6 +115,8 @@ pub(crate) struct GroupState {
     pub budget: Option<BudgetState>,
     /// Set by the binary: refuses scale-out with a reason (the watch's account budget).
     pub guard: Option<crate::ScaleOutGuard>,
+    /// Set by the binary: the watch's series, for `latency_p95` and any other metric name.
+    pub metrics: Option<crate::MetricSource>,
     /// Every launch template version seen, so a refresh can roll back to the previous one.
     pub templates: BTreeMap<u32, LaunchConfig>,
     pub refresh: Option<Refresh>,
@@ -136,6 +138,7 @@ impl GroupHandle {
             state: Mutex::new(GroupState {
                 budget,
                 guard: None,
+                metrics: None,
                 templates: BTreeMap::from([(1, cfg.launch.clone())]),
                 refresh: None,
                 next_refresh_id: 1,
@@ -531,12 +534,21 @@ fn evaluate_policies(handle: &GroupHandle, registrar: &dyn Registrar, local: &mu
         return;
     }
     let avg = |sum: f64, n: u32| (n > 0).then(|| sum / n as f64);
+    let window = s.cfg.metrics_interval.as_secs_f64().max(1.0);
+    let source = s.metrics.clone();
+    let from_watch = |name: &str, labels: &[(&str, &str)]| {
+        let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        source.as_ref().and_then(|src| src(name, &labels, window))
+    };
     let metric = |name: &str| match name {
         CPU => avg(cpu_sum, cpu_n),
         REQUESTS_PER_TARGET => avg(rpm_sum, rpm_n),
         "in_flight" => avg(flight_sum, ready),
         "memory" => avg(mem_sum, ready),
-        _ => None,
+        // Milliseconds, from the edge's latency for this group's target group.
+        LATENCY_P95 => from_watch("http_latency_p95", &[("target_group", &tg)]).map(|s| s * 1000.0),
+        // Any other name: a series of the watch (summed over its label sets).
+        other => from_watch(other, &[]),
     };
     let obs = Observation { now: local.started.elapsed(), capacity: s.desired, ready, metric: &metric };
     let Some(decision) = local.scaler.evaluate(&obs) else { return };

@@ -33,6 +33,10 @@ pub use registrar::{Registrar, TargetHealth, TargetStatus};
 
 use group::GroupHandle;
 
+/// A metric's recent value: (name, labels to match, window in seconds) → the average of the
+/// window's datapoints. The binary answers it from the watch.
+pub type MetricSource = Arc<dyn Fn(&str, &BTreeMap<String, String>, f64) -> Option<f64> + Send + Sync>;
+
 /// Asked before any scale-out; Some(reason) refuses it.
 pub type ScaleOutGuard = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
@@ -164,6 +168,13 @@ impl Fleet {
     pub fn set_scale_out_guard(&self, guard: ScaleOutGuard) {
         for g in self.groups.values() {
             g.handle.lock().guard = Some(guard.clone());
+        }
+    }
+
+    /// Lets policies use the watch's series (`latency_p95`, or any metric name).
+    pub fn set_metric_source(&self, source: MetricSource) {
+        for g in self.groups.values() {
+            g.handle.lock().metrics = Some(source.clone());
         }
     }
 

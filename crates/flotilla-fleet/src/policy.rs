@@ -15,6 +15,8 @@ use flotilla_watch::AlarmState;
 /// Metric names the policies understand besides any custom metric the caller supplies.
 pub const CPU: &str = "cpu";
 pub const REQUESTS_PER_TARGET: &str = "requests_per_target";
+/// The target group's 95th percentile latency in milliseconds (from the watch).
+pub const LATENCY_P95: &str = "latency_p95";
 
 /// What the group looks like at one evaluation.
 pub struct Observation<'a> {

@@ -127,6 +127,13 @@ impl Watch {
         buckets.into_iter().map(|(k, (sum, n))| Point { t: k as f64 * step, v: sum / n as f64 }).collect()
     }
 
+    /// The average of a series over the last `window_secs` (None without datapoints).
+    pub fn recent(&self, name: &str, labels: &BTreeMap<String, String>, window_secs: f64) -> Option<f64> {
+        let now = now_secs();
+        let points = self.store().query(name, labels, now - window_secs, now);
+        (!points.is_empty()).then(|| points.iter().map(|p| p.v).sum::<f64>() / points.len() as f64)
+    }
+
     pub fn metric_names(&self) -> Vec<(String, Vec<store::Labels>)> {
         self.store().names()
     }

@@ -46,6 +46,8 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let watch = flotilla_watch::Watch::start(&cfg, Arc::new(move || flotilla_admin::exposition_for_watch(&e, &f)));
     let w = watch.clone();
     fleet.set_scale_out_guard(Arc::new(move || w.budget_cap()));
+    let w = watch.clone();
+    fleet.set_metric_source(Arc::new(move |name, labels, window| w.recent(name, labels, window)));
     let reloader = Arc::new(Reloader { path: path.clone(), edge: edge.clone(), fleet: fleet.clone() });
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -399,3 +399,28 @@ async fn a_scheduled_action_sets_capacity_at_the_next_matching_minute() {
     assert!(act.contains("Scheduled action: min 1 -> 2, max 3 -> 3, desired 1 -> 2"), "{act}");
     assert!(act.contains("cron \\\"* * * * *\\\" in Europe/Berlin"), "{act}");
 }
+
+#[tokio::test]
+async fn latency_p95_from_the_watch_drives_a_step_policy() {
+    let policies = r#"
+[[groups.web.policies]]
+type = "step"
+metric = "latency_p95"          # milliseconds, the target group's, from the watch
+period = "1s"
+evaluation_periods = 2
+threshold = 150
+comparison = ">"
+adjustment = "+1"
+
+[watch]
+resolution = "250ms"
+"#;
+    let f = start("fleet-latency", "min = 1\nmax = 2\nmetrics_interval = \"250ms\"\ncooldown = \"30s\"\n", policies);
+    wait_group(&f, "1 in service", Duration::from_secs(30), |g| count(g, "in_service") == 1).await;
+    let load = Load::start(&f.url("/slow?ms=300"), 2);
+    wait_group(&f, "scale-out on latency", Duration::from_secs(30), |g| g["desired"] == 2).await;
+    let (ok, failed) = load.stop().await;
+    assert!(ok > 0 && failed.is_empty(), "{failed:?}");
+    let act = activity(&f).await;
+    assert!(act.contains("alarm: latency_p95 > 150"), "{act}");
+}

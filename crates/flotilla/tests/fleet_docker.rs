@@ -75,7 +75,9 @@ fn count(g: &Value, state: &str) -> usize {
 }
 
 async fn wait_group(f: &Flotilla, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Generous: a loaded 2-core machine running dockerd, Chromium and other tests is slow, and
+    // this is a limit for noticing a hang, not a timing assertion.
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let g = group(f, name).await;
         if pred(&g) {
@@ -83,7 +85,10 @@ async fn wait_group(f: &Flotilla, name: &str, what: &str, pred: impl Fn(&Value) 
         }
         if Instant::now() > deadline {
             let act = get(&f.admin(&format!("/api/v1/groups/{name}/activity"))).await.1;
-            panic!("timed out waiting for {what}\n{g:#}\n{act}");
+            let log = f.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!("timed out waiting for {what}\n{g:#}\n{act}\nlog tail:\n{}", tail.join("\n"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
