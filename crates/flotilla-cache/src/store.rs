@@ -18,8 +18,9 @@ pub struct Entry {
     /// As received, minus hop-by-hop fields, `Age` and `Set-Cookie`.
     pub headers: HeaderMap,
     pub body: Bytes,
-    /// The body gzip-compressed, when the behaviour compresses and it was worth it.
-    pub gzip: Option<Bytes>,
+    /// Compressed representations (brotli, zstd, gzip), when the behaviour compresses and each
+    /// was worth it.
+    pub encoded: Vec<(crate::key::Encoding, Bytes)>,
     pub freshness: Freshness,
     /// The request's values for the response's Vary headers.
     pub secondary: String,
@@ -36,8 +37,8 @@ pub struct Entry {
 impl Entry {
     fn weight(&self) -> u64 {
         let headers: usize = self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
-        let gzip = self.gzip.as_ref().map_or(0, Bytes::len);
-        (self.body.len() + gzip + headers + self.path.len() + self.secondary.len() + 256) as u64
+        let encoded: usize = self.encoded.iter().map(|(_, b)| b.len()).sum();
+        (self.body.len() + encoded + headers + self.path.len() + self.secondary.len() + 256) as u64
     }
 }
 
@@ -176,7 +177,7 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: Bytes::from(vec![b'x'; body]),
-            gzip: None,
+            encoded: vec![],
             freshness: Freshness::new(
                 &CacheControl::default(),
                 Duration::from_secs(60),

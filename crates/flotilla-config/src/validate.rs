@@ -404,10 +404,6 @@ fn behavior(cx: &mut Ctx<'_>, name: &str, raw: &S<RawBehavior>) -> CacheBehavior
         );
     }
     let compress = r.compress.as_ref().is_some_and(|c| *c.get_ref());
-    if compress {
-        cx.warnings
-            .push(format!("{}: compression is not implemented yet; responses are cached as sent", key("compress")));
-    }
     let key_cfg = match &r.key {
         None => CacheKeyConfig { query: QueryKeyConfig::All, headers: vec![], cookies: vec![] },
         Some(k) => {

@@ -322,13 +322,13 @@ async fn settle(
         return Ok(Settled::Passed(Response::from_parts(parts_with(parts.status, headers), full(bytes)), "vary-star"));
     };
     let lifetime = freshness::lifetime(&cc, &headers, parts.status, Some(&rule.behavior));
-    let gzip = if rule.compress && compress::compressible(&headers, &cc) {
+    let encoded = if rule.compress && compress::compressible(&headers, &cc) {
         let raw = bytes.clone();
-        tokio::task::spawn_blocking(move || compress::gzip(&raw)).await.ok().flatten()
+        tokio::task::spawn_blocking(move || compress::all(&raw)).await.unwrap_or_default()
     } else {
-        None
+        Vec::new()
     };
-    if gzip.is_some() && !vary.contains(&header::ACCEPT_ENCODING) {
+    if !encoded.is_empty() && !vary.contains(&header::ACCEPT_ENCODING) {
         // Downstream caches must know the representation depends on Accept-Encoding; our own
         // key does not (both representations live in this one entry).
         headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
@@ -337,7 +337,7 @@ async fn settle(
         status: parts.status,
         secondary: key::secondary(&vary, request_headers),
         vary: vary.clone(),
-        gzip,
+        encoded,
         host: cx.host.to_string(),
         path,
         tags: tags(&headers),
@@ -456,7 +456,7 @@ fn refresh(
         freshness: Freshness::new(&cc, lifetime, timing, Some(behavior)),
         secondary: old.secondary.clone(),
         vary: old.vary.clone(),
-        gzip: old.gzip.clone(),
+        encoded: old.encoded.clone(),
         host: old.host.clone(),
         path: old.path.clone(),
         tags: tags(&headers),
@@ -527,13 +527,17 @@ fn respond_with(entry: &Entry, request: &HeaderMap, head: bool, cache_status: &s
         }
         return resp;
     }
-    let gzip = entry
-        .gzip
-        .as_ref()
-        .filter(|_| key::preferred_encoding(request, &[Encoding::Gzip, Encoding::Identity]) == Encoding::Gzip);
-    if let Some(gz) = gzip {
+    let encoded = if entry.encoded.is_empty() {
+        None
+    } else {
+        let mut available: Vec<Encoding> = entry.encoded.iter().map(|(e, _)| *e).collect();
+        available.push(Encoding::Identity);
+        let pick = key::preferred_encoding(request, &available);
+        entry.encoded.iter().find(|(e, _)| *e == pick)
+    };
+    if let Some((enc, gz)) = encoded {
         // A different representation: its own length, and a weak validator (RFC 9110 §8.8.1).
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc.as_str()));
         headers.remove(header::CONTENT_LENGTH);
         if let Some(etag) = headers.get(header::ETAG).filter(|e| !e.as_bytes().starts_with(b"W/")) {
             if let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat()) {

@@ -280,7 +280,7 @@ async fn ranges_are_served_from_the_stored_object() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compressible_objects_are_stored_gzipped_once_and_served_by_accept_encoding() {
+async fn compressible_objects_are_stored_compressed_once_and_served_by_accept_encoding() {
     use std::io::Read;
     let app = DemoApp::start("origin");
     let behavior = "[cache_behaviors.main]\ndefault_ttl = \"1h\"\ncompress = true\n\n";
@@ -293,20 +293,36 @@ async fn compressible_objects_are_stored_gzipped_once_and_served_by_accept_encod
     assert_eq!(s, 200);
     assert!(h.get("content-encoding").is_none(), "no Accept-Encoding: identity");
     assert!(h["vary"].to_str().unwrap().to_ascii_lowercase().contains("accept-encoding"));
-    // The same entry answers gzip to a client that accepts it.
-    let req = http::Request::get(f.url(path))
-        .header("accept-encoding", "gzip, br")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let resp = c.request(req).await.unwrap();
-    assert_eq!(resp.headers()["content-encoding"], "gzip");
-    assert_eq!(resp.headers()["etag"], "W/\"g1\"");
-    assert!(resp.headers()["cache-status"].to_str().unwrap().contains("hit"));
-    let gz = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    // The same entry answers each client in its preferred encoding: brotli first among equals,
+    // then zstd, then gzip; every one decodes to the same body (one origin fetch).
+    let fetch = |ae: &'static str| {
+        let (c, url) = (c.clone(), f.url(path));
+        async move {
+            let req = http::Request::get(url)
+                .header("accept-encoding", ae)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            let resp = c.request(req).await.unwrap();
+            let enc = resp.headers()["content-encoding"].to_str().unwrap().to_string();
+            assert_eq!(resp.headers()["etag"], "W/\"g1\"");
+            assert!(resp.headers()["cache-status"].to_str().unwrap().contains("hit"));
+            (enc, http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes())
+        }
+    };
+    let (enc, br) = fetch("gzip, deflate, br, zstd").await;
+    assert_eq!(enc, "br");
+    let mut out = Vec::new();
+    brotli::BrotliDecompress(&mut &br[..], &mut out).unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), plain);
+    let (enc, zs) = fetch("zstd, gzip;q=0.5").await;
+    assert_eq!(enc, "zstd");
+    assert_eq!(zstd::bulk::decompress(&zs, plain.len()).unwrap(), plain.as_bytes());
+    let (enc, gz) = fetch("gzip").await;
+    assert_eq!(enc, "gzip");
     assert!(gz.len() < plain.len() / 4, "{} vs {}", gz.len(), plain.len());
     let mut unzipped = String::new();
     flate2::read::GzDecoder::new(&gz[..]).read_to_string(&mut unzipped).unwrap();
-    assert_eq!(unzipped, plain, "one origin fetch, two representations of the same body");
+    assert_eq!(unzipped, plain, "one origin fetch, every representation of the same body");
     // Not compressed: a body the origin already encoded or marked no-transform.
     let (_, h, _) =
         request(&c, "GET", &f.url("/cached?cc=max-age=600,no-transform&pad=4000"), &[("accept-encoding", "gzip")], "")
