@@ -1,14 +1,14 @@
 //! `/api/v1/groups`: auto scaling groups, their instances, desired capacity and activity.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flotilla_fleet::{FleetError, RefreshOptions};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{error, json_body, unauthorized, AdminState};
+use crate::{error, json_body, AdminState};
 
 pub(crate) async fn list(State(state): State<AdminState>) -> Response {
     Json(json!({ "groups": state.fleet.groups() })).into_response()
@@ -31,12 +31,8 @@ struct DesiredBody {
 pub(crate) async fn set_desired(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = unauthorized(&state, &headers) {
-        return r;
-    }
     let desired = match json_body::<DesiredBody>(&body) {
         Ok(b) => b.desired,
         Err(e) => match json_body::<u32>(&body) {
@@ -62,12 +58,8 @@ pub(crate) async fn activity(State(state): State<AdminState>, Path(name): Path<S
 pub(crate) async fn start_refresh(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = unauthorized(&state, &headers) {
-        return r;
-    }
     let opts = if body.iter().all(u8::is_ascii_whitespace) {
         RefreshOptions::default()
     } else {
@@ -90,14 +82,7 @@ pub(crate) async fn show_refresh(State(state): State<AdminState>, Path(name): Pa
     }
 }
 
-pub(crate) async fn cancel_refresh(
-    State(state): State<AdminState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = unauthorized(&state, &headers) {
-        return r;
-    }
+pub(crate) async fn cancel_refresh(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
     match state.fleet.cancel_refresh(&name) {
         Ok(Some(r)) => Json(r).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "this group has had no refresh"),

@@ -65,6 +65,7 @@ pub fn router(state: AdminState) -> Router {
             post(groups::start_refresh).get(groups::show_refresh).delete(groups::cancel_refresh),
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token_for_changes))
         .with_state(state)
 }
 
@@ -84,6 +85,21 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Every call that is not a read needs the token: one check in front of the router, so no
+/// mutating route can forget it. (Reads are open, except the dashboard's data, which checks.)
+async fn require_token_for_changes(
+    State(state): State<AdminState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD) {
+        if let Some(r) = unauthorized(&state, req.headers()) {
+            return r;
+        }
+    }
+    next.run(req).await
 }
 
 /// `Some(401 response)` unless the request carries the admin bearer token.
@@ -173,15 +189,7 @@ struct RegisterBody {
     weight: Option<u32>,
 }
 
-async fn register(
-    State(state): State<AdminState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Some(r) = unauthorized(&state, &headers) {
-        return r;
-    }
+async fn register(State(state): State<AdminState>, Path(name): Path<String>, body: axum::body::Bytes) -> Response {
     let body: RegisterBody = match json_body(&body) {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
@@ -203,14 +211,7 @@ async fn register(
     }
 }
 
-async fn deregister(
-    State(state): State<AdminState>,
-    Path((name, addr)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = unauthorized(&state, &headers) {
-        return r;
-    }
+async fn deregister(State(state): State<AdminState>, Path((name, addr)): Path<(String, String)>) -> Response {
     let Ok(addr) = addr.parse::<SocketAddr>() else {
         return error(StatusCode::BAD_REQUEST, "target must be ip:port");
     };
@@ -222,10 +223,7 @@ async fn deregister(
     }
 }
 
-async fn reload(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Some(r) = unauthorized(&state, &headers) {
-        return r;
-    }
+async fn reload(State(state): State<AdminState>) -> Response {
     let control = state.control.clone();
     match tokio::task::spawn_blocking(move || control.reload()).await {
         Ok(Ok(())) => Json(json!({ "reloaded": true })).into_response(),
@@ -257,10 +255,7 @@ fn invalidation_json(i: &flotilla_edge::Invalidation) -> serde_json::Value {
 }
 
 /// Applied on every worker before the 202 is sent (the store is shared).
-async fn invalidate(State(state): State<AdminState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(r) = unauthorized(&state, &headers) {
-        return r;
-    }
+async fn invalidate(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
     let body: InvalidationBody = match json_body(&body) {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
@@ -283,10 +278,7 @@ async fn invalidation(State(state): State<AdminState>, Path(id): Path<String>) -
 }
 
 /// A deployment invalidates everything cached (CloudFront's "invalidate on deploy").
-async fn deployment(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Some(r) = unauthorized(&state, &headers) {
-        return r;
-    }
+async fn deployment(State(state): State<AdminState>) -> Response {
     let record = state.edge.invalidate(vec![], vec![], true);
     (StatusCode::ACCEPTED, Json(invalidation_json(&record))).into_response()
 }
