@@ -63,16 +63,7 @@ async fn activity(f: &Flotilla) -> String {
 }
 
 async fn put_desired(f: &Flotilla, n: u32) -> (u16, String) {
-    let r = request(
-        &client(),
-        "PUT",
-        &f.admin("/api/v1/groups/web/desired"),
-        &[("authorization", "Bearer test-token")],
-        &format!("{{\"desired\": {n}}}"),
-    )
-    .await
-    .unwrap();
-    (r.0, r.2)
+    f.admin_call("PUT", "/api/v1/groups/web/desired", &format!("{{\"desired\": {n}}}")).await
 }
 
 fn pids(g: &Value) -> Vec<i32> {
@@ -305,10 +296,8 @@ async fn reload_with_command(f: &Flotilla, command: &str) {
     let start = text.find("command = [").unwrap();
     let end = start + text[start..].find('\n').unwrap();
     std::fs::write(&f.config, format!("{}command = {command}{}", &text[..start], &text[end..])).unwrap();
-    let r = request(&client(), "POST", &f.admin("/api/v1/reload"), &[("authorization", "Bearer test-token")], "")
-        .await
-        .unwrap();
-    assert_eq!(r.0, 200, "{}", r.2);
+    let (status, body) = f.admin_call("POST", "/api/v1/reload", "").await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]
@@ -349,27 +338,11 @@ async fn refresh_to_a_broken_template_rolls_back() {
     let f = start("fleet-rollback", "min = 2\nmax = 3\nhealth_check_grace = \"3s\"\n", "");
     wait_group(&f, "2 in service", Duration::from_secs(30), |g| count(g, "in_service") == 2).await;
     reload_with_command(&f, r#"["/bin/false"]"#).await;
-    let r = request(
-        &client(),
-        "POST",
-        &f.admin("/api/v1/groups/web/refresh"),
-        &[("authorization", "Bearer test-token")],
-        "",
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.0, 202, "{}", r.2);
+    let (status, body) = f.admin_call("POST", "/api/v1/groups/web/refresh", "").await;
+    assert_eq!(status, 202, "{body}");
     // A second refresh while one runs is refused.
-    let again = request(
-        &client(),
-        "POST",
-        &f.admin("/api/v1/groups/web/refresh"),
-        &[("authorization", "Bearer test-token")],
-        "",
-    )
-    .await
-    .unwrap();
-    assert_eq!(again.0, 409, "{}", again.2);
+    let (status, body) = f.admin_call("POST", "/api/v1/groups/web/refresh", "").await;
+    assert_eq!(status, 409, "{body}");
     let g = wait_group(&f, "the refresh rolled back", Duration::from_secs(60), |g| {
         g["refresh"]["status"] == "rolled_back" && count(g, "in_service") == 2
     })

@@ -137,16 +137,8 @@ async fn docker_group_serves_scales_and_cleans_up() {
 
     // Scale in under load: no failed requests, the drained container is stopped and removed.
     let load = Load::start(&f.url("/slow?ms=200"), 1);
-    let r = request(
-        &client(),
-        "PUT",
-        &f.admin("/api/v1/groups/dserve/desired"),
-        &[("authorization", "Bearer test-token")],
-        "{\"desired\": 1}",
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.0, 200, "{}", r.2);
+    let (status, body) = f.admin_call("PUT", "/api/v1/groups/dserve/desired", "{\"desired\": 1}").await;
+    assert_eq!(status, 200, "{body}");
     wait_group(&f, "dserve", "one container left", |g| g["instances"].as_array().unwrap().len() == 1).await;
     assert_eq!(load.stop().await.1, Vec::<String>::new());
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -199,17 +191,12 @@ async fn a_missing_image_fails_the_launch_with_a_clear_reason() {
     }
 }
 
-async fn admin_call(f: &Flotilla, method: &str, path: &str, body: &str) -> (u16, String) {
-    let r = request(&client(), method, &f.admin(path), &[("authorization", "Bearer test-token")], body).await.unwrap();
-    (r.0, r.2)
-}
-
 /// Swaps one line of the config file and reloads.
 async fn reload_replacing(f: &Flotilla, from: &str, to: &str) {
     let text = std::fs::read_to_string(&f.config).unwrap();
     assert!(text.contains(from), "{from:?} not in the config");
     std::fs::write(&f.config, text.replace(from, to)).unwrap();
-    let (status, body) = admin_call(f, "POST", "/api/v1/reload", "").await;
+    let (status, body) = f.admin_call("POST", "/api/v1/reload", "").await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -223,7 +210,7 @@ async fn docker_refresh_rolls_forward_then_a_broken_image_rolls_back() {
     // v2: same image, new command line (ids prefixed v2-).
     reload_replacing(&f, "\"--id\", \"{instance}\"", "\"--id\", \"v2-{instance}\"").await;
     let (status, body) =
-        admin_call(&f, "POST", "/api/v1/groups/drefresh/refresh", "{\"min_healthy_percentage\": 50}").await;
+        f.admin_call("POST", "/api/v1/groups/drefresh/refresh", "{\"min_healthy_percentage\": 50}").await;
     assert_eq!(status, 202, "{body}");
     let g = wait_group(&f, "drefresh", "refresh to v2", |g| {
         g["refresh"]["status"] == "successful" && count(g, "in_service") == 2
@@ -234,7 +221,7 @@ async fn docker_refresh_rolls_forward_then_a_broken_image_rolls_back() {
 
     // v3: an image that does not exist. The refresh fails to launch it and rolls back to v2.
     reload_replacing(&f, &format!("image = \"{IMAGE}\""), "image = \"flotilla-no-such-image:1\"").await;
-    let (status, body) = admin_call(&f, "POST", "/api/v1/groups/drefresh/refresh", "").await;
+    let (status, body) = f.admin_call("POST", "/api/v1/groups/drefresh/refresh", "").await;
     assert_eq!(status, 202, "{body}");
     let g = wait_group(&f, "drefresh", "rollback to v2", |g| {
         g["refresh"]["status"] == "rolled_back" && count(g, "in_service") == 2

@@ -336,17 +336,9 @@ hard_cap = true
     assert_eq!(b["capped"], true, "{b}");
     assert!(b["by_group"]["web"].as_f64().unwrap() >= 4.0, "{b}");
     // The fleet refuses to scale out while the cap holds.
-    let r = request(
-        &client(),
-        "PUT",
-        &f.admin("/api/v1/groups/web/desired"),
-        &[("authorization", "Bearer test-token")],
-        "{\"desired\": 2}",
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.0, 422, "{}", r.2);
-    assert!(r.2.contains("the account budget is spent"), "{}", r.2);
+    let (status, body) = f.admin_call("PUT", "/api/v1/groups/web/desired", "{\"desired\": 2}").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("the account budget is spent"), "{body}");
 }
 
 async fn next_budget(rx: &mut mpsc::UnboundedReceiver<Value>, kind: &str, threshold: f64) -> Value {

@@ -174,6 +174,14 @@ impl Flotilla {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
 
+    /// An admin API call with the test token; (status, body).
+    pub async fn admin_call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let r = request(&client(), method, &self.admin(path), &[("authorization", "Bearer test-token")], body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (r.0, r.2)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("flotilla.log")).unwrap_or_default()
     }
