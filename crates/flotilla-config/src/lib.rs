@@ -7,12 +7,14 @@ pub mod cron;
 mod env;
 mod error;
 mod fleet_model;
+mod images_model;
 mod model;
 mod raw;
 pub mod time;
 pub mod units;
 mod validate;
 mod validate_fleet;
+mod validate_images;
 mod validate_watch;
 mod watch_model;
 
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, LoadError};
 pub use fleet_model::*;
+pub use images_model::*;
 pub use model::*;
 pub use validate_fleet::recommended_policy;
 pub use watch_model::*;

@@ -24,6 +24,8 @@ pub struct Config {
     pub slos: Vec<crate::SloConfig>,
     pub budget: Option<crate::AccountBudgetConfig>,
     pub notifiers: BTreeMap<String, crate::NotifierConfig>,
+    /// On-the-fly image variants (`[images]`), served by the edge.
+    pub images: Option<crate::ImagesConfig>,
     /// Non-fatal findings (unset environment variables, groups with no targets) to log at start.
     pub warnings: Vec<String>,
 }

@@ -419,3 +419,33 @@ webhook = "https://example.com/"
         ],
     );
 }
+
+#[test]
+fn images_contract_parses_with_the_seeds_presets() {
+    let text = format!(
+        "{SKELETON}\n[images]\nroute = \"/_img\"\nsource = \"web\"\nformats = [\"avif\", \"webp\", \"jpeg\"]\nquality = {{ jpeg = 82, webp = 80, avif = 60 }}\nmax_source_pixels = 50_000_000\nmax_source_bytes = \"30MiB\"\nsigning_key = \"${{FLOTILLA_ADMIN_TOKEN}}-long-enough\"\n\n[images.presets]\nthumbnail = {{ width = 150, height = 150, fit = \"cover\" }}\nsmall = {{ width = 320 }}\nmedium = {{ width = 768 }}\nlarge = {{ width = 1440 }}\n"
+    );
+    let cfg = ok(&text);
+    let i = cfg.images.expect("images");
+    assert_eq!(i.source, ImageSource::TargetGroup("web".into()));
+    assert_eq!(i.formats, vec![ImageFormat::Avif, ImageFormat::Webp, ImageFormat::Jpeg]);
+    assert_eq!((i.max_source_pixels, i.max_source_bytes), (50_000_000, 30 << 20));
+    assert_eq!(i.signing_key.as_deref(), Some("t0ken-long-enough"));
+    assert_eq!(i.presets, ImagesConfig::default_presets());
+    // Omitted presets are the seeds' four sizes.
+    let minimal = ok(&format!("{SKELETON}\n[images]\nsource = \"web\"\n"));
+    assert_eq!(minimal.images.unwrap().presets.len(), 4);
+}
+
+#[test]
+fn images_errors_name_the_line() {
+    check_err(
+        &format!("{SKELETON}\n[images]\nsource = \"nope\"\nformats = [\"gif\"]\n[images.presets]\nx = {{ fit = \"cover\" }}\ny = {{ width = 0 }}\n"),
+        &[
+            "flotilla.toml:31:10: images.source: no target group named \"nope\"",
+            "flotilla.toml:32:12: images.formats: unknown format \"gif\" (avif, webp, jpeg)",
+            "flotilla.toml:34:5: images.presets.x needs a width, a height, or both",
+            "flotilla.toml:35:15: images.presets.y.width must be between 1 and 8192, got 0",
+        ],
+    );
+}

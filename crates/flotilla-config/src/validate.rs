@@ -157,6 +157,7 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
     let alarms = crate::validate_watch::alarms(cx, &raw.alarms, &notifiers);
     let slos = crate::validate_watch::slos(cx, &raw.slos, &notifiers, &target_groups);
     let budget = raw.budget.as_ref().and_then(|b| crate::validate_watch::budget(cx, b, &notifiers, &groups));
+    let images = raw.images.as_ref().and_then(|i| crate::validate_images::images(cx, i, &target_groups));
     cx.errors.is_empty().then(|| Config {
         source,
         edge,
@@ -171,6 +172,7 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
         slos,
         budget,
         notifiers,
+        images,
         warnings: std::mem::take(&mut cx.warnings),
     })
 }

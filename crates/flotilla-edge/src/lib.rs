@@ -11,6 +11,7 @@ mod framing;
 mod group;
 mod headers;
 mod health;
+mod images;
 mod latency;
 mod listener;
 pub mod metrics;
@@ -51,6 +52,8 @@ pub(crate) struct Runtime {
     access_log: bool,
     timeouts: Timeouts,
     limits: Limits,
+    /// `[images]`, when configured.
+    images: Option<Arc<images::ImageService>>,
 }
 
 pub(crate) struct Shared {
@@ -62,6 +65,7 @@ pub(crate) struct Shared {
     tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
     server_builders: listener::ServerBuilders,
     conn_limit: Arc<Semaphore>,
+    image_pool: images::Pool,
 
     zone: Option<String>,
 }
@@ -123,6 +127,7 @@ impl Edge {
             tls: ArcSwapOption::from(tls.map(Arc::new)),
             server_builders: listener::server_builders(&cfg.edge),
             conn_limit: Arc::new(Semaphore::new(cfg.edge.limits.max_connections)),
+            image_pool: images::Pool::new(cfg.images.as_ref()),
             zone: cfg.edge.zone.clone(),
         });
         let (stop, _) = watch::channel(false);
@@ -214,6 +219,8 @@ impl Edge {
         }
         let mut rt = Runtime::empty(cfg);
         rt.routes = route::Routes::new(&cfg.routes, &groups, &cfg.cache_behaviors, &self.shared.metrics);
+        rt.images =
+            cfg.images.as_ref().and_then(|i| images::ImageService::new(i, &groups, &self.shared.metrics)).map(Arc::new);
         rt.groups = groups;
         self.shared.runtime.store(Arc::new(rt));
     }
@@ -341,6 +348,7 @@ impl Runtime {
             access_log: cfg.edge.access_log,
             timeouts: cfg.edge.timeouts.clone(),
             limits: cfg.edge.limits.clone(),
+            images: None,
         }
     }
 }

@@ -38,6 +38,19 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ImageLabels {
+    /// A preset name, or "adhoc" for signed ad-hoc sizes.
+    pub preset: String,
+    pub format: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// too_large | corrupt | unsupported_format | busy | source_error | bad_signature | …
+    pub reason: &'static str,
+}
+
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub struct EdgeMetrics {
@@ -56,6 +69,11 @@ pub struct EdgeMetrics {
     pub cache_bytes: Gauge,
     pub active_connections: Gauge,
     pub connections: Counter,
+    pub image_transforms: Family<ImageLabels, Counter>,
+    pub image_seconds: Family<ImageLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub image_bytes_in: Counter,
+    pub image_bytes_out: Family<ImageLabels, Counter>,
+    pub image_refusals: Family<RefusalLabels, Counter>,
 }
 
 impl EdgeMetrics {
@@ -73,6 +91,11 @@ impl EdgeMetrics {
         let cache_bytes = Gauge::default();
         let active_connections = Gauge::default();
         let connections = Counter::default();
+        let image_transforms = Family::<ImageLabels, Counter>::default();
+        let image_seconds = Family::<ImageLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        let image_bytes_in = Counter::default();
+        let image_bytes_out = Family::<ImageLabels, Counter>::default();
+        let image_refusals = Family::<RefusalLabels, Counter>::default();
         registry.register(
             "http_requests",
             "Requests proxied, by target group, target and status class",
@@ -101,6 +124,15 @@ impl EdgeMetrics {
         registry.register("cache_memory_bytes", "Weighted bytes held in the memory tier", cache_bytes.clone());
         registry.register("active_connections", "Open client connections", active_connections.clone());
         registry.register("connections", "Client connections accepted", connections.clone());
+        registry.register("image_transforms", "Image variants made, by preset and format", image_transforms.clone());
+        registry.register(
+            "image_transform_seconds",
+            "CPU-pool time spent making image variants, by preset and format",
+            image_seconds.clone(),
+        );
+        registry.register("image_source_bytes", "Bytes of originals transformed", image_bytes_in.clone());
+        registry.register("image_output_bytes", "Bytes of image variants made", image_bytes_out.clone());
+        registry.register("image_refusals", "Image requests refused, by reason", image_refusals.clone());
         Self {
             registry,
             requests,
@@ -116,6 +148,11 @@ impl EdgeMetrics {
             cache_bytes,
             active_connections,
             connections,
+            image_transforms,
+            image_seconds,
+            image_bytes_in,
+            image_bytes_out,
+            image_refusals,
         }
     }
 

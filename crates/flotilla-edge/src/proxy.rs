@@ -119,6 +119,10 @@ async fn forward(
             return Ok(redirect_to_https(&host, port, req.uri()));
         }
     }
+    if let Some(svc) = rt.images.as_ref().filter(|s| s.rest(req.uri().path()).is_some()) {
+        let cx = Origin { shared, rt, conn, group: svc.source_group(), images: Some(svc), host: &host, rid };
+        return Box::pin(crate::images::serve(cx, svc, req, out)).await;
+    }
     let route = rt.routes.find(&host, req.uri().path()).ok_or(ProxyError::NoRoute)?;
     let group = route.group.clone();
     out.group = Some(group.clone());
@@ -128,10 +132,10 @@ async fn forward(
         return Box::pin(upgrade::forward(shared, &group, conn, req, &host, rid, out)).await;
     }
     if let Some(rule) = route.cache.clone() {
-        let cx = Origin { shared, rt, conn, group: &group, host: &host, rid };
+        let cx = Origin { shared, rt, conn, group: Some(&group), images: None, host: &host, rid };
         return Box::pin(crate::cached::serve(cx, &rule, req, out)).await;
     }
-    origin(Origin { shared, rt, conn, group: &group, host: &host, rid }, req, out).await
+    origin(Origin { shared, rt, conn, group: Some(&group), images: None, host: &host, rid }, req, out).await
 }
 
 /// Everything the origin phase needs besides the request itself.
@@ -140,7 +144,10 @@ pub(crate) struct Origin<'a> {
     pub shared: &'a Arc<Shared>,
     pub rt: &'a Arc<Runtime>,
     pub conn: &'a Arc<Conn>,
-    pub group: &'a Arc<TargetGroup>,
+    /// None only for image URLs whose originals come from a directory.
+    pub group: Option<&'a Arc<TargetGroup>>,
+    /// Set on image URLs: the origin is the image transformer.
+    pub images: Option<&'a Arc<crate::images::ImageService>>,
     pub host: &'a str,
     pub rid: &'a HeaderValue,
 }
@@ -152,7 +159,11 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    if let Some(svc) = cx.images {
+        return Box::pin(crate::images::render(cx, svc, req, out)).await;
+    }
     let Origin { rt, conn, group, host, rid, .. } = cx;
+    let group = group.ok_or(ProxyError::NoRoute)?;
     let cfg = group.config();
     let (mut parts, body) = req.into_parts();
     let fault = BodyFault::default();

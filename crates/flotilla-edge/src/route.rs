@@ -32,6 +32,22 @@ pub(crate) struct CacheRule {
 }
 
 impl CacheRule {
+    /// A rule not written in `[cache_behaviors]` (the image route's), counted under `name`.
+    pub(crate) fn with(behavior: Behavior, key: KeyPolicy, compress: bool, name: &str, metrics: &EdgeMetrics) -> Self {
+        let counter = |result: &'static str| {
+            metrics.cache.get_or_create(&CacheLabels { behavior: name.to_string(), result }).clone()
+        };
+        Self {
+            behavior,
+            compress,
+            key,
+            hits: counter("hit"),
+            misses: counter("miss"),
+            stale: counter("stale"),
+            passes: counter("pass"),
+        }
+    }
+
     fn new(cfg: &CacheBehaviorConfig, metrics: &EdgeMetrics) -> Self {
         let counter = |result: &'static str| {
             metrics.cache.get_or_create(&CacheLabels { behavior: cfg.name.clone(), result }).clone()

@@ -21,16 +21,20 @@ struct App {
     healthy: AtomicBool,
     requests: AtomicU64,
     cached_hits: AtomicU64,
+    photos: Option<std::path::PathBuf>,
+    photo_requests: AtomicU64,
 }
 
 type Shared = Arc<App>;
 
-pub async fn run(bind: IpAddr, port: u16, id: String) -> anyhow::Result<()> {
+pub async fn run(bind: IpAddr, port: u16, id: String, photos: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let app = Arc::new(App {
         id: id.clone(),
         healthy: AtomicBool::new(true),
         requests: AtomicU64::new(0),
         cached_hits: AtomicU64::new(0),
+        photos,
+        photo_requests: AtomicU64::new(0),
     });
     let router = Router::new()
         .route("/", get(index))
@@ -44,6 +48,8 @@ pub async fn run(bind: IpAddr, port: u16, id: String) -> anyhow::Result<()> {
         .route("/ws", get(ws))
         .route("/cached", any(cached))
         .route("/static/{*file}", get(static_file))
+        .route("/photos/{file}", get(photo))
+        .route("/photos-served", get(photos_served))
         .with_state(app);
     let addr = SocketAddr::new(bind, port);
     let listener =
@@ -222,6 +228,49 @@ async fn static_file(Path(file): Path<String>, headers: HeaderMap) -> Response {
         *body,
     )
         .into_response()
+}
+
+/// A file from `--photos DIR` by its bare name, with long freshness and a Surrogate-Key, as an
+/// app would serve its uploads.
+async fn photo(State(app): State<Shared>, Path(file): Path<String>) -> Response {
+    app.photo_requests.fetch_add(1, Ordering::Relaxed);
+    let Some(dir) = app.photos.as_ref() else {
+        return (StatusCode::NOT_FOUND, "start with --photos DIR\n").into_response();
+    };
+    if file.starts_with('.') || file.contains(['/', '\\']) {
+        return (StatusCode::NOT_FOUND, "no such photo\n").into_response();
+    }
+    let ctype = match file.rsplit('.').next().unwrap_or("") {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        _ => "application/octet-stream",
+    };
+    match tokio::task::spawn_blocking({
+        let path = dir.join(&file);
+        move || std::fs::read(path)
+    })
+    .await
+    {
+        Ok(Ok(bytes)) => {
+            let stem = file.split('.').next().unwrap_or("").to_string();
+            (
+                [
+                    (header::CONTENT_TYPE, ctype.to_string()),
+                    (header::CACHE_CONTROL, "public, max-age=3600".into()),
+                    (header::HeaderName::from_static("surrogate-key"), format!("photos photo-{stem}")),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        _ => (StatusCode::NOT_FOUND, "no such photo\n").into_response(),
+    }
+}
+
+async fn photos_served(State(app): State<Shared>) -> String {
+    format!("{}\n", app.photo_requests.load(Ordering::Relaxed))
 }
 
 fn html_escape(s: &str) -> String {

@@ -138,7 +138,7 @@ enum Command {
         #[arg(long)]
         actions: bool,
     },
-    /// A small web app for the quickstart and tests (/, /whoami, /health, /work, /ws, /static).
+    /// A small web app for the quickstart and tests (/, /whoami, /health, /work, /ws, /static, /photos).
     DemoApp {
         #[arg(long)]
         port: u16,
@@ -146,6 +146,9 @@ enum Command {
         id: String,
         #[arg(long, default_value = "127.0.0.1")]
         bind: std::net::IpAddr,
+        /// Serve the files of this directory at /photos/NAME (originals for `[images]`).
+        #[arg(long)]
+        photos: Option<std::path::PathBuf>,
     },
 }
 
@@ -195,9 +198,9 @@ fn main() -> ExitCode {
             let model = flotilla_fleet::simulate::Model { peak_percentile, peak_instances, startup, min, max };
             report_plain(simulate::run(simulate::Args { trace, config, group, model, json, actions }))
         }
-        Command::DemoApp { port, id, bind } => {
+        Command::DemoApp { port, id, bind, photos } => {
             let _guard = logging::init(&cli.log_format);
-            report(runtime().and_then(|rt| rt.block_on(demo::run(bind, port, id))))
+            report(runtime().and_then(|rt| rt.block_on(demo::run(bind, port, id, photos))))
         }
     }
 }

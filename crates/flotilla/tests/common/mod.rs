@@ -100,9 +100,15 @@ pub struct DemoApp {
 
 impl DemoApp {
     pub fn start(id: &str) -> Self {
+        Self::start_with(id, &[])
+    }
+
+    /// With extra `demo-app` arguments, e.g. `["--photos", dir]`.
+    pub fn start_with(id: &str, extra: &[&str]) -> Self {
         let port = free_port();
         let child = Command::new(BIN)
             .args(["demo-app", "--port", &port.to_string(), "--id", id])
+            .args(extra)
             .env("FLOTILLA_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -267,6 +273,11 @@ pub fn group_toml(name: &str, apps: &[&DemoApp], extra: &str) -> String {
         "[target_groups.{name}]\ntargets = [{}]\n{extra}\n[target_groups.{name}.health_check]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n",
         targets.join(", ")
     )
+}
+
+/// The real photos every image test uses (`../shared/corpus/images`, never invented pictures).
+pub fn corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/images").canonicalize().unwrap()
 }
 
 pub const ROUTE_ALL: &str = "[[routes]]\npath = \"/*\"\ntarget_group = \"web\"\n\n";

@@ -1,0 +1,517 @@
+//! `[images]`: `{route}/{preset}/{path}` answered with a resized, re-encoded variant of the
+//! original at `{path}`.
+//!
+//! The image route is a cached route whose *origin* is the transformer: [`serve`] normalises
+//! `Accept` to the one format it negotiated (so the cache holds at most one variant per format
+//! under `Vary: Accept`) and hands the request to the cache layer, which coalesces concurrent
+//! misses and stores results; on a miss the cache calls [`render`], which fetches the original
+//! (from the target group through the normal proxy path, or from a directory), and runs the
+//! transform on the bounded image pool, off the async runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use flotilla_cache::{Behavior, KeyPolicy, QueryKey};
+use flotilla_config::{ImageFormat, ImageSource, ImagesConfig};
+use flotilla_images::url::{self as image_url, ImageUrl, Variant};
+use flotilla_images::{ImageError, Limits, Spec, Target};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::sync::Semaphore;
+
+use crate::error::ProxyError;
+use crate::group::TargetGroup;
+use crate::metrics::{EdgeMetrics, ImageLabels, RefusalLabels};
+use crate::proxy::{origin, Body, BoxError, Origin, Outcome};
+use crate::route::CacheRule;
+use crate::Shared;
+
+/// The transform pool: shared by every worker and kept across reloads, so a reload cannot
+/// double the CPU the images may take.
+pub(crate) struct Pool {
+    permits: Semaphore,
+    waiting: AtomicUsize,
+    queue: usize,
+}
+
+impl Pool {
+    pub(crate) fn new(cfg: Option<&ImagesConfig>) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = cfg.map_or(cpus, |c| if c.workers == 0 { cpus } else { c.workers });
+        Pool { permits: Semaphore::new(workers), waiting: AtomicUsize::new(0), queue: cfg.map_or(64, |c| c.queue) }
+    }
+}
+
+/// One request's place in the queue, given back however the request ends (a client that hangs
+/// up while waiting must not leave the count high).
+struct Waiting<'a> {
+    count: &'a AtomicUsize,
+    /// How many were waiting before this one.
+    ahead: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        Waiting { ahead: count.fetch_add(1, Ordering::AcqRel), count }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `[images]` as the request path uses it; rebuilt on reload.
+pub(crate) struct ImageService {
+    cfg: ImagesConfig,
+    source: Source,
+    signing_key: Option<Vec<u8>>,
+    rule: Arc<CacheRule>,
+}
+
+enum Source {
+    Group(Arc<TargetGroup>),
+    Files(PathBuf),
+}
+
+impl ImageService {
+    pub(crate) fn new(
+        cfg: &ImagesConfig,
+        groups: &std::collections::HashMap<String, Arc<TargetGroup>>,
+        metrics: &EdgeMetrics,
+    ) -> Option<Self> {
+        let source = match &cfg.source {
+            ImageSource::TargetGroup(name) => Source::Group(groups.get(name)?.clone()),
+            ImageSource::Files(dir) => Source::Files(dir.clone()),
+        };
+        // Variants live as long as the original says, or `ttl`; a failing origin is covered
+        // by the stored copy for a day, and a stale one is refreshed in the background.
+        let behavior = Behavior {
+            min_ttl: std::time::Duration::ZERO,
+            default_ttl: cfg.ttl,
+            max_ttl: std::time::Duration::from_secs(365 * 86_400),
+            stale_while_revalidate: std::time::Duration::from_secs(60),
+            stale_if_error: std::time::Duration::from_secs(86_400),
+        };
+        let key = KeyPolicy { query: QueryKey::All, headers: vec![], cookies: vec![] };
+        let rule = Arc::new(CacheRule::with(behavior, key, false, "images", metrics));
+        Some(Self {
+            cfg: cfg.clone(),
+            source,
+            signing_key: cfg.signing_key.as_ref().map(|k| k.as_bytes().to_vec()),
+            rule,
+        })
+    }
+
+    /// The target group originals come from, if they do not come from a directory.
+    pub(crate) fn source_group(&self) -> Option<&Arc<TargetGroup>> {
+        match &self.source {
+            Source::Group(g) => Some(g),
+            Source::Files(_) => None,
+        }
+    }
+
+    /// The part of `path` after the route prefix, if this is an image URL.
+    pub(crate) fn rest<'p>(&self, path: &'p str) -> Option<&'p str> {
+        path.strip_prefix(self.cfg.route.as_str()).filter(|r| r.starts_with('/'))
+    }
+
+    fn parse(&self, path: &str, query: Option<&str>) -> Result<ImageUrl, image_url::UrlError> {
+        let rest = self.rest(path).unwrap_or("");
+        image_url::parse(rest, query, &self.cfg.presets, self.signing_key.as_deref())
+    }
+
+    /// The format, quality and box a variant URL asks for, given the negotiated format.
+    fn spec(&self, variant: &Variant, negotiated: ImageFormat) -> Spec {
+        let (target, quality, format) = match variant {
+            Variant::Preset(name) => {
+                let p = self.cfg.presets.get(name);
+                let target = p
+                    .map_or(Target { width: None, height: None, fit: Default::default(), upscale: false }, |p| {
+                        Target { width: p.width, height: p.height, fit: p.fit, upscale: p.upscale }
+                    });
+                (target, p.and_then(|p| p.quality), negotiated)
+            }
+            Variant::Adhoc(a) => (a.target, a.quality, a.format.unwrap_or(negotiated)),
+        };
+        let q = &self.cfg.quality;
+        let default_quality = match format {
+            ImageFormat::Jpeg => q.jpeg,
+            ImageFormat::Webp => q.webp,
+            ImageFormat::Avif => q.avif,
+        };
+        Spec { target, format, quality: quality.unwrap_or(default_quality), avif_speed: self.cfg.avif_speed }
+    }
+}
+
+/// Entry point for `{route}/…` requests.
+pub(crate) async fn serve(
+    cx: Origin<'_>,
+    svc: &Arc<ImageService>,
+    mut req: Request<Incoming>,
+    out: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp =
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "images are read with GET or HEAD");
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Ok(resp);
+    }
+    out.group = cx.group.cloned();
+    let parsed = svc.parse(req.uri().path(), req.uri().query());
+    match parsed {
+        Err(e) => {
+            refused(cx.shared, e.reason());
+            Ok(json_error(
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+                e.reason(),
+                &e.to_string(),
+            ))
+        }
+        Ok(ImageUrl::Srcset { path, html }) => srcset(cx, svc, &req, &path, html, out).await,
+        Ok(ImageUrl::Variant { variant, .. }) => {
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let format = match &variant {
+                Variant::Adhoc(a) if a.format.is_some() => a.format.unwrap_or(ImageFormat::Jpeg),
+                _ => image_url::negotiate(accept, &svc.cfg.formats),
+            };
+            // One Accept value per format: the cache's Vary: Accept then keys on the format.
+            req.headers_mut().insert(header::ACCEPT, HeaderValue::from_static(format.mime()));
+            Box::pin(crate::cached::serve(cx, &svc.rule, req, out)).await
+        }
+    }
+}
+
+/// The cache layer's origin for image URLs: fetch the original, transform, answer.
+pub(crate) async fn render<B>(
+    cx: Origin<'_>,
+    svc: &Arc<ImageService>,
+    req: Request<B>,
+    out: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let (parts, _body) = req.into_parts();
+    let Ok(ImageUrl::Variant { variant, path }) = svc.parse(parts.uri.path(), parts.uri.query()) else {
+        return Ok(json_error(StatusCode::NOT_FOUND, "not_found", "not an image variant URL"));
+    };
+    let negotiated = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|m| m.strip_prefix("image/"))
+        .and_then(ImageFormat::parse)
+        .unwrap_or(ImageFormat::Jpeg);
+    let spec = svc.spec(&variant, negotiated);
+    let metrics = &cx.shared.metrics;
+    let preset = match &variant {
+        Variant::Preset(name) => name.clone(),
+        Variant::Adhoc(_) => "adhoc".to_string(),
+    };
+    // Admission first, then a worker, then the original: only `workers` originals are ever in
+    // memory at once, whatever the flood (waiting requests hold nothing but their connection).
+    let pool = &cx.shared.image_pool;
+    let waiting = Waiting::enter(&pool.waiting);
+    if waiting.ahead >= pool.queue {
+        refused(cx.shared, "busy");
+        let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the image queue is full; try again");
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(resp);
+    }
+    let permit = pool.permits.acquire().await;
+    drop(waiting);
+    let Ok(_permit) = permit else { return Err(ProxyError::NoTarget) };
+    let source_query = source_query(parts.uri.query());
+    let original = match fetch(cx, svc, &path, source_query.as_deref(), out).await? {
+        Ok(o) => o,
+        Err(resp) => return Ok(resp),
+    };
+    let limits = Limits { max_pixels: svc.cfg.max_source_pixels, max_bytes: svc.cfg.max_source_bytes };
+    let started = Instant::now();
+    let body = original.body.clone();
+    let job_spec = spec.clone();
+    let result = tokio::task::spawn_blocking(move || flotilla_images::transform(&body, &job_spec, &limits))
+        .await
+        .unwrap_or_else(|e| Err(ImageError::Internal(format!("transform task: {e}"))));
+    let elapsed = started.elapsed();
+    match result {
+        Err(e) => {
+            refused(cx.shared, e.reason());
+            tracing::info!(path = %path, error = %e, "image refused");
+            let mut resp = json_error(
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY),
+                e.reason(),
+                &e.to_string(),
+            );
+            if e.status() < 500 {
+                // The same bad original would fail the same way: let the cache absorb retries.
+                resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+            }
+            Ok(resp)
+        }
+        Ok(img) => {
+            let labels = ImageLabels { preset, format: img.format.name() };
+            metrics.image_transforms.get_or_create(&labels).inc();
+            metrics.image_seconds.get_or_create(&labels).inc_by(elapsed.as_secs_f64());
+            metrics.image_bytes_in.inc_by(original.body.len() as u64);
+            metrics.image_bytes_out.get_or_create(&labels).inc_by(img.bytes.len() as u64);
+            Ok(variant_response(img, &original.headers, svc))
+        }
+    }
+}
+
+/// The original's bytes and the headers worth carrying over to its variants.
+struct Original {
+    body: Bytes,
+    headers: HeaderMap,
+}
+
+/// `?s=` and `?html` belong to us; anything else in the query goes to the origin.
+fn source_query(query: Option<&str>) -> Option<String> {
+    let kept: Vec<&str> = query?
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("s=") && *p != "html" && !p.starts_with("html="))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// Reads the original, bounded by `max_source_bytes`. The inner `Err` is a response to send
+/// as is (not found, too large, origin error).
+async fn fetch(
+    cx: Origin<'_>,
+    svc: &Arc<ImageService>,
+    path: &str,
+    query: Option<&str>,
+    out: &mut Outcome,
+) -> Result<Result<Original, Response<Body>>, ProxyError> {
+    let limit = svc.cfg.max_source_bytes;
+    let too_large = |cx: Origin<'_>| {
+        refused(cx.shared, "too_large");
+        json_error(StatusCode::UNPROCESSABLE_ENTITY, "too_large", &format!("the original is larger than {limit} bytes"))
+    };
+    match &svc.source {
+        Source::Files(dir) => {
+            let (dir, path) = (dir.clone(), path.to_string());
+            let read = tokio::task::spawn_blocking(move || read_file(&dir, &path, limit)).await;
+            match read.unwrap_or(Err(FileError::NotFound)) {
+                Ok(body) => Ok(Ok(Original { body, headers: HeaderMap::new() })),
+                Err(FileError::NotFound) => {
+                    Ok(Err(json_error(StatusCode::NOT_FOUND, "source_not_found", "no such original")))
+                }
+                Err(FileError::TooLarge) => Ok(Err(too_large(cx))),
+            }
+        }
+        Source::Group(group) => {
+            let pq = match query {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            let mut req = Request::new(http_body_util::Empty::<Bytes>::new());
+            *req.uri_mut() = pq.parse().map_err(|_| ProxyError::BadRequest)?;
+            req.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("image/*"));
+            if let Ok(h) = HeaderValue::from_str(cx.host) {
+                req.headers_mut().insert(header::HOST, h);
+            }
+            let source_cx = Origin { group: Some(group), images: None, ..cx };
+            let resp = Box::pin(origin(source_cx, req, out)).await?;
+            let status = resp.status();
+            if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+                return Ok(Err(json_error(status, "source_not_found", "the origin has no such original")));
+            }
+            if !status.is_success() {
+                refused(cx.shared, "source_error");
+                let msg = format!("the origin answered {} for the original", status.as_u16());
+                return Ok(Err(json_error(StatusCode::BAD_GATEWAY, "source_error", &msg)));
+            }
+            let declared =
+                resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit) {
+                return Ok(Err(too_large(cx)));
+            }
+            let (parts, body) = resp.into_parts();
+            match collect(body, limit as usize).await {
+                Collected::All(b) => Ok(Ok(Original { body: b, headers: parts.headers })),
+                Collected::TooLarge => Ok(Err(too_large(cx))),
+                Collected::Failed(e) => {
+                    tracing::debug!(path, error = %e, "reading the original failed");
+                    Err(ProxyError::TargetReset)
+                }
+            }
+        }
+    }
+}
+
+enum Collected {
+    All(Bytes),
+    TooLarge,
+    Failed(BoxError),
+}
+
+async fn collect(mut body: Body, limit: usize) -> Collected {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Ok(data) = f.into_data() {
+                    if buf.len() + data.len() > limit {
+                        return Collected::TooLarge;
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Err(e) => return Collected::Failed(e),
+        }
+    }
+    Collected::All(buf.freeze())
+}
+
+enum FileError {
+    NotFound,
+    TooLarge,
+}
+
+/// Reads `dir` + `path` (already checked for `..` and friends by the URL parser), refusing
+/// symlinks that lead outside `dir`. Blocking: run on the blocking pool.
+fn read_file(dir: &Path, path: &str, limit: u64) -> Result<Bytes, FileError> {
+    let rel = image_url::percent_decode(path).ok_or(FileError::NotFound)?;
+    let candidate = dir.join(rel.trim_start_matches('/'));
+    let (Ok(root), Ok(real)) = (std::fs::canonicalize(dir), std::fs::canonicalize(&candidate)) else {
+        return Err(FileError::NotFound);
+    };
+    if !real.starts_with(&root) {
+        return Err(FileError::NotFound);
+    }
+    let meta = std::fs::metadata(&real).map_err(|_| FileError::NotFound)?;
+    if !meta.is_file() {
+        return Err(FileError::NotFound);
+    }
+    if meta.len() > limit {
+        return Err(FileError::TooLarge);
+    }
+    std::fs::read(&real).map(Bytes::from).map_err(|_| FileError::NotFound)
+}
+
+fn variant_response(img: flotilla_images::Output, source: &HeaderMap, svc: &ImageService) -> Response<Body> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, &img.bytes);
+    let etag = format!("\"{}\"", digest.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let mut resp = Response::new(Full::new(Bytes::from(img.bytes)).map_err(|e| match e {}).boxed_unsync());
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(img.format.mime()));
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    // Freshness and tags follow the original, so invalidating or expiring it covers its variants.
+    let carried = [header::CACHE_CONTROL, header::EXPIRES, header::LAST_MODIFIED];
+    for name in carried {
+        if let Some(v) = source.get(&name) {
+            h.insert(name, v.clone());
+        }
+    }
+    for name in ["surrogate-key", "cache-tag", "cdn-cache-control"] {
+        if let Some(v) = source.get(name) {
+            h.insert(header::HeaderName::from_static(name), v.clone());
+        }
+    }
+    if !h.contains_key(header::CACHE_CONTROL) && !h.contains_key(header::EXPIRES) {
+        if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={}", svc.cfg.ttl.as_secs())) {
+            h.insert(header::CACHE_CONTROL, v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("{}x{}", img.width, img.height)) {
+        h.insert(header::HeaderName::from_static("x-image-size"), v);
+    }
+    resp
+}
+
+async fn srcset(
+    cx: Origin<'_>,
+    svc: &Arc<ImageService>,
+    req: &Request<Incoming>,
+    path: &str,
+    html: bool,
+    out: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let original = match fetch(cx, svc, path, source_query(req.uri().query()).as_deref(), out).await? {
+        Ok(o) => o,
+        Err(resp) => return Ok(resp),
+    };
+    let probe = match flotilla_images::probe(&original.body) {
+        Ok(p) => p,
+        Err(e) => {
+            refused(cx.shared, e.reason());
+            return Ok(json_error(StatusCode::UNPROCESSABLE_ENTITY, e.reason(), &e.to_string()));
+        }
+    };
+    let (w, h) =
+        if (5..=8).contains(&probe.orientation) { (probe.height, probe.width) } else { (probe.width, probe.height) };
+    let entries = image_url::srcset(&svc.cfg.route, path, w, h, &svc.cfg.presets);
+    let (body, ctype) = if html {
+        (image_url::srcset_html(&entries) + "\n", "text/html; charset=utf-8")
+    } else {
+        let variants: Vec<String> = entries
+            .iter()
+            .map(|e| {
+                format!(
+                    "{{\"preset\":{},\"url\":{},\"width\":{},\"height\":{},\"in_srcset\":{}}}",
+                    json_str(&e.preset),
+                    json_str(&e.url),
+                    e.width,
+                    e.height,
+                    e.in_srcset
+                )
+            })
+            .collect();
+        let html = image_url::srcset_html(&entries);
+        (
+            format!(
+                "{{\"source\":{},\"width\":{w},\"height\":{h},\"variants\":[{}],\"html\":{}}}\n",
+                json_str(path),
+                variants.join(","),
+                json_str(&html)
+            ),
+            "application/json",
+        )
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync());
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    Ok(resp)
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn refused(shared: &Shared, reason: &'static str) {
+    shared.metrics.image_refusals.get_or_create(&RefusalLabels { reason }).inc();
+}
+
+fn json_error(status: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    let body = format!(
+        "{{\"status\":{},\"error\":{},\"message\":{}}}\n",
+        status.as_u16(),
+        json_str(reason),
+        json_str(message)
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
