@@ -33,17 +33,61 @@ use crate::Shared;
 
 /// The transform pool: shared by every worker and kept across reloads, so a reload cannot
 /// double the CPU the images may take.
+///
+/// Transforms run on `workers` dedicated threads rather than tokio's blocking pool: the same few
+/// threads keep their allocator heaps warm, where hundreds of short-lived blocking threads each
+/// kept their own and RSS grew with them.
 pub(crate) struct Pool {
     permits: Semaphore,
     waiting: AtomicUsize,
     queue: usize,
+    workers: usize,
+    jobs: std::sync::OnceLock<std::sync::mpsc::Sender<Job>>,
 }
+
+type Job = Box<dyn FnOnce() + Send>;
 
 impl Pool {
     pub(crate) fn new(cfg: Option<&ImagesConfig>) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = cfg.map_or(cpus, |c| if c.workers == 0 { cpus } else { c.workers });
-        Pool { permits: Semaphore::new(workers), waiting: AtomicUsize::new(0), queue: cfg.map_or(64, |c| c.queue) }
+        Pool {
+            permits: Semaphore::new(workers),
+            waiting: AtomicUsize::new(0),
+            queue: cfg.map_or(64, |c| c.queue),
+            workers,
+            jobs: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Runs `f` on an image thread (started on first use). Callers hold a permit, so at most
+    /// `workers` jobs are ever queued here.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let jobs = self.jobs.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let rx = Arc::new(std::sync::Mutex::new(rx));
+            for i in 0..self.workers {
+                let rx = rx.clone();
+                let spawned = std::thread::Builder::new().name(format!("flotilla-image-{i}")).spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        // transform catches codec panics itself; this keeps the thread either way.
+                        Ok(job) => drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))),
+                        Err(_) => return,
+                    }
+                });
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "cannot start an image thread");
+                }
+            }
+            tx
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        jobs.send(Box::new(move || {
+            let _ = tx.send(f());
+        }))
+        .ok()?;
+        rx.await.ok()
     }
 }
 
@@ -234,9 +278,10 @@ pub(crate) async fn render<B>(
     let started = Instant::now();
     let body = original.body.clone();
     let job_spec = spec.clone();
-    let result = tokio::task::spawn_blocking(move || flotilla_images::transform(&body, &job_spec, &limits))
+    let result = pool
+        .run(move || flotilla_images::transform(&body, &job_spec, &limits))
         .await
-        .unwrap_or_else(|e| Err(ImageError::Internal(format!("transform task: {e}"))));
+        .unwrap_or_else(|| Err(ImageError::Internal("the image thread stopped".into())));
     let elapsed = started.elapsed();
     match result {
         Err(e) => {

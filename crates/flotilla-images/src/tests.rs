@@ -86,6 +86,21 @@ fn gif_first_frame() {
     let out = transform(&gif_bytes, &spec(Some(30), None, Fit::Contain, ImageFormat::Webp), &LIMITS).unwrap();
     assert_eq!(out.source.kind, Kind::Gif);
     assert_eq!((out.width, out.height), (30, 20));
+    // A GIF bomb: the same frames on a declared 65535×65535 canvas is refused from the header.
+    let mut bomb = gif_bytes.clone();
+    bomb[6..10].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF]);
+    assert!(matches!(
+        transform(&bomb, &spec(Some(30), None, Fit::Contain, ImageFormat::Webp), &LIMITS),
+        Err(ImageError::TooLarge(_))
+    ));
+    // A frame larger than its canvas is clipped to the canvas, not trusted.
+    let mut wide = gif_bytes.clone();
+    wide[6..8].copy_from_slice(&10u16.to_le_bytes());
+    let clipped = transform(&wide, &spec(None, None, Fit::Contain, ImageFormat::Jpeg), &LIMITS);
+    assert!(
+        matches!(&clipped, Ok(o) if o.width == 10) || matches!(clipped, Err(ImageError::Corrupt(_))),
+        "{clipped:?}"
+    );
 }
 
 #[test]
