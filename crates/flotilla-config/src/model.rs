@@ -128,9 +128,19 @@ pub struct AdminConfig {
 pub struct RouteConfig {
     pub host: HostPattern,
     pub path: PathPattern,
-    pub target_group: String,
+    pub origin: RouteOrigin,
     /// The cache behaviour for this route, if responses here are cached.
     pub cache: Option<String>,
+}
+
+/// Where a route's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteOrigin {
+    /// `target_group = "web"`: proxied to the group's targets.
+    TargetGroup(String),
+    /// `origin = "files:./public"`: served from this directory (the request path is appended
+    /// to it, as nginx's `root` does).
+    Files(std::path::PathBuf),
 }
 
 /// `[cache]`: the shared storage every cached route uses.

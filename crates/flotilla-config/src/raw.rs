@@ -233,6 +233,7 @@ pub(crate) struct RawRoute {
     pub host: Option<S<String>>,
     pub path: Option<S<String>>,
     pub target_group: Option<S<String>>,
+    pub origin: Option<S<String>>,
     pub cache: Option<S<String>>,
 }
 

@@ -449,3 +449,16 @@ fn images_errors_name_the_line() {
         ],
     );
 }
+
+#[test]
+fn routes_take_a_target_group_or_a_files_origin() {
+    let cfg = ok("[[routes]]\npath = \"/static/*\"\norigin = \"files:.\"\n");
+    assert_eq!(cfg.routes[0].origin, RouteOrigin::Files(Path::new(".").to_path_buf()));
+    check_err(
+        "[target_groups.web]\ntargets = []\n[[routes]]\ntarget_group = \"web\"\norigin = \"files:.\"\n[[routes]]\norigin = \"http://x\"\n",
+        &[
+            "flotilla.toml:4:16: a route has either target_group or origin, not both",
+            "flotilla.toml:7:10: routes.origin \"http://x\": expected \"files:DIR\"",
+        ],
+    );
+}

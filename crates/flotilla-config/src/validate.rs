@@ -350,14 +350,39 @@ fn route(
             }
         }
     };
-    let Some(tg) = &r.target_group else {
-        cx.err(raw, "route needs target_group = \"name\"");
-        return None;
+    let origin = match (&r.target_group, &r.origin) {
+        (Some(tg), None) => {
+            if !groups.contains_key(tg.get_ref()) {
+                let known: Vec<_> = groups.keys().map(String::as_str).collect();
+                cx.err(
+                    tg,
+                    format!("routes.target_group {:?} is not defined (known: {})", tg.get_ref(), known.join(", ")),
+                );
+            }
+            RouteOrigin::TargetGroup(tg.get_ref().clone())
+        }
+        (None, Some(o)) => match o.get_ref().strip_prefix("files:") {
+            Some(dir) if !dir.is_empty() => {
+                let path = cx.base_dir.join(dir);
+                if !path.is_dir() {
+                    cx.err(o, format!("routes.origin: {} is not a directory", path.display()));
+                }
+                RouteOrigin::Files(path)
+            }
+            _ => {
+                cx.err(o, format!("routes.origin {:?}: expected \"files:DIR\"", o.get_ref()));
+                return None;
+            }
+        },
+        (Some(tg), Some(_)) => {
+            cx.err(tg, "a route has either target_group or origin, not both");
+            return None;
+        }
+        (None, None) => {
+            cx.err(raw, "route needs target_group = \"name\" (or origin = \"files:DIR\")");
+            return None;
+        }
     };
-    if !groups.contains_key(tg.get_ref()) {
-        let known: Vec<_> = groups.keys().map(String::as_str).collect();
-        cx.err(tg, format!("routes.target_group {:?} is not defined (known: {})", tg.get_ref(), known.join(", ")));
-    }
     let cache = r.cache.as_ref().map(|c| {
         if !behaviors.contains_key(c.get_ref()) {
             let known: Vec<_> = behaviors.keys().map(String::as_str).collect();
@@ -372,7 +397,7 @@ fn route(
         }
         c.get_ref().clone()
     });
-    Some(RouteConfig { host, path, target_group: tg.get_ref().clone(), cache })
+    Some(RouteConfig { host, path, origin, cache })
 }
 
 fn cache(cx: &mut Ctx<'_>, raw: &S<RawCache>) -> CacheConfig {

@@ -367,19 +367,11 @@ fn refresh_in_background(
     *background.uri_mut() = req.uri().clone();
     *background.headers_mut() = headers;
     let (shared, rt, conn) = (cx.shared.clone(), cx.rt.clone(), cx.conn.clone());
-    let (group, images) = (cx.group.cloned(), cx.images.cloned());
+    let backend = cx.backend.to_owned();
     let (host, rid, rule) = (cx.host.to_string(), cx.rid.clone(), rule.clone());
     tokio::spawn(async move {
         let _flight = flight;
-        let cx = Origin {
-            shared: &shared,
-            rt: &rt,
-            conn: &conn,
-            group: group.as_ref(),
-            images: images.as_ref(),
-            host: &host,
-            rid: &rid,
-        };
+        let cx = Origin { shared: &shared, rt: &rt, conn: &conn, backend: backend.borrow(), host: &host, rid: &rid };
         let request_time = SystemTime::now();
         let result = match origin(cx, background, &mut Outcome::default()).await {
             Ok(resp) => settle(

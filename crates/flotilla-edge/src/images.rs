@@ -8,7 +8,6 @@
 //! (from the target group through the normal proxy path, or from a directory), and runs the
 //! transform on the bounded image pool, off the async runtime.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,6 +24,7 @@ use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
 use crate::error::ProxyError;
+use crate::files::ReadError;
 use crate::group::TargetGroup;
 use crate::metrics::{EdgeMetrics, ImageLabels, RefusalLabels};
 use crate::proxy::{origin, Body, BoxError, Origin, Outcome};
@@ -121,7 +121,7 @@ pub(crate) struct ImageService {
 
 enum Source {
     Group(Arc<TargetGroup>),
-    Files(PathBuf),
+    Files(Arc<crate::files::FilesOrigin>),
 }
 
 impl ImageService {
@@ -132,7 +132,7 @@ impl ImageService {
     ) -> Option<Self> {
         let source = match &cfg.source {
             ImageSource::TargetGroup(name) => Source::Group(groups.get(name)?.clone()),
-            ImageSource::Files(dir) => Source::Files(dir.clone()),
+            ImageSource::Files(dir) => Source::Files(Arc::new(crate::files::FilesOrigin::new(dir))),
         };
         // Variants live as long as the original says, or `ttl`; a failing origin is covered
         // by the stored copy for a day, and a stale one is refreshed in the background.
@@ -207,7 +207,7 @@ pub(crate) async fn serve(
         resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return Ok(resp);
     }
-    out.group = cx.group.cloned();
+    out.group = svc.source_group().cloned();
     let parsed = svc.parse(req.uri().path(), req.uri().query());
     match parsed {
         Err(e) => {
@@ -341,13 +341,13 @@ async fn fetch(
     match &svc.source {
         Source::Files(dir) => {
             let (dir, path) = (dir.clone(), path.to_string());
-            let read = tokio::task::spawn_blocking(move || read_file(&dir, &path, limit)).await;
-            match read.unwrap_or(Err(FileError::NotFound)) {
+            let read = tokio::task::spawn_blocking(move || dir.read(&path, limit)).await;
+            match read.unwrap_or(Err(ReadError::NotFound)) {
                 Ok(body) => Ok(Ok(Original { body, headers: HeaderMap::new() })),
-                Err(FileError::NotFound) => {
+                Err(ReadError::NotFound) => {
                     Ok(Err(json_error(StatusCode::NOT_FOUND, "source_not_found", "no such original")))
                 }
-                Err(FileError::TooLarge) => Ok(Err(too_large(cx))),
+                Err(ReadError::TooLarge) => Ok(Err(too_large(cx))),
             }
         }
         Source::Group(group) => {
@@ -361,7 +361,7 @@ async fn fetch(
             if let Ok(h) = HeaderValue::from_str(cx.host) {
                 req.headers_mut().insert(header::HOST, h);
             }
-            let source_cx = Origin { group: Some(group), images: None, ..cx };
+            let source_cx = Origin { backend: crate::proxy::Backend::Group(group), ..cx };
             let resp = Box::pin(origin(source_cx, req, out)).await?;
             let status = resp.status();
             if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
@@ -412,32 +412,6 @@ async fn collect(mut body: Body, limit: usize) -> Collected {
         }
     }
     Collected::All(buf.freeze())
-}
-
-enum FileError {
-    NotFound,
-    TooLarge,
-}
-
-/// Reads `dir` + `path` (already checked for `..` and friends by the URL parser), refusing
-/// symlinks that lead outside `dir`. Blocking: run on the blocking pool.
-fn read_file(dir: &Path, path: &str, limit: u64) -> Result<Bytes, FileError> {
-    let rel = image_url::percent_decode(path).ok_or(FileError::NotFound)?;
-    let candidate = dir.join(rel.trim_start_matches('/'));
-    let (Ok(root), Ok(real)) = (std::fs::canonicalize(dir), std::fs::canonicalize(&candidate)) else {
-        return Err(FileError::NotFound);
-    };
-    if !real.starts_with(&root) {
-        return Err(FileError::NotFound);
-    }
-    let meta = std::fs::metadata(&real).map_err(|_| FileError::NotFound)?;
-    if !meta.is_file() {
-        return Err(FileError::NotFound);
-    }
-    if meta.len() > limit {
-        return Err(FileError::TooLarge);
-    }
-    std::fs::read(&real).map(Bytes::from).map_err(|_| FileError::NotFound)
 }
 
 fn variant_response(img: flotilla_images::Output, source: &HeaderMap, svc: &ImageService) -> Response<Body> {

@@ -7,6 +7,7 @@
 mod balance;
 mod cached;
 mod error;
+mod files;
 mod framing;
 mod group;
 mod headers;

@@ -18,6 +18,7 @@ use crate::error::ProxyError;
 use crate::group::{PickRequest, TargetGroup};
 use crate::metrics::class_index;
 use crate::pool::{Lease, LeasedBody, SendError};
+use crate::route::RouteBackend;
 use crate::target::Target;
 use crate::{headers, upgrade, Runtime, Shared};
 
@@ -120,11 +121,21 @@ async fn forward(
         }
     }
     if let Some(svc) = rt.images.as_ref().filter(|s| s.rest(req.uri().path()).is_some()) {
-        let cx = Origin { shared, rt, conn, group: svc.source_group(), images: Some(svc), host: &host, rid };
+        let cx = Origin { shared, rt, conn, backend: Backend::Images(svc), host: &host, rid };
         return Box::pin(crate::images::serve(cx, svc, req, out)).await;
     }
     let route = rt.routes.find(&host, req.uri().path()).ok_or(ProxyError::NoRoute)?;
-    let group = route.group.clone();
+    let group = match &route.backend {
+        RouteBackend::Group(g) => g.clone(),
+        RouteBackend::Files(files) => {
+            let backend = Backend::Files(files);
+            if let Some(rule) = route.cache.clone() {
+                let cx = Origin { shared, rt, conn, backend, host: &host, rid };
+                return Box::pin(crate::cached::serve(cx, &rule, req, out)).await;
+            }
+            return origin(Origin { shared, rt, conn, backend, host: &host, rid }, req, out).await;
+        }
+    };
     out.group = Some(group.clone());
     if req.version() != Version::HTTP_2 && headers::is_upgrade(req.headers()) {
         // Boxed: a rare path whose state would otherwise enlarge every request's future (which
@@ -132,10 +143,47 @@ async fn forward(
         return Box::pin(upgrade::forward(shared, &group, conn, req, &host, rid, out)).await;
     }
     if let Some(rule) = route.cache.clone() {
-        let cx = Origin { shared, rt, conn, group: Some(&group), images: None, host: &host, rid };
+        let cx = Origin { shared, rt, conn, backend: Backend::Group(&group), host: &host, rid };
         return Box::pin(crate::cached::serve(cx, &rule, req, out)).await;
     }
-    origin(Origin { shared, rt, conn, group: Some(&group), images: None, host: &host, rid }, req, out).await
+    origin(Origin { shared, rt, conn, backend: Backend::Group(&group), host: &host, rid }, req, out).await
+}
+
+/// What answers a request that reaches the origin phase.
+#[derive(Clone, Copy)]
+pub(crate) enum Backend<'a> {
+    Group(&'a Arc<TargetGroup>),
+    /// `origin = "files:DIR"`.
+    Files(&'a Arc<crate::files::FilesOrigin>),
+    /// Image URLs: the transformer, which fetches originals from its own source.
+    Images(&'a Arc<crate::images::ImageService>),
+}
+
+/// [`Backend`] held beyond the request (a background refresh).
+pub(crate) enum OwnedBackend {
+    Group(Arc<TargetGroup>),
+    Files(Arc<crate::files::FilesOrigin>),
+    Images(Arc<crate::images::ImageService>),
+}
+
+impl Backend<'_> {
+    pub(crate) fn to_owned(self) -> OwnedBackend {
+        match self {
+            Backend::Group(g) => OwnedBackend::Group(g.clone()),
+            Backend::Files(f) => OwnedBackend::Files(f.clone()),
+            Backend::Images(i) => OwnedBackend::Images(i.clone()),
+        }
+    }
+}
+
+impl OwnedBackend {
+    pub(crate) fn borrow(&self) -> Backend<'_> {
+        match self {
+            OwnedBackend::Group(g) => Backend::Group(g),
+            OwnedBackend::Files(f) => Backend::Files(f),
+            OwnedBackend::Images(i) => Backend::Images(i),
+        }
+    }
 }
 
 /// Everything the origin phase needs besides the request itself.
@@ -144,10 +192,7 @@ pub(crate) struct Origin<'a> {
     pub shared: &'a Arc<Shared>,
     pub rt: &'a Arc<Runtime>,
     pub conn: &'a Arc<Conn>,
-    /// None only for image URLs whose originals come from a directory.
-    pub group: Option<&'a Arc<TargetGroup>>,
-    /// Set on image URLs: the origin is the image transformer.
-    pub images: Option<&'a Arc<crate::images::ImageService>>,
+    pub backend: Backend<'a>,
     pub host: &'a str,
     pub rid: &'a HeaderValue,
 }
@@ -159,11 +204,17 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    if let Some(svc) = cx.images {
-        return Box::pin(crate::images::render(cx, svc, req, out)).await;
-    }
-    let Origin { rt, conn, group, host, rid, .. } = cx;
-    let group = group.ok_or(ProxyError::NoRoute)?;
+    let group = match cx.backend {
+        Backend::Group(g) => g,
+        Backend::Images(svc) => return Box::pin(crate::images::render(cx, svc, req, out)).await,
+        Backend::Files(files) => {
+            let (parts, _) = req.into_parts();
+            return Ok(
+                crate::files::serve(files, &parts.method, parts.uri.path(), parts.uri.query(), &parts.headers).await
+            );
+        }
+    };
+    let Origin { rt, conn, host, rid, .. } = cx;
     let cfg = group.config();
     let (mut parts, body) = req.into_parts();
     let fault = BodyFault::default();

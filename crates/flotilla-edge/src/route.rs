@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use flotilla_cache::{Behavior, KeyPolicy, QueryKey};
-use flotilla_config::{CacheBehaviorConfig, HostPattern, PathPattern, QueryKeyConfig};
+use flotilla_config::{CacheBehaviorConfig, HostPattern, PathPattern, QueryKeyConfig, RouteOrigin};
 use http::header::HeaderName;
 use prometheus_client::metrics::counter::Counter;
 
@@ -15,8 +15,14 @@ use crate::metrics::{CacheLabels, EdgeMetrics};
 pub(crate) struct Route {
     pub host: HostPattern,
     pub path: PathPattern,
-    pub group: Arc<TargetGroup>,
+    pub backend: RouteBackend,
     pub cache: Option<Arc<CacheRule>>,
+}
+
+/// Where a route sends its requests.
+pub(crate) enum RouteBackend {
+    Group(Arc<TargetGroup>),
+    Files(Arc<crate::files::FilesOrigin>),
 }
 
 /// A cache behaviour as the request path uses it.
@@ -101,7 +107,10 @@ impl Routes {
                 Some(Route {
                     host: r.host.clone(),
                     path: r.path.clone(),
-                    group: groups.get(&r.target_group)?.clone(),
+                    backend: match &r.origin {
+                        RouteOrigin::TargetGroup(name) => RouteBackend::Group(groups.get(name)?.clone()),
+                        RouteOrigin::Files(dir) => RouteBackend::Files(Arc::new(crate::files::FilesOrigin::new(dir))),
+                    },
                     cache: r.cache.as_deref().and_then(|c| rules.get(c).cloned()),
                 })
             })

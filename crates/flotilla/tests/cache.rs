@@ -330,3 +330,69 @@ async fn compressible_objects_are_stored_compressed_once_and_served_by_accept_en
             .unwrap();
     assert!(h.get("content-encoding").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_origin_serves_a_directory_with_validators_and_ranges() {
+    let dir = scratch_dir("cache-files-origin");
+    let public = dir.join("public");
+    std::fs::create_dir_all(public.join("assets/docs")).unwrap();
+    let css = "body { color: #123; }\n".repeat(20);
+    std::fs::write(public.join("assets/app.css"), &css).unwrap();
+    std::fs::write(public.join("assets/docs/index.html"), "<h1>docs</h1>\n").unwrap();
+    std::fs::write(dir.join("secret.txt"), "outside the root\n").unwrap();
+    std::fs::create_dir_all(public.join("plain")).unwrap();
+    std::fs::write(public.join("plain/data.txt"), "1234567890").unwrap();
+    std::os::unix::fs::symlink(dir.join("secret.txt"), public.join("assets/link.txt")).unwrap();
+    let body = format!(
+        "{BEHAVIOR}[[routes]]\npath = \"/assets/*\"\norigin = \"files:public\"\ncache = \"main\"\n\n[[routes]]\npath = \"/plain/*\"\norigin = \"files:public\"\n"
+    );
+    let port = free_port();
+    let admin_port = free_port();
+    let text = format!(
+        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"test-token\"\n\n{body}"
+    );
+    let f = Flotilla::start_raw("cache-files-origin", &dir, &text, port, admin_port);
+    let c = client();
+
+    let (s, h, b) = request(&c, "GET", &f.url("/assets/app.css"), &[], "").await.unwrap();
+    assert_eq!((s, b.as_str()), (200, css.as_str()));
+    assert_eq!(h["content-type"], "text/css; charset=utf-8");
+    assert_eq!(h["cache-status"], "flotilla; fwd=miss; stored");
+    let etag = h["etag"].to_str().unwrap().to_string();
+    assert!(h.contains_key("last-modified"));
+    let (_, h2, _) = request(&c, "GET", &f.url("/assets/app.css"), &[], "").await.unwrap();
+    assert!(h2["cache-status"].to_str().unwrap().starts_with("flotilla; hit"), "{h2:?}");
+    let (s304, _, _) = request(&c, "GET", &f.url("/assets/app.css"), &[("if-none-match", &etag)], "").await.unwrap();
+    assert_eq!(s304, 304);
+    let (s206, h206, part) =
+        request(&c, "GET", &f.url("/assets/app.css"), &[("range", "bytes=5-9")], "").await.unwrap();
+    assert_eq!((s206, part.as_str()), (206, &css[5..10]));
+    assert_eq!(h206["content-range"], format!("bytes 5-9/{}", css.len()).as_str());
+
+    // Uncached: the directory server itself answers validators, ranges and HEAD.
+    let (s, h, part) = request(&c, "GET", &f.url("/plain/data.txt"), &[("range", "bytes=-4")], "").await.unwrap();
+    assert_eq!((s, part.as_str()), (206, "7890"));
+    assert!(!h.contains_key("cache-status"));
+    let lm = h["last-modified"].to_str().unwrap().to_string();
+    let (s, _, _) = request(&c, "GET", &f.url("/plain/data.txt"), &[("if-modified-since", &lm)], "").await.unwrap();
+    assert_eq!(s, 304);
+    let (s, h, b) = request(&c, "HEAD", &f.url("/plain/data.txt"), &[], "").await.unwrap();
+    assert_eq!((s, b.as_str(), h["content-length"].to_str().unwrap()), (200, "", "10"));
+    let (s, h, _) = request(&c, "GET", &f.url("/plain/data.txt"), &[("range", "bytes=50-")], "").await.unwrap();
+    assert_eq!((s, h["content-range"].to_str().unwrap()), (416, "bytes */10"));
+    let (s, h, _) = request(&c, "GET", &f.url("/assets/docs"), &[], "").await.unwrap();
+    assert_eq!((s, h.get("location").map(|v| v.to_str().unwrap())), (301, Some("/assets/docs/")));
+    let (s, h, b) = request(&c, "GET", &f.url("/assets/docs/"), &[], "").await.unwrap();
+    assert_eq!((s, b.as_str()), (200, "<h1>docs</h1>\n"));
+    assert_eq!(h["content-type"], "text/html; charset=utf-8");
+    let (s, _, _) = request(&c, "POST", &f.url("/assets/app.css"), &[], "x").await.unwrap();
+    assert_eq!(s, 405);
+    // Nothing outside the root: not by '..', not by a symlink.
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let traversal = raw(addr, b"GET /assets/../secret.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(traversal.starts_with("HTTP/1.1 400") && !traversal.contains("outside the root"), "{traversal}");
+    let encoded = raw(addr, b"GET /assets/%2e%2e/%2e%2e/secret.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(encoded.starts_with("HTTP/1.1 400"), "{encoded}");
+    let (s, _, b) = request(&c, "GET", &f.url("/assets/link.txt"), &[], "").await.unwrap();
+    assert_eq!(s, 404, "{b}");
+}

@@ -1,0 +1,376 @@
+//! The `files:DIR` origin: a static file server for routes (and image originals), with what a
+//! CDN origin needs — content types, `ETag`/`Last-Modified` and 304s, single byte ranges and
+//! `If-Range` — and nothing that can leave the directory: `..`, NUL and backslashes are refused,
+//! and the resolved path (after symlinks) must stay under the canonical root.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Frame;
+use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
+
+use crate::proxy::{Body, BoxError};
+
+const CHUNK: usize = 64 * 1024;
+
+pub(crate) struct FilesOrigin {
+    /// Canonical when the directory existed at load; requests fail with 404 otherwise.
+    root: PathBuf,
+}
+
+/// A file found under the root.
+pub(crate) struct Found {
+    file: std::fs::File,
+    len: u64,
+    modified: Option<SystemTime>,
+    path: PathBuf,
+}
+
+pub(crate) enum Lookup {
+    Found(Found),
+    /// A directory asked for without its trailing slash.
+    Directory,
+    NotFound,
+    /// `..`, NUL, backslash or bad percent-encoding.
+    BadPath,
+}
+
+impl FilesOrigin {
+    pub(crate) fn new(dir: &Path) -> Self {
+        FilesOrigin { root: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()) }
+    }
+
+    /// Resolves a URL path (still percent-encoded) to a file. Blocking.
+    pub(crate) fn lookup(&self, url_path: &str) -> Lookup {
+        let Some(decoded) = flotilla_images::url::percent_decode(url_path) else { return Lookup::BadPath };
+        if decoded.contains(['\0', '\\']) || decoded.split('/').any(|seg| seg == "..") {
+            return Lookup::BadPath;
+        }
+        let mut rel = decoded.trim_start_matches('/').to_string();
+        if rel.is_empty() || rel.ends_with('/') {
+            rel.push_str("index.html");
+        }
+        let Ok(real) = std::fs::canonicalize(self.root.join(&rel)) else { return Lookup::NotFound };
+        if !real.starts_with(&self.root) {
+            return Lookup::NotFound;
+        }
+        let Ok(meta) = std::fs::metadata(&real) else { return Lookup::NotFound };
+        if meta.is_dir() {
+            return Lookup::Directory;
+        }
+        match std::fs::File::open(&real) {
+            Ok(file) if meta.is_file() => {
+                Lookup::Found(Found { file, len: meta.len(), modified: meta.modified().ok(), path: real })
+            }
+            _ => Lookup::NotFound,
+        }
+    }
+
+    /// Reads a whole file of at most `limit` bytes (image originals). Blocking.
+    pub(crate) fn read(&self, url_path: &str, limit: u64) -> Result<Bytes, ReadError> {
+        match self.lookup(url_path) {
+            Lookup::Found(f) if f.len > limit => Err(ReadError::TooLarge),
+            Lookup::Found(mut f) => {
+                use std::io::Read;
+                let mut buf = Vec::with_capacity(f.len as usize);
+                f.file.by_ref().take(limit + 1).read_to_end(&mut buf).map_err(|_| ReadError::NotFound)?;
+                if buf.len() as u64 > limit {
+                    return Err(ReadError::TooLarge);
+                }
+                Ok(Bytes::from(buf))
+            }
+            _ => Err(ReadError::NotFound),
+        }
+    }
+}
+
+pub(crate) enum ReadError {
+    NotFound,
+    TooLarge,
+}
+
+/// Answers one request from the directory.
+pub(crate) async fn serve(
+    origin: &std::sync::Arc<FilesOrigin>,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are allowed here\n");
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let lookup = {
+        let (origin, p) = (origin.clone(), path.to_string());
+        tokio::task::spawn_blocking(move || origin.lookup(&p)).await.unwrap_or(Lookup::NotFound)
+    };
+    let found = match lookup {
+        Lookup::Found(f) => f,
+        Lookup::NotFound => return plain(StatusCode::NOT_FOUND, "not found\n"),
+        Lookup::BadPath => return plain(StatusCode::BAD_REQUEST, "bad path\n"),
+        Lookup::Directory => {
+            let location = match query {
+                Some(q) => format!("{path}/?{q}"),
+                None => format!("{path}/"),
+            };
+            let mut r = plain(StatusCode::MOVED_PERMANENTLY, "");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return r;
+        }
+    };
+    let etag = format!(
+        "\"{:x}-{:x}\"",
+        found.modified.and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs()),
+        found.len
+    );
+    let last_modified = found.modified.map(httpdate::fmt_http_date);
+    let mut out = HeaderMap::new();
+    out.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(&found.path)));
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    out.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        out.insert(header::ETAG, v);
+    }
+    if let Some(v) = last_modified.as_deref().and_then(|lm| HeaderValue::from_str(lm).ok()) {
+        out.insert(header::LAST_MODIFIED, v);
+    }
+    if not_modified(headers, &etag, found.modified) {
+        return with_headers(StatusCode::NOT_MODIFIED, out, empty());
+    }
+    let (status, start, len) = match range(headers, &etag, last_modified.as_deref(), found.len) {
+        Range::Full => (StatusCode::OK, 0, found.len),
+        Range::Part(start, end) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{}", found.len)) {
+                out.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        Range::Unsatisfiable => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", found.len)) {
+                out.insert(header::CONTENT_RANGE, v);
+            }
+            return with_headers(StatusCode::RANGE_NOT_SATISFIABLE, out, empty());
+        }
+    };
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if method == Method::HEAD || len == 0 {
+        return with_headers(status, out, empty());
+    }
+    let mut file = tokio::fs::File::from_std(found.file);
+    if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, "read failed\n");
+    }
+    let body = FileBody { file, remaining: len, buf: BytesMut::new() };
+    with_headers(status, out, body.boxed_unsync())
+}
+
+/// RFC 9110 §13.1.2 / §13.1.3: If-None-Match (weak comparison) wins over If-Modified-Since.
+fn not_modified(h: &HeaderMap, etag: &str, modified: Option<SystemTime>) -> bool {
+    if let Some(inm) = h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        let bare = etag.trim_start_matches("W/");
+        return inm.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == bare);
+    }
+    let since =
+        h.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok());
+    match (since, modified) {
+        (Some(since), Some(m)) => {
+            let m_secs = m.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let s_secs = since.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            m_secs <= s_secs
+        }
+        _ => false,
+    }
+}
+
+enum Range {
+    Full,
+    /// Inclusive byte positions.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// One `bytes=` range (several ranges get the whole file, which RFC 9110 §14.2 allows).
+fn range(h: &HeaderMap, etag: &str, last_modified: Option<&str>, len: u64) -> Range {
+    let Some(spec) = h.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return Range::Full };
+    if let Some(cond) = h.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        // If-Range needs a strong match: our ETag or the exact Last-Modified.
+        if cond != etag && Some(cond) != last_modified {
+            return Range::Full;
+        }
+    }
+    let Some(set) = spec.trim().strip_prefix("bytes=") else { return Range::Full };
+    if set.contains(',') {
+        return Range::Full;
+    }
+    let Some((a, b)) = set.trim().split_once('-') else { return Range::Full };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(start), Ok(end)) if start <= end => Some((start, end.min(len.saturating_sub(1)))),
+        (Ok(start), Err(_)) if b.is_empty() => Some((start, len.saturating_sub(1))),
+        (Err(_), Ok(suffix)) if a.is_empty() => {
+            if suffix == 0 {
+                return Range::Unsatisfiable;
+            }
+            Some((len.saturating_sub(suffix), len.saturating_sub(1)))
+        }
+        _ => return Range::Full,
+    };
+    match parsed {
+        Some((start, end)) if start < len && len > 0 => Range::Part(start, end),
+        _ => Range::Unsatisfiable,
+    }
+}
+
+/// Content types by extension: the common web ones; the rest are octet-stream.
+fn content_type(path: &Path) -> &'static str {
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
+    match ext.as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "json" | "map" => "application/json",
+        "txt" | "md" => "text/plain; charset=utf-8",
+        "xml" => "application/xml",
+        "csv" => "text/csv; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "avif" => "image/avif",
+        "ico" => "image/x-icon",
+        "woff" => "font/woff",
+        "woff2" => "font/woff2",
+        "ttf" => "font/ttf",
+        "otf" => "font/otf",
+        "wasm" => "application/wasm",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "gz" => "application/gzip",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "mp3" => "audio/mpeg",
+        "ogg" => "audio/ogg",
+        "webmanifest" => "application/manifest+json",
+        _ => "application/octet-stream",
+    }
+}
+
+/// A file region streamed in 64 KiB chunks (never the whole file in memory).
+struct FileBody {
+    file: tokio::fs::File,
+    remaining: u64,
+    buf: BytesMut,
+}
+
+impl hyper::body::Body for FileBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let want = (self.remaining.min(CHUNK as u64)) as usize;
+        let this = &mut *self;
+        if this.buf.capacity() < want {
+            this.buf.reserve(want);
+        }
+        this.buf.resize(want, 0);
+        let mut rb = ReadBuf::new(&mut this.buf[..want]);
+        match Pin::new(&mut this.file).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    // The file shrank under us: end early rather than hang.
+                    return Poll::Ready(Some(Err("file ended before its length".into())));
+                }
+                this.remaining -= n as u64;
+                let chunk = this.buf.split_to(n).freeze();
+                this.buf.clear();
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|e| match e {}).boxed_unsync()
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    with_headers(status, h, Full::new(Bytes::from_static(text.as_bytes())).map_err(|e| match e {}).boxed_unsync())
+}
+
+fn with_headers(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn ranges() {
+        let e = "\"1-64\"";
+        assert!(matches!(range(&h(&[("range", "bytes=0-9")]), e, None, 100), Range::Part(0, 9)));
+        assert!(matches!(range(&h(&[("range", "bytes=90-")]), e, None, 100), Range::Part(90, 99)));
+        assert!(matches!(range(&h(&[("range", "bytes=-10")]), e, None, 100), Range::Part(90, 99)));
+        assert!(matches!(range(&h(&[("range", "bytes=50-500")]), e, None, 100), Range::Part(50, 99)));
+        assert!(matches!(range(&h(&[("range", "bytes=100-")]), e, None, 100), Range::Unsatisfiable));
+        assert!(matches!(range(&h(&[("range", "bytes=0-1,5-6")]), e, None, 100), Range::Full));
+        assert!(matches!(range(&h(&[("range", "bytes=0-9"), ("if-range", "\"old\"")]), e, None, 100), Range::Full));
+        assert!(matches!(range(&h(&[("range", "bytes=0-9"), ("if-range", e)]), e, None, 100), Range::Part(0, 9)));
+    }
+
+    #[test]
+    fn lookup_stays_inside_the_root() {
+        let dir = std::env::temp_dir().join(format!("flotilla-files-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/index.html"), "hi").unwrap();
+        std::fs::write(dir.join("a b.txt"), "x").unwrap();
+        let _ = std::os::unix::fs::symlink("/etc", dir.join("etc"));
+        let o = FilesOrigin::new(&dir);
+        assert!(matches!(o.lookup("/sub/"), Lookup::Found(_)));
+        assert!(matches!(o.lookup("/sub"), Lookup::Directory));
+        assert!(matches!(o.lookup("/a%20b.txt"), Lookup::Found(_)));
+        assert!(matches!(o.lookup("/../etc/passwd"), Lookup::BadPath));
+        assert!(matches!(o.lookup("/sub/%2e%2e/%2e%2e/etc/passwd"), Lookup::BadPath));
+        assert!(matches!(o.lookup("/etc/passwd"), Lookup::NotFound), "a symlink out of the root");
+        assert!(matches!(o.lookup("/nope"), Lookup::NotFound));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
