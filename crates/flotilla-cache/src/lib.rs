@@ -9,12 +9,14 @@
 
 pub mod compress;
 pub mod directives;
+pub mod disk;
 pub mod freshness;
 pub mod key;
 pub mod storable;
 pub mod store;
 
 pub use directives::CacheControl;
+pub use disk::DiskStore;
 pub use freshness::{Behavior, Decision, Freshness, Timing};
 pub use key::{Encoding, KeyPolicy, QueryKey};
 pub use storable::NotStored;

@@ -65,7 +65,7 @@ impl PathMatch {
         }
     }
 
-    fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Exact(p) => p == path,
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),

@@ -150,11 +150,20 @@ pub struct CacheConfig {
     pub memory: u64,
     /// Larger responses pass through without being stored.
     pub max_object: u64,
+    /// The disk tier (`disk = { path, size }`), which survives restarts.
+    pub disk: Option<DiskCacheConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskCacheConfig {
+    pub path: std::path::PathBuf,
+    /// Byte budget of the stored files.
+    pub size: u64,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { memory: 256 << 20, max_object: 8 << 20 }
+        Self { memory: 256 << 20, max_object: 8 << 20, disk: None }
     }
 }
 

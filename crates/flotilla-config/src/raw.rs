@@ -133,7 +133,14 @@ pub(crate) struct RawNotifier {
 pub(crate) struct RawCache {
     pub memory: Option<S<SizeLit>>,
     pub max_object: Option<S<SizeLit>>,
-    pub disk: Option<S<toml::Value>>,
+    pub disk: Option<S<RawDisk>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDisk {
+    pub path: Option<S<String>>,
+    pub size: Option<S<SizeLit>>,
 }
 
 #[derive(Debug, Deserialize)]

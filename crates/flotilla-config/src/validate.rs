@@ -403,17 +403,27 @@ fn route(
 fn cache(cx: &mut Ctx<'_>, raw: &S<RawCache>) -> CacheConfig {
     let r = raw.get_ref();
     let d = CacheConfig::default();
+    let disk = r.disk.as_ref().and_then(|disk| {
+        let dr = disk.get_ref();
+        let Some(path) = &dr.path else {
+            cx.err(disk, "cache.disk needs a path");
+            return None;
+        };
+        let size = cx.size(&dr.size, "cache.disk.size", 10 << 30);
+        if size < 1 << 20 {
+            cx.err(disk, "cache.disk.size must be at least 1MiB");
+        }
+        Some(DiskCacheConfig { path: cx.base_dir.join(path.get_ref()), size })
+    });
     let c = CacheConfig {
         memory: cx.size(&r.memory, "cache.memory", d.memory),
         max_object: cx.size(&r.max_object, "cache.max_object", d.max_object),
+        disk,
     };
     if c.memory < 1 << 20 {
         if let Some(m) = &r.memory {
             cx.err(m, "cache.memory must be at least 1MiB");
         }
-    }
-    if r.disk.is_some() {
-        cx.warnings.push("cache.disk is not implemented yet: only the memory tier is used".into());
     }
     c
 }

@@ -4,8 +4,8 @@
 //!
 //! Stale entries are revalidated with their validators (a 304 refreshes them), in the request or,
 //! within stale-while-revalidate, in the background; single ranges come from the stored object.
-//! Not yet here (see issue 3): compression,
-//! the disk tier.
+//! Behind the memory tier sits an optional disk tier (`flotilla_cache::disk`): misses look
+//! there before the origin, and stored entries are written to it in the background.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use flotilla_cache::freshness::{self, Freshness, Timing};
 use flotilla_cache::storable::{self, Exchange};
 use flotilla_cache::{
-    compress, key, CacheControl, Decision, Encoding, Entry, Lookup, MemoryStore, NotStored, PathMatch,
+    compress, key, CacheControl, Decision, DiskStore, Encoding, Entry, Lookup, MemoryStore, NotStored, PathMatch,
 };
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -36,6 +36,8 @@ const PASS_FOR: Duration = Duration::from_secs(10);
 /// Shared by all workers: the store, in-flight fetches, recent invalidations.
 pub(crate) struct EdgeCache {
     pub store: MemoryStore,
+    /// The disk tier, when configured and its directory could be opened.
+    pub disk: Option<Arc<DiskStore>>,
     max_object: usize,
     inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
     pass: moka::sync::Cache<String, ()>,
@@ -86,8 +88,21 @@ fn join(shared: &Arc<Shared>, key: &str) -> Join {
 
 impl EdgeCache {
     pub(crate) fn new(cfg: &flotilla_config::CacheConfig) -> Self {
+        let disk = cfg.disk.as_ref().and_then(|d| match DiskStore::open(&d.path, d.size) {
+            Ok(store) => {
+                let (objects, bytes) = store.usage();
+                tracing::info!(path = %d.path.display(), objects, bytes, "cache disk tier opened");
+                Some(Arc::new(store))
+            }
+            Err(e) => {
+                // Degrade to memory only: the edge keeps serving.
+                tracing::error!(error = %e, "cache disk tier unavailable; caching in memory only");
+                None
+            }
+        });
         Self {
             store: MemoryStore::new(cfg.memory),
+            disk,
             max_object: cfg.max_object.min(usize::MAX as u64) as usize,
             inflight: Mutex::new(HashMap::new()),
             pass: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(PASS_FOR).build(),
@@ -101,11 +116,21 @@ impl EdgeCache {
         let started = std::time::Instant::now();
         if all {
             self.store.invalidate_all();
+            if let Some(d) = &self.disk {
+                d.invalidate_all();
+            }
         } else {
             if !paths.is_empty() {
-                self.store.invalidate_paths(paths.iter().map(|p| PathMatch::parse(p)).collect());
+                let matches: Vec<PathMatch> = paths.iter().map(|p| PathMatch::parse(p)).collect();
+                if let Some(d) = &self.disk {
+                    d.invalidate_paths(&matches);
+                }
+                self.store.invalidate_paths(matches);
             }
             if !tags.is_empty() {
+                if let Some(d) = &self.disk {
+                    d.invalidate_tags(&tags);
+                }
                 self.store.invalidate_tags(tags.clone());
             }
         }
@@ -123,6 +148,43 @@ impl EdgeCache {
         }
         log.push_back(record.clone());
         record
+    }
+
+    /// Memory first; on a miss, the disk tier (off the runtime), promoting what it finds.
+    async fn lookup(&self, primary: &str, request: &HeaderMap) -> Lookup {
+        let found = self.store.lookup(primary, request);
+        let Some(disk) = self.disk.clone().filter(|_| !matches!(found, Lookup::Hit(_))) else { return found };
+        // The index answers most misses without I/O; only a stored object is read, off the runtime.
+        let Some(at) = disk.locate(primary, request) else { return found };
+        match tokio::task::spawn_blocking(move || disk.read(at)).await {
+            Ok(Some((entry, vary))) => {
+                let entry = Arc::new(entry);
+                self.store.insert_arc(primary.to_string(), vary, entry.clone());
+                Lookup::Hit(entry)
+            }
+            _ => found,
+        }
+    }
+
+    /// Writes a stored entry to the disk tier in the background (the response does not wait).
+    fn persist(&self, primary: &str, vary: Vec<header::HeaderName>, entry: Arc<Entry>) {
+        let Some(disk) = self.disk.clone() else { return };
+        let primary = primary.to_string();
+        tokio::task::spawn_blocking(move || {
+            let before = disk.errors.load(Ordering::Relaxed);
+            disk.insert(&primary, &vary, &entry);
+            if disk.errors.load(Ordering::Relaxed) != before {
+                let e = disk.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                tracing::warn!(error = e.as_deref().unwrap_or("?"), "cache disk write failed; the memory copy stays");
+            }
+        });
+    }
+
+    fn invalidate_url(&self, host: &str, path: &str) {
+        self.store.invalidate_url(host, path);
+        if let Some(d) = &self.disk {
+            d.invalidate_url(host, path);
+        }
     }
 
     pub(crate) fn invalidation(&self, id: u64) -> Option<Invalidation> {
@@ -144,10 +206,10 @@ pub(crate) async fn serve(
         if resp.status().is_success() || resp.status().is_redirection() {
             // RFC 9111 §4.4: a successful unsafe request invalidates the URL, and the URLs in
             // Location and Content-Location when they are on the same host.
-            cache.store.invalidate_url(cx.host, &path);
+            cache.invalidate_url(cx.host, &path);
             for h in [header::LOCATION, header::CONTENT_LOCATION] {
                 if let Some(p) = resp.headers().get(&h).and_then(|v| same_host_path(v, cx.host)) {
-                    cache.store.invalidate_url(cx.host, &p);
+                    cache.invalidate_url(cx.host, &p);
                 }
             }
         }
@@ -157,7 +219,7 @@ pub(crate) async fn serve(
     let req_cc = request_directives(req.headers());
     let mut collapsed = false;
     let (stale, fwd, _flight) = loop {
-        let (found, fwd) = match cache.store.lookup(&primary, req.headers()) {
+        let (found, fwd) = match cache.lookup(&primary, req.headers()).await {
             Lookup::Hit(e) => (Some(e), "stale"),
             Lookup::VaryMiss => (None, "vary-miss"),
             Lookup::Miss => (None, "miss"),
@@ -273,6 +335,7 @@ async fn settle(
         if let Some(old) = stale {
             let refreshed = Arc::new(refresh(old, resp.headers(), request_time, &rule.behavior));
             cache.store.insert_arc(primary.to_string(), refreshed.vary.clone(), refreshed.clone());
+            cache.persist(primary, refreshed.vary.clone(), refreshed.clone());
             return Ok(Settled::Refreshed(refreshed));
         }
     }
@@ -345,7 +408,8 @@ async fn settle(
         headers,
         body: bytes,
     });
-    cache.store.insert_arc(primary.to_string(), vary, entry.clone());
+    cache.store.insert_arc(primary.to_string(), vary.clone(), entry.clone());
+    cache.persist(primary, vary, entry.clone());
     Ok(Settled::Stored(entry))
 }
 

@@ -315,6 +315,16 @@ impl Edge {
         let (entries, bytes) = self.shared.cache.store.usage();
         m.cache_entries.set(entries.min(i64::MAX as u64) as i64);
         m.cache_bytes.set(bytes.min(i64::MAX as u64) as i64);
+        if let Some(disk) = &self.shared.cache.disk {
+            let (objects, bytes) = disk.usage();
+            m.cache_disk_objects.set(objects.min(i64::MAX as u64) as i64);
+            m.cache_disk_bytes.set(bytes.min(i64::MAX as u64) as i64);
+            // The store counts in its own atomics; carry the difference over.
+            let sync =
+                |c: &prometheus_client::metrics::counter::Counter, now: u64| c.inc_by(now.saturating_sub(c.get()));
+            sync(&m.cache_disk_errors, disk.errors.load(std::sync::atomic::Ordering::Relaxed));
+            sync(&m.cache_disk_evictions, disk.evictions.load(std::sync::atomic::Ordering::Relaxed));
+        }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &m.registry) {
             tracing::error!(error = %e, "encoding metrics failed");

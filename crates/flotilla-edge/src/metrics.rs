@@ -67,6 +67,10 @@ pub struct EdgeMetrics {
     pub cache_invalidations: Counter,
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
+    pub cache_disk_objects: Gauge,
+    pub cache_disk_bytes: Gauge,
+    pub cache_disk_errors: Counter,
+    pub cache_disk_evictions: Counter,
     pub active_connections: Gauge,
     pub connections: Counter,
     pub image_transforms: Family<ImageLabels, Counter>,
@@ -89,6 +93,10 @@ impl EdgeMetrics {
         let cache_invalidations = Counter::default();
         let cache_entries = Gauge::default();
         let cache_bytes = Gauge::default();
+        let cache_disk_objects = Gauge::default();
+        let cache_disk_bytes = Gauge::default();
+        let cache_disk_errors = Counter::default();
+        let cache_disk_evictions = Counter::default();
         let active_connections = Gauge::default();
         let connections = Counter::default();
         let image_transforms = Family::<ImageLabels, Counter>::default();
@@ -122,6 +130,18 @@ impl EdgeMetrics {
         registry.register("cache_invalidations", "Invalidation requests applied", cache_invalidations.clone());
         registry.register("cache_memory_entries", "URLs held in the memory tier", cache_entries.clone());
         registry.register("cache_memory_bytes", "Weighted bytes held in the memory tier", cache_bytes.clone());
+        registry.register("cache_disk_objects", "Objects held in the disk tier", cache_disk_objects.clone());
+        registry.register("cache_disk_bytes", "Bytes of files held in the disk tier", cache_disk_bytes.clone());
+        registry.register(
+            "cache_disk_errors",
+            "Disk tier reads and writes that failed (damaged objects are dropped, never served)",
+            cache_disk_errors.clone(),
+        );
+        registry.register(
+            "cache_disk_evictions",
+            "Objects the disk tier removed to stay in its size",
+            cache_disk_evictions.clone(),
+        );
         registry.register("active_connections", "Open client connections", active_connections.clone());
         registry.register("connections", "Client connections accepted", connections.clone());
         registry.register("image_transforms", "Image variants made, by preset and format", image_transforms.clone());
@@ -146,6 +166,10 @@ impl EdgeMetrics {
             cache_invalidations,
             cache_entries,
             cache_bytes,
+            cache_disk_objects,
+            cache_disk_bytes,
+            cache_disk_errors,
+            cache_disk_evictions,
             active_connections,
             connections,
             image_transforms,

@@ -396,3 +396,74 @@ async fn files_origin_serves_a_directory_with_validators_and_ranges() {
     let (s, _, b) = request(&c, "GET", &f.url("/assets/link.txt"), &[], "").await.unwrap();
     assert_eq!(s, 404, "{b}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_tier_survives_a_restart_and_honours_invalidation() {
+    let app = DemoApp::start("origin");
+    let dir = scratch_dir("cache-disk");
+    let port = free_port();
+    let admin_port = free_port();
+    let text = format!(
+        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"test-token\"\n\n[cache]\ndisk = {{ path = \"cache\", size = \"64MiB\" }}\n\n{BEHAVIOR}{}{}",
+        cached_route("web"),
+        group_toml("web", &[&app], "")
+    );
+    let start = || Flotilla::start_raw("cache-disk", &dir, &text, port, admin_port);
+    let mut f = start();
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let (_, cs, _, first) = fetch(&f, "/cached?cc=max-age=600", &[]).await;
+    assert_eq!(cs, "flotilla; fwd=miss; stored");
+    fetch(&f, "/cached?cc=max-age=600&other=1", &[]).await;
+    // Written in the background: wait until both objects are on disk.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = get(&f.admin("/metrics")).await.1;
+        if m.contains("flotilla_cache_disk_objects 2") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f.proc.signal("TERM");
+    assert_eq!(f.proc.wait_exit(Duration::from_secs(10)), Some(0));
+
+    // A new process: the object comes from disk, with the origin's body, not a new fetch.
+    let mut f = start();
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let (status, cs, age, body) = fetch(&f, "/cached?cc=max-age=600", &[]).await;
+    assert_eq!(status, 200);
+    assert!(cs.starts_with("flotilla; hit"), "{cs}");
+    assert_eq!(body, first);
+    assert!(age.is_some());
+    // Invalidation reaches the disk tier, and stays in effect across another restart.
+    let (code, _) = f.admin_call("POST", "/api/v1/invalidations", "{\"paths\":[\"/cached\"]}").await;
+    assert_eq!(code, 202);
+    f.proc.signal("TERM");
+    assert_eq!(f.proc.wait_exit(Duration::from_secs(10)), Some(0));
+    let f = start();
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let (_, cs, _, _) = fetch(&f, "/cached?cc=max-age=600", &[]).await;
+    assert!(cs.contains("fwd=miss"), "{cs}");
+    let m = get(&f.admin("/metrics")).await.1;
+    assert!(m.contains("flotilla_cache_disk_errors_total 0"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_disk_directory_degrades_to_memory() {
+    let app = DemoApp::start("origin");
+    let dir = scratch_dir("cache-disk-broken");
+    // A file where the cache directory should be: it cannot be created.
+    std::fs::write(dir.join("blocked"), "not a directory").unwrap();
+    let body = format!(
+        "[cache]\ndisk = {{ path = \"{}/blocked/cache\", size = \"64MiB\" }}\n\n{BEHAVIOR}{}{}",
+        dir.display(),
+        cached_route("web"),
+        group_toml("web", &[&app], "")
+    );
+    let f = Flotilla::start("cache-disk-broken-edge", &body);
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    fetch(&f, "/cached?cc=max-age=60", &[]).await;
+    let (_, cs, _, _) = fetch(&f, "/cached?cc=max-age=60", &[]).await;
+    assert!(cs.starts_with("flotilla; hit"), "memory still caches: {cs}");
+    assert!(f.log().contains("cache disk tier unavailable"), "{}", f.log());
+}
