@@ -12,6 +12,7 @@ pub mod directives;
 pub mod disk;
 pub mod freshness;
 pub mod key;
+pub mod range;
 pub mod storable;
 pub mod store;
 

@@ -82,10 +82,12 @@ pub enum Lookup {
 
 pub struct MemoryStore {
     cache: moka::sync::Cache<String, Arc<Variants>>,
+    evictions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl MemoryStore {
     pub fn new(budget_bytes: u64) -> Self {
+        let evictions = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let cache = moka::sync::Cache::builder()
             .max_capacity(budget_bytes)
             .weigher(|k: &String, v: &Arc<Variants>| {
@@ -93,8 +95,16 @@ impl MemoryStore {
                 w.min(u64::from(u32::MAX)) as u32
             })
             .support_invalidation_closures()
+            .eviction_listener({
+                let evictions = evictions.clone();
+                move |_k, _v, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        evictions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
             .build();
-        Self { cache }
+        Self { cache, evictions }
     }
 
     pub fn lookup(&self, primary: &str, request: &HeaderMap) -> Lookup {
@@ -154,6 +164,11 @@ impl MemoryStore {
             // Only fails if closures were not enabled at build time, which `new` always does.
             self.cache.invalidate_all();
         }
+    }
+
+    /// Entries evicted to stay within the budget (not invalidations or replacements).
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// (entries, weighted bytes) — moka's counts are eventually consistent.
@@ -238,5 +253,17 @@ mod tests {
         }
         let (_, bytes) = s.usage();
         assert!(bytes <= 1 << 20, "{bytes} bytes stored in a 1 MiB budget");
+    }
+
+    #[test]
+    fn evictions_are_counted() {
+        let s = MemoryStore::new(64 * 1024);
+        for i in 0..40 {
+            s.insert(format!("k{i}"), vec![], entry("h", &format!("/{i}"), "", &[], 8 * 1024));
+            s.cache.run_pending_tasks();
+        }
+        let (_, bytes) = s.usage();
+        assert!(bytes <= 64 * 1024, "{bytes}");
+        assert!(s.evictions() > 0);
     }
 }

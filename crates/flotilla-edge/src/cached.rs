@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use flotilla_cache::freshness::{self, Freshness, Timing};
+use flotilla_cache::range::{self, Ranges};
 use flotilla_cache::storable::{self, Exchange};
 use flotilla_cache::{
     compress, key, CacheControl, Decision, DiskStore, Encoding, Entry, Lookup, MemoryStore, NotStored, PathMatch,
@@ -230,12 +231,12 @@ pub(crate) async fn serve(
                     rule.hits.inc();
                     let status =
                         format!("flotilla; hit; ttl={}{}", ttl.as_secs(), if collapsed { "; collapsed" } else { "" });
-                    return Ok(respond(e, &req, &status));
+                    return Ok(from_cache(rule, respond(e, &req, &status)));
                 }
                 Decision::StaleAllowed => {
                     rule.stale.inc();
                     let over = e.freshness.timing.current_age(SystemTime::now()).saturating_sub(e.freshness.lifetime);
-                    return Ok(respond(e, &req, &format!("flotilla; hit; ttl=-{}", over.as_secs())));
+                    return Ok(from_cache(rule, respond(e, &req, &format!("flotilla; hit; ttl=-{}", over.as_secs()))));
                 }
                 Decision::StaleWhileRevalidate => {
                     rule.stale.inc();
@@ -244,7 +245,7 @@ pub(crate) async fn serve(
                     }
                     let over = e.freshness.timing.current_age(SystemTime::now()).saturating_sub(e.freshness.lifetime);
                     let status = format!("flotilla; hit; ttl=-{}; detail=stale-while-revalidate", over.as_secs());
-                    return Ok(respond(e, &req, &status));
+                    return Ok(from_cache(rule, respond(e, &req, &status)));
                 }
                 Decision::Revalidate => {}
             }
@@ -276,7 +277,10 @@ pub(crate) async fn serve(
         Err(e) => {
             if let Some(s) = stale.as_ref().filter(|s| s.freshness.usable_on_error(SystemTime::now())) {
                 rule.stale.inc();
-                return Ok(respond_with(s, &client_conditions, head, "flotilla; fwd=stale; detail=stale-if-error"));
+                return Ok(from_cache(
+                    rule,
+                    respond_with(s, &client_conditions, head, "flotilla; fwd=stale; detail=stale-if-error"),
+                ));
             }
             return Err(e);
         }
@@ -285,7 +289,7 @@ pub(crate) async fn serve(
         if let Some(s) = stale.as_ref().filter(|s| s.freshness.usable_on_error(SystemTime::now())) {
             rule.stale.inc();
             let status = format!("flotilla; fwd=stale; fwd-status={}; detail=stale-if-error", resp.status().as_u16());
-            return Ok(respond_with(s, &client_conditions, head, &status));
+            return Ok(from_cache(rule, respond_with(s, &client_conditions, head, &status)));
         }
     }
     let settled =
@@ -294,14 +298,18 @@ pub(crate) async fn serve(
     Ok(match settled {
         Settled::Refreshed(e) => {
             rule.hits.inc();
-            respond_with(&e, &client_conditions, head, "flotilla; fwd=stale; fwd-status=304; stored")
+            from_cache(rule, respond_with(&e, &client_conditions, head, "flotilla; fwd=stale; fwd-status=304; stored"))
         }
         Settled::Stored(e) => {
             rule.misses.inc();
+            rule.origin_bytes.inc_by(e.body.len() as u64);
             respond_with(&e, &client_conditions, false, &format!("flotilla; fwd={fwd}; stored"))
         }
         Settled::Passed(resp, detail) => {
             rule.misses.inc();
+            let declared =
+                resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            rule.origin_bytes.inc_by(declared.or(resp.body().size_hint().exact()).unwrap_or(0));
             with_cache_status(resp, &format!("flotilla; fwd={fwd}; detail={detail}"))
         }
     })
@@ -627,10 +635,10 @@ fn respond_with(entry: &Entry, request: &HeaderMap, head: bool, cache_status: &s
     resp
 }
 
-/// A single byte range the client asked for, if it applies to this entry (RFC 9110 §14):
-/// `If-Range` must match the stored validator; several ranges are answered with the whole body.
-fn requested_range(entry: &Entry, request: &HeaderMap) -> Option<Result<(u64, u64), ()>> {
-    let spec = request.get(header::RANGE)?.to_str().ok()?.trim();
+/// The ranges the client asked for, if they apply to this entry (RFC 9110 §14): `If-Range`
+/// must match the stored validator (strongly), else the whole body is sent.
+fn requested_range(entry: &Entry, request: &HeaderMap) -> Option<Ranges> {
+    let spec = request.get(header::RANGE)?.to_str().ok()?;
     if let Some(if_range) = request.get(header::IF_RANGE) {
         let matches_etag =
             entry.headers.get(header::ETAG).is_some_and(|e| e == if_range && !e.as_bytes().starts_with(b"W/"));
@@ -639,52 +647,33 @@ fn requested_range(entry: &Entry, request: &HeaderMap) -> Option<Result<(u64, u6
             return None;
         }
     }
-    let ranges = spec.strip_prefix("bytes=")?;
-    if ranges.contains(',') {
-        return None;
+    match range::parse(spec, entry.body.len() as u64) {
+        Ranges::Full => None,
+        r => Some(r),
     }
-    let len = entry.body.len() as u64;
-    let (start, end) = ranges.trim().split_once('-')?;
-    let parsed = match (start.trim(), end.trim()) {
-        ("", suffix) => {
-            let n: u64 = suffix.parse().ok()?;
-            if n == 0 || len == 0 {
-                return Some(Err(()));
-            }
-            Ok((len.saturating_sub(n), len - 1))
-        }
-        (a, "") => {
-            let a: u64 = a.parse().ok()?;
-            if a >= len {
-                return Some(Err(()));
-            }
-            Ok((a, len - 1))
-        }
-        (a, b) => {
-            let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
-            if a > b {
-                return None;
-            }
-            if a >= len {
-                return Some(Err(()));
-            }
-            Ok((a, b.min(len - 1)))
-        }
-    };
-    Some(parsed)
 }
 
-fn ranged(entry: &Entry, mut headers: HeaderMap, range: Result<(u64, u64), ()>, head: bool) -> Response<Body> {
+/// 206 with one range, 206 `multipart/byteranges` with several, or 416.
+fn ranged(entry: &Entry, mut headers: HeaderMap, ranges: Ranges, head: bool) -> Response<Body> {
     let len = entry.body.len() as u64;
     headers.remove(header::CONTENT_LENGTH);
-    let (status, body) = match range {
-        Ok((a, b)) => {
+    let (status, body) = match ranges {
+        Ranges::Satisfiable(r) if r.len() == 1 => {
+            let (a, b) = r[0];
             if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{len}")) {
                 headers.insert(header::CONTENT_RANGE, v);
             }
             (StatusCode::PARTIAL_CONTENT, entry.body.slice(a as usize..=b as usize))
         }
-        Err(()) => {
+        Ranges::Satisfiable(r) => {
+            let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let (boundary, body) = range::multipart(&entry.body, &r, ctype.as_deref(), fastrand::u64(..));
+            if let Ok(v) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}")) {
+                headers.insert(header::CONTENT_TYPE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, body)
+        }
+        Ranges::Unsatisfiable | Ranges::Full => {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 headers.insert(header::CONTENT_RANGE, v);
             }
@@ -712,6 +701,12 @@ fn not_modified(entry: &Entry, request: &HeaderMap) -> bool {
 }
 
 static CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
+
+/// Counts the body of a response answered from a stored entry (bytes the origin did not send).
+fn from_cache(rule: &CacheRule, resp: Response<Body>) -> Response<Body> {
+    rule.cache_bytes.inc_by(resp.body().size_hint().exact().unwrap_or(0));
+    resp
+}
 
 fn with_cache_status(mut resp: Response<Body>, status: &str) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(status) {

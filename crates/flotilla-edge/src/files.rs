@@ -15,6 +15,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Frame;
 use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 
+use flotilla_cache::range::{self, Ranges};
+
 use crate::proxy::{Body, BoxError};
 
 const CHUNK: usize = 64 * 1024;
@@ -148,14 +150,15 @@ pub(crate) async fn serve(
         return with_headers(StatusCode::NOT_MODIFIED, out, empty());
     }
     let (status, start, len) = match range(headers, &etag, last_modified.as_deref(), found.len) {
-        Range::Full => (StatusCode::OK, 0, found.len),
-        Range::Part(start, end) => {
+        Ranges::Full => (StatusCode::OK, 0, found.len),
+        Ranges::Satisfiable(r) => {
+            let (start, end) = r[0];
             if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{}", found.len)) {
                 out.insert(header::CONTENT_RANGE, v);
             }
             (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
         }
-        Range::Unsatisfiable => {
+        Ranges::Unsatisfiable => {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", found.len)) {
                 out.insert(header::CONTENT_RANGE, v);
             }
@@ -192,42 +195,18 @@ fn not_modified(h: &HeaderMap, etag: &str, modified: Option<SystemTime>) -> bool
     }
 }
 
-enum Range {
-    Full,
-    /// Inclusive byte positions.
-    Part(u64, u64),
-    Unsatisfiable,
-}
-
-/// One `bytes=` range (several ranges get the whole file, which RFC 9110 §14.2 allows).
-fn range(h: &HeaderMap, etag: &str, last_modified: Option<&str>, len: u64) -> Range {
-    let Some(spec) = h.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return Range::Full };
+/// One range is served; several get the whole file (RFC 9110 §14.2 allows it), which keeps
+/// the streamed body simple. `If-Range` needs a strong match: our ETag or the exact date.
+fn range(h: &HeaderMap, etag: &str, last_modified: Option<&str>, len: u64) -> Ranges {
+    let Some(spec) = h.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return Ranges::Full };
     if let Some(cond) = h.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
-        // If-Range needs a strong match: our ETag or the exact Last-Modified.
         if cond != etag && Some(cond) != last_modified {
-            return Range::Full;
+            return Ranges::Full;
         }
     }
-    let Some(set) = spec.trim().strip_prefix("bytes=") else { return Range::Full };
-    if set.contains(',') {
-        return Range::Full;
-    }
-    let Some((a, b)) = set.trim().split_once('-') else { return Range::Full };
-    let (a, b) = (a.trim(), b.trim());
-    let parsed = match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(start), Ok(end)) if start <= end => Some((start, end.min(len.saturating_sub(1)))),
-        (Ok(start), Err(_)) if b.is_empty() => Some((start, len.saturating_sub(1))),
-        (Err(_), Ok(suffix)) if a.is_empty() => {
-            if suffix == 0 {
-                return Range::Unsatisfiable;
-            }
-            Some((len.saturating_sub(suffix), len.saturating_sub(1)))
-        }
-        _ => return Range::Full,
-    };
-    match parsed {
-        Some((start, end)) if start < len && len > 0 => Range::Part(start, end),
-        _ => Range::Unsatisfiable,
+    match range::parse(spec, len) {
+        Ranges::Satisfiable(r) if r.len() > 1 => Ranges::Full,
+        other => other,
     }
 }
 
@@ -346,14 +325,14 @@ mod tests {
     #[test]
     fn ranges() {
         let e = "\"1-64\"";
-        assert!(matches!(range(&h(&[("range", "bytes=0-9")]), e, None, 100), Range::Part(0, 9)));
-        assert!(matches!(range(&h(&[("range", "bytes=90-")]), e, None, 100), Range::Part(90, 99)));
-        assert!(matches!(range(&h(&[("range", "bytes=-10")]), e, None, 100), Range::Part(90, 99)));
-        assert!(matches!(range(&h(&[("range", "bytes=50-500")]), e, None, 100), Range::Part(50, 99)));
-        assert!(matches!(range(&h(&[("range", "bytes=100-")]), e, None, 100), Range::Unsatisfiable));
-        assert!(matches!(range(&h(&[("range", "bytes=0-1,5-6")]), e, None, 100), Range::Full));
-        assert!(matches!(range(&h(&[("range", "bytes=0-9"), ("if-range", "\"old\"")]), e, None, 100), Range::Full));
-        assert!(matches!(range(&h(&[("range", "bytes=0-9"), ("if-range", e)]), e, None, 100), Range::Part(0, 9)));
+        let part = |r: Ranges| match r {
+            Ranges::Satisfiable(v) => Some(v),
+            _ => None,
+        };
+        assert_eq!(part(range(&h(&[("range", "bytes=-10")]), e, None, 100)), Some(vec![(90, 99)]));
+        assert_eq!(range(&h(&[("range", "bytes=0-1,5-6")]), e, None, 100), Ranges::Full);
+        assert_eq!(range(&h(&[("range", "bytes=0-9"), ("if-range", "\"old\"")]), e, None, 100), Ranges::Full);
+        assert_eq!(part(range(&h(&[("range", "bytes=0-9"), ("if-range", e)]), e, None, 100)), Some(vec![(0, 9)]));
     }
 
     #[test]

@@ -291,7 +291,8 @@ impl Edge {
     pub fn invalidate(&self, paths: Vec<String>, tags: Vec<String>, all: bool) -> Invalidation {
         self.shared.metrics.cache_invalidations.inc();
         let record = self.shared.cache.invalidate(paths, tags, all);
-        tracing::info!(id = record.id, paths = ?record.paths, tags = ?record.tags, all, "cache invalidated");
+        self.shared.metrics.cache_invalidation_seconds.inc_by(record.duration.as_secs_f64());
+        tracing::info!(id = record.id, paths = ?record.paths, tags = ?record.tags, all, duration_us = record.duration.as_micros() as u64, "cache invalidated");
         record
     }
 
@@ -315,6 +316,8 @@ impl Edge {
         let (entries, bytes) = self.shared.cache.store.usage();
         m.cache_entries.set(entries.min(i64::MAX as u64) as i64);
         m.cache_bytes.set(bytes.min(i64::MAX as u64) as i64);
+        let evicted = self.shared.cache.store.evictions();
+        m.cache_memory_evictions.inc_by(evicted.saturating_sub(m.cache_memory_evictions.get()));
         if let Some(disk) = &self.shared.cache.disk {
             let (objects, bytes) = disk.usage();
             m.cache_disk_objects.set(objects.min(i64::MAX as u64) as i64);

@@ -33,6 +33,13 @@ pub struct CacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheBytesLabels {
+    pub behavior: String,
+    /// cache (answered from a stored entry) | origin (fetched from the origin)
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     /// Who failed and how, e.g. "client_bad_request", "no_route", "target_connect", "target_timeout".
     pub kind: &'static str,
@@ -65,6 +72,9 @@ pub struct EdgeMetrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub cache: Family<CacheLabels, Counter>,
     pub cache_invalidations: Counter,
+    pub cache_invalidation_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    pub cache_bytes_served: Family<CacheBytesLabels, Counter>,
+    pub cache_memory_evictions: Counter,
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
     pub cache_disk_objects: Gauge,
@@ -91,6 +101,9 @@ impl EdgeMetrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let cache = Family::<CacheLabels, Counter>::default();
         let cache_invalidations = Counter::default();
+        let cache_invalidation_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        let cache_bytes_served = Family::<CacheBytesLabels, Counter>::default();
+        let cache_memory_evictions = Counter::default();
         let cache_entries = Gauge::default();
         let cache_bytes = Gauge::default();
         let cache_disk_objects = Gauge::default();
@@ -128,6 +141,21 @@ impl EdgeMetrics {
             cache.clone(),
         );
         registry.register("cache_invalidations", "Invalidation requests applied", cache_invalidations.clone());
+        registry.register(
+            "cache_invalidation_seconds",
+            "Time spent applying invalidations (divide by cache_invalidations for the mean)",
+            cache_invalidation_seconds.clone(),
+        );
+        registry.register(
+            "cache_body_bytes",
+            "Body bytes on cached routes, by behaviour and source (cache or origin)",
+            cache_bytes_served.clone(),
+        );
+        registry.register(
+            "cache_memory_evictions",
+            "Entries the memory tier evicted to stay within its budget",
+            cache_memory_evictions.clone(),
+        );
         registry.register("cache_memory_entries", "URLs held in the memory tier", cache_entries.clone());
         registry.register("cache_memory_bytes", "Weighted bytes held in the memory tier", cache_bytes.clone());
         registry.register("cache_disk_objects", "Objects held in the disk tier", cache_disk_objects.clone());
@@ -164,6 +192,9 @@ impl EdgeMetrics {
             errors,
             cache,
             cache_invalidations,
+            cache_invalidation_seconds,
+            cache_bytes_served,
+            cache_memory_evictions,
             cache_entries,
             cache_bytes,
             cache_disk_objects,

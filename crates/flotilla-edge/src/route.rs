@@ -35,6 +35,10 @@ pub(crate) struct CacheRule {
     pub misses: Counter,
     pub stale: Counter,
     pub passes: Counter,
+    /// Body bytes answered from stored entries.
+    pub cache_bytes: Counter,
+    /// Body bytes fetched from the origin on this behaviour's routes.
+    pub origin_bytes: Counter,
 }
 
 impl CacheRule {
@@ -51,6 +55,8 @@ impl CacheRule {
             misses: counter("miss"),
             stale: counter("stale"),
             passes: counter("pass"),
+            cache_bytes: bytes(metrics, name, "cache"),
+            origin_bytes: bytes(metrics, name, "origin"),
         }
     }
 
@@ -80,8 +86,17 @@ impl CacheRule {
             misses: counter("miss"),
             stale: counter("stale"),
             passes: counter("pass"),
+            cache_bytes: bytes(metrics, &cfg.name, "cache"),
+            origin_bytes: bytes(metrics, &cfg.name, "origin"),
         }
     }
+}
+
+fn bytes(metrics: &EdgeMetrics, behavior: &str, source: &'static str) -> Counter {
+    metrics
+        .cache_bytes_served
+        .get_or_create(&crate::metrics::CacheBytesLabels { behavior: behavior.to_string(), source })
+        .clone()
 }
 
 pub(crate) struct Routes {

@@ -48,6 +48,21 @@ async fn fresh_responses_are_served_from_cache() {
     assert!(m.contains("flotilla_cache_requests_total{behavior=\"main\",result=\"hit\"} 1"), "{m}");
     assert!(m.contains("flotilla_cache_memory_entries 2"), "{m}");
     assert!(!m.contains("flotilla_cache_memory_bytes 0\n"), "{m}");
+    // Bytes answered from the cache vs fetched from the origin: one hit of b1, two fetches.
+    let line = |prefix: &str| {
+        m.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    assert_eq!(
+        line("flotilla_cache_body_bytes_total{behavior=\"main\",source=\"cache\"}"),
+        Some(b1.len() as u64),
+        "{m}"
+    );
+    assert_eq!(
+        line("flotilla_cache_body_bytes_total{behavior=\"main\",source=\"origin\"}"),
+        Some((b1.len() + b3.len()) as u64),
+        "{m}"
+    );
+    assert!(m.contains("flotilla_cache_memory_evictions_total 0"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,8 +290,27 @@ async fn ranges_are_served_from_the_stored_object() {
     let (s, _, body) =
         request(&c, "GET", &f.url(path), &[("range", "bytes=0-5"), ("if-range", "\"other\"")], "").await.unwrap();
     assert_eq!((s, body.len()), (200, len));
-    let (s, _, body) = request(&c, "GET", &f.url(path), &[("range", "bytes=0-1,4-5")], "").await.unwrap();
-    assert_eq!((s, body.len()), (200, len), "several ranges: the whole object");
+    // Several ranges: one multipart/byteranges body, parts in order, each with its Content-Range.
+    let (s, h, body) = request(&c, "GET", &f.url(path), &[("range", "bytes=4-5, 0-1")], "").await.unwrap();
+    assert_eq!(s, 206);
+    let ctype = h["content-type"].to_str().unwrap();
+    let boundary = ctype.strip_prefix("multipart/byteranges; boundary=").unwrap_or_else(|| panic!("{ctype}"));
+    let parts: Vec<&str> = body.split(&format!("--{boundary}")).collect();
+    assert_eq!(parts.len(), 4, "{body}");
+    assert!(
+        parts[1].contains(&format!("Content-Range: bytes 0-1/{len}"))
+            && parts[1].ends_with(&format!("\r\n\r\n{}\r\n", &full[0..2])),
+        "{body}"
+    );
+    assert!(
+        parts[2].contains(&format!("Content-Range: bytes 4-5/{len}"))
+            && parts[2].ends_with(&format!("{}\r\n", &full[4..6])),
+        "{body}"
+    );
+    assert_eq!(parts[3], "--\r\n");
+    // Overlapping ranges are merged into one.
+    let (s, _, body) = request(&c, "GET", &f.url(path), &[("range", "bytes=0-3,2-5")], "").await.unwrap();
+    assert_eq!((s, body.as_str()), (206, &full[0..6]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
