@@ -131,6 +131,38 @@ pub struct RouteConfig {
     pub origin: RouteOrigin,
     /// The cache behaviour for this route, if responses here are cached.
     pub cache: Option<String>,
+    /// Response headers this route adds and removes (`headers = { … }`).
+    pub headers: Option<HeaderPolicy>,
+    /// Requests per client beyond which this route answers 429 (`rate_limit = { … }`).
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// Security and other response headers for a route, set on every response it sends.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderPolicy {
+    /// Set (replacing what the origin sent), in order.
+    pub set: Vec<(String, String)>,
+    /// Removed from origin responses (e.g. `Server`, `X-Powered-By`).
+    pub remove: Vec<String>,
+    /// Strict-Transport-Security: sent on TLS connections only (RFC 6797 §7.2).
+    pub hsts: Option<String>,
+}
+
+/// A token bucket per client: one token every `interval` on average, `burst` at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// 1 / rate (`rate = 10` → 100 ms).
+    pub interval: std::time::Duration,
+    pub burst: u32,
+    pub key: RateKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    /// The client's address (the TCP peer).
+    Ip,
+    /// A request header's value (e.g. an API key); clients without it are keyed by address.
+    Header(String),
 }
 
 /// Where a route's requests go.

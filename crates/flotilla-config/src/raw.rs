@@ -242,6 +242,39 @@ pub(crate) struct RawRoute {
     pub target_group: Option<S<String>>,
     pub origin: Option<S<String>>,
     pub cache: Option<S<String>>,
+    pub headers: Option<S<RawHeaders>>,
+    pub rate_limit: Option<S<RawRateLimit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaders {
+    pub hsts: Option<S<String>>,
+    pub csp: Option<S<String>>,
+    pub frame_options: Option<S<String>>,
+    pub content_type_options: Option<S<bool>>,
+    pub referrer_policy: Option<S<String>>,
+    pub permissions_policy: Option<S<String>>,
+    #[serde(default)]
+    pub set: BTreeMap<S<String>, S<String>>,
+    #[serde(default)]
+    pub remove: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub rate: Option<S<RateLit>>,
+    pub burst: Option<S<i64>>,
+    pub key: Option<S<String>>,
+}
+
+/// `10` (per second) or `"600/min"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RateLit {
+    Number(f64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]

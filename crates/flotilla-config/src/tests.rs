@@ -462,3 +462,19 @@ fn routes_take_a_target_group_or_a_files_origin() {
         ],
     );
 }
+
+#[test]
+fn route_headers_and_rate_limits_are_checked() {
+    let cfg = ok("[[routes]]\norigin = \"files:.\"\nrate_limit = { rate = \"600/min\" }\nheaders = { hsts = \"max-age=60\", remove = [\"Server\"] }\n");
+    let rl = cfg.routes[0].rate_limit.clone().unwrap();
+    assert_eq!((rl.interval, rl.burst, rl.key), (std::time::Duration::from_millis(100), 10, RateKey::Ip));
+    assert_eq!(cfg.routes[0].headers.as_ref().unwrap().remove, vec!["server".to_string()]);
+    check_err(
+        "[[routes]]\norigin = \"files:.\"\nrate_limit = { rate = \"5/fortnight\", key = \"cookie\" }\nheaders = { hsts = \"1 year\" }\n",
+        &[
+            "flotilla.toml:3:23: routes.rate_limit.rate: \"5/fortnight\": unknown unit \"fortnight\" (s, min, h)",
+            "flotilla.toml:3:44: routes.rate_limit.key \"cookie\": \"ip\" or \"header:NAME\"",
+            "flotilla.toml:4:20: routes.headers.hsts needs max-age=…, e.g. \"max-age=31536000; includeSubDomains\"",
+        ],
+    );
+}

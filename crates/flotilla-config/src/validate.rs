@@ -397,7 +397,98 @@ fn route(
         }
         c.get_ref().clone()
     });
-    Some(RouteConfig { host, path, origin, cache })
+    let rate_limit = r.rate_limit.as_ref().and_then(|l| rate_limit(cx, l));
+    let headers = r.headers.as_ref().map(|h| header_policy(cx, h));
+    Some(RouteConfig { host, path, origin, cache, headers, rate_limit })
+}
+
+fn header_policy(cx: &mut Ctx<'_>, raw: &S<RawHeaders>) -> HeaderPolicy {
+    let r = raw.get_ref();
+    let mut p = HeaderPolicy::default();
+    let mut set = |cx: &mut Ctx<'_>, name: &str, v: &S<String>| {
+        if !http_token(name) || v.get_ref().chars().any(|c| c.is_control()) {
+            cx.err(v, format!("routes.headers: {name:?} = {:?} is not a valid header", v.get_ref()));
+        }
+        p.set.push((name.to_ascii_lowercase(), v.get_ref().clone()));
+    };
+    for (name, v) in [
+        ("content-security-policy", &r.csp),
+        ("x-frame-options", &r.frame_options),
+        ("referrer-policy", &r.referrer_policy),
+        ("permissions-policy", &r.permissions_policy),
+    ] {
+        if let Some(v) = v {
+            set(cx, name, v);
+        }
+    }
+    for (k, v) in &r.set {
+        set(cx, k.get_ref(), v);
+    }
+    if r.content_type_options.as_ref().is_some_and(|v| *v.get_ref()) {
+        p.set.push(("x-content-type-options".into(), "nosniff".into()));
+    }
+    for name in &r.remove {
+        if !http_token(name.get_ref()) {
+            cx.err(name, format!("routes.headers.remove: {:?} is not a header name", name.get_ref()));
+        }
+        p.remove.push(name.get_ref().to_ascii_lowercase());
+    }
+    if let Some(h) = &r.hsts {
+        if !h.get_ref().contains("max-age=") {
+            cx.err(h, "routes.headers.hsts needs max-age=…, e.g. \"max-age=31536000; includeSubDomains\"");
+        }
+        p.hsts = Some(h.get_ref().clone());
+    }
+    p
+}
+
+fn rate_limit(cx: &mut Ctx<'_>, raw: &S<RawRateLimit>) -> Option<RateLimitConfig> {
+    let r = raw.get_ref();
+    let Some(rate_raw) = &r.rate else {
+        cx.err(raw, "routes.rate_limit needs a rate, e.g. 10 (per second) or \"600/min\"");
+        return None;
+    };
+    let rate = match rate_raw.get_ref() {
+        RateLit::Number(n) => Ok(*n),
+        RateLit::Text(t) => parse_rate(t),
+    };
+    let rate = match rate {
+        Ok(r) if r > 0.0 && r.is_finite() => Some(r),
+        Ok(_) => {
+            cx.err(rate_raw, "routes.rate_limit.rate must be more than 0");
+            None
+        }
+        Err(e) => {
+            cx.err(rate_raw, format!("routes.rate_limit.rate: {e}"));
+            None
+        }
+    };
+    let default_burst = rate.unwrap_or(1.0).ceil().max(1.0) as i64;
+    let burst = cx.int(&r.burst, "routes.rate_limit.burst", 1..=1_000_000, default_burst) as u32;
+    let key = match r.key.as_ref().map(|k| (k, k.get_ref().as_str())) {
+        None | Some((_, "ip")) => RateKey::Ip,
+        Some((k, v)) => match v.strip_prefix("header:") {
+            Some(h) if http_token(h) => RateKey::Header(h.to_ascii_lowercase()),
+            _ => {
+                cx.err(k, format!("routes.rate_limit.key {v:?}: \"ip\" or \"header:NAME\""));
+                RateKey::Ip
+            }
+        },
+    };
+    Some(RateLimitConfig { interval: std::time::Duration::from_secs_f64(1.0 / rate?), burst, key })
+}
+
+/// `"10/s"`, `"600/min"`, `"3600/h"` → per second.
+fn parse_rate(t: &str) -> Result<f64, String> {
+    let (n, unit) = t.split_once('/').ok_or_else(|| format!("{t:?}: write N/s, N/min or N/h"))?;
+    let n: f64 = n.trim().parse().map_err(|_| format!("{t:?}: {n:?} is not a number"))?;
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        u => return Err(format!("{t:?}: unknown unit {u:?} (s, min, h)")),
+    };
+    Ok(n / per)
 }
 
 fn cache(cx: &mut Ctx<'_>, raw: &S<RawCache>) -> CacheConfig {

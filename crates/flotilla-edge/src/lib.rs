@@ -16,6 +16,7 @@ mod images;
 mod latency;
 mod listener;
 pub mod metrics;
+mod policy;
 mod pool;
 mod proxy;
 mod route;

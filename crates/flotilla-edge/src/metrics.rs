@@ -40,6 +40,12 @@ pub struct CacheBytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route's path pattern as configured, e.g. "/api/*".
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     /// Who failed and how, e.g. "client_bad_request", "no_route", "target_connect", "target_timeout".
     pub kind: &'static str,
@@ -72,6 +78,7 @@ pub struct EdgeMetrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub cache: Family<CacheLabels, Counter>,
     pub cache_invalidations: Counter,
+    pub rate_limited: Family<RouteLabels, Counter>,
     pub cache_invalidation_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     pub cache_bytes_served: Family<CacheBytesLabels, Counter>,
     pub cache_memory_evictions: Counter,
@@ -101,6 +108,7 @@ impl EdgeMetrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let cache = Family::<CacheLabels, Counter>::default();
         let cache_invalidations = Counter::default();
+        let rate_limited = Family::<RouteLabels, Counter>::default();
         let cache_invalidation_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         let cache_bytes_served = Family::<CacheBytesLabels, Counter>::default();
         let cache_memory_evictions = Counter::default();
@@ -141,6 +149,7 @@ impl EdgeMetrics {
             cache.clone(),
         );
         registry.register("cache_invalidations", "Invalidation requests applied", cache_invalidations.clone());
+        registry.register("rate_limited", "Requests refused with 429 by a route's rate limit", rate_limited.clone());
         registry.register(
             "cache_invalidation_seconds",
             "Time spent applying invalidations (divide by cache_invalidations for the mean)",
@@ -192,6 +201,7 @@ impl EdgeMetrics {
             errors,
             cache,
             cache_invalidations,
+            rate_limited,
             cache_invalidation_seconds,
             cache_bytes_served,
             cache_memory_evictions,

@@ -44,6 +44,8 @@ pub(crate) struct Outcome {
     pub group: Option<Arc<TargetGroup>>,
     pub target: Option<SocketAddr>,
     pub attempts: u32,
+    /// The matched route's response-header policy, applied to whatever answers.
+    pub headers: Option<Arc<crate::policy::Headers>>,
 }
 
 pub(crate) async fn handle(
@@ -66,6 +68,9 @@ pub(crate) async fn handle(
         }
     };
     resp.headers_mut().insert(rt.request_id_header.clone(), rid.clone());
+    if let Some(policy) = &out.headers {
+        policy.apply(resp.headers_mut(), conn.tls);
+    }
     let status = resp.status().as_u16();
     let elapsed = start.elapsed();
     if let Some(g) = &out.group {
@@ -125,6 +130,13 @@ async fn forward(
         return Box::pin(crate::images::serve(cx, svc, req, out)).await;
     }
     let route = rt.routes.find(&host, req.uri().path()).ok_or(ProxyError::NoRoute)?;
+    out.headers = route.headers.clone();
+    if let Some(limiter) = &route.limiter {
+        let key = limiter.key_of(req.headers(), conn.peer.ip());
+        if let crate::policy::Verdict::Deny { retry_after } = limiter.check(&key) {
+            return Ok(too_many_requests(retry_after));
+        }
+    }
     let group = match &route.backend {
         RouteBackend::Group(g) => g.clone(),
         RouteBackend::Files(files) => {
@@ -463,6 +475,16 @@ pub(crate) fn error_response(e: ProxyError, rid: &HeaderValue) -> Response<Body>
         // After a framing problem the connection's byte stream cannot be trusted: close it.
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
+}
+
+/// 429 with the seconds until the client's bucket has a token again (rounded up).
+fn too_many_requests(retry_after: std::time::Duration) -> Response<Body> {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let mut resp = small(StatusCode::TOO_MANY_REQUESTS, "{\"status\":429,\"error\":\"rate limited\"}\n".into());
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 

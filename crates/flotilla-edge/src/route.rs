@@ -17,6 +17,8 @@ pub(crate) struct Route {
     pub path: PathPattern,
     pub backend: RouteBackend,
     pub cache: Option<Arc<CacheRule>>,
+    pub headers: Option<Arc<crate::policy::Headers>>,
+    pub limiter: Option<crate::policy::RateLimiter>,
 }
 
 /// Where a route sends its requests.
@@ -127,6 +129,16 @@ impl Routes {
                         RouteOrigin::Files(dir) => RouteBackend::Files(Arc::new(crate::files::FilesOrigin::new(dir))),
                     },
                     cache: r.cache.as_deref().and_then(|c| rules.get(c).cloned()),
+                    headers: r.headers.as_ref().map(|h| Arc::new(crate::policy::Headers::new(h))),
+                    limiter: r.rate_limit.as_ref().map(|l| {
+                        let route = match &r.path {
+                            PathPattern::Prefix(p) => format!("{p}*"),
+                            PathPattern::Exact(p) => p.clone(),
+                        };
+                        let limited =
+                            metrics.rate_limited.get_or_create(&crate::metrics::RouteLabels { route }).clone();
+                        crate::policy::RateLimiter::new(l, limited)
+                    }),
                 })
             })
             .collect();

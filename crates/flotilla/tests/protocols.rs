@@ -315,3 +315,41 @@ async fn sighup_swaps_certificates_without_dropping_in_flight_requests() {
     let (status, _, body) = slow.await.unwrap().unwrap();
     assert_eq!((status, body.trim()), (200, "reload-tls slept 1500 ms"), "the in-flight request survived the reload");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_headers_and_rate_limits() {
+    let app = DemoApp::start("policies");
+    let routes = "[[routes]]\npath = \"/whoami\"\ntarget_group = \"web\"\nrate_limit = { rate = \"1/min\", burst = 3 }\nheaders = { csp = \"default-src 'self'\", frame_options = \"DENY\", content_type_options = true, referrer_policy = \"no-referrer\", hsts = \"max-age=31536000\", set = { \"x-served-by\" = \"flotilla\" } }\n\n[[routes]]\npath = \"/health\"\ntarget_group = \"web\"\nrate_limit = { rate = 1, burst = 1, key = \"header:x-api-key\" }\n\n";
+    let f = Flotilla::start("policies", &(routes.to_string() + &group_toml("web", &[&app], "")));
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (s, h, _) = request(&c, "GET", &f.url("/whoami"), &[], "").await.unwrap();
+        // Every answer on the route carries the policy, the 429s too; HSTS only over TLS.
+        assert_eq!(h["content-security-policy"], "default-src 'self'");
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["x-served-by"], "flotilla");
+        assert!(!h.contains_key("strict-transport-security"));
+        if s == 429 {
+            let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=60).contains(&retry), "{retry}");
+        }
+        statuses.push(s);
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
+    // Keyed by a header: each API key has its own bucket of one.
+    let with_key = |k: &'static str| {
+        let c = c.clone();
+        let url = f.url("/health");
+        async move { request(&c, "GET", &url, &[("x-api-key", k)], "").await.unwrap().0 }
+    };
+    assert_eq!(with_key("a").await, 200);
+    assert_eq!(with_key("a").await, 429);
+    assert_eq!(with_key("b").await, 200);
+    let m = get(&f.admin("/metrics")).await.1;
+    assert!(m.contains("flotilla_rate_limited_total{route=\"/whoami\"} 2"), "{m}");
+    assert!(m.contains("flotilla_rate_limited_total{route=\"/health\"} 1"), "{m}");
+}

@@ -1,0 +1,167 @@
+//! Per-route policies applied around the origin: response headers (security headers such as
+//! HSTS, CSP, X-Frame-Options) and a rate limit per client.
+//!
+//! The limiter is GCRA (the generic cell rate algorithm, a token bucket kept as one timestamp):
+//! each client key holds its "theoretical arrival time" in one `AtomicU64`, updated by CAS, so
+//! workers share buckets without a lock. Keys live in a bounded moka cache and are forgotten once
+//! idle long enough for their bucket to be full again (forgetting then changes nothing).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_config::{HeaderPolicy, RateKey, RateLimitConfig};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use prometheus_client::metrics::counter::Counter;
+
+/// A route's header policy with names and values parsed once.
+pub(crate) struct Headers {
+    set: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+    hsts: Option<HeaderValue>,
+}
+
+impl Headers {
+    pub(crate) fn new(p: &HeaderPolicy) -> Self {
+        let pair = |(k, v): &(String, String)| {
+            Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?))
+        };
+        Headers {
+            set: p.set.iter().filter_map(pair).collect(),
+            remove: p.remove.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect(),
+            hsts: p.hsts.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
+        }
+    }
+
+    /// Applies the policy to a response; HSTS only over TLS (RFC 6797 §7.2).
+    pub(crate) fn apply(&self, headers: &mut HeaderMap, tls: bool) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (k, v) in &self.set {
+            headers.insert(k.clone(), v.clone());
+        }
+        if let (true, Some(h)) = (tls, &self.hsts) {
+            headers.insert(http::header::STRICT_TRANSPORT_SECURITY, h.clone());
+        }
+    }
+}
+
+/// Keys remembered at most; beyond this the least used are dropped (their clients start full).
+const MAX_KEYS: u64 = 100_000;
+
+pub(crate) struct RateLimiter {
+    interval: u64,
+    /// interval × burst, in nanoseconds.
+    tolerance: u64,
+    key: RateKey,
+    buckets: moka::sync::Cache<String, Arc<AtomicU64>>,
+    epoch: Instant,
+    pub limited: Counter,
+}
+
+pub(crate) enum Verdict {
+    Allow,
+    Deny { retry_after: Duration },
+}
+
+impl RateLimiter {
+    pub(crate) fn new(cfg: &RateLimitConfig, limited: Counter) -> Self {
+        let interval = (cfg.interval.as_nanos() as u64).max(1);
+        let tolerance = interval.saturating_mul(u64::from(cfg.burst));
+        RateLimiter {
+            interval,
+            tolerance,
+            key: cfg.key.clone(),
+            buckets: moka::sync::Cache::builder()
+                .max_capacity(MAX_KEYS)
+                .time_to_idle(Duration::from_nanos(tolerance) + Duration::from_secs(1))
+                .build(),
+            epoch: Instant::now(),
+            limited,
+        }
+    }
+
+    /// The key a request is counted under: its client address, or a header's value.
+    pub(crate) fn key_of(&self, headers: &HeaderMap, peer: std::net::IpAddr) -> String {
+        match &self.key {
+            RateKey::Header(name) => match headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
+                Some(v) => format!("h:{v}"),
+                None => format!("ip:{peer}"),
+            },
+            RateKey::Ip => format!("ip:{peer}"),
+        }
+    }
+
+    pub(crate) fn check(&self, key: &str) -> Verdict {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        self.check_at(key, now)
+    }
+
+    fn check_at(&self, key: &str, now: u64) -> Verdict {
+        let cell = self.buckets.get_with_by_ref(key, || Arc::new(AtomicU64::new(0)));
+        let mut tat = cell.load(Ordering::Acquire);
+        loop {
+            let next = tat.max(now) + self.interval;
+            if next - now > self.tolerance {
+                self.limited.inc();
+                return Verdict::Deny { retry_after: Duration::from_nanos(next - now - self.tolerance) };
+            }
+            match cell.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Verdict::Allow,
+                Err(current) => tat = current,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(per_sec: u64, burst: u32) -> RateLimiter {
+        let cfg = RateLimitConfig { interval: Duration::from_secs(1) / per_sec as u32, burst, key: RateKey::Ip };
+        RateLimiter::new(&cfg, Counter::default())
+    }
+
+    #[test]
+    fn burst_then_steady_rate() {
+        let l = limiter(10, 5);
+        let ms = 1_000_000u64;
+        // Five at once pass, the sixth is refused with the time until a token returns.
+        for _ in 0..5 {
+            assert!(matches!(l.check_at("a", 1000 * ms), Verdict::Allow));
+        }
+        match l.check_at("a", 1000 * ms) {
+            Verdict::Deny { retry_after } => assert_eq!(retry_after, Duration::from_millis(100)),
+            Verdict::Allow => panic!("sixth request in the burst passed"),
+        }
+        // Another client has its own bucket.
+        assert!(matches!(l.check_at("b", 1000 * ms), Verdict::Allow));
+        // 100 ms later one token is back, not two.
+        assert!(matches!(l.check_at("a", 1100 * ms), Verdict::Allow));
+        assert!(matches!(l.check_at("a", 1100 * ms), Verdict::Deny { .. }));
+        // After a long pause the bucket is full again (burst, not more).
+        let passed = (0..10).filter(|_| matches!(l.check_at("a", 9000 * ms), Verdict::Allow)).count();
+        assert_eq!(passed, 5);
+        assert_eq!(l.limited.get(), 7);
+    }
+
+    #[test]
+    fn header_policy() {
+        let p = HeaderPolicy {
+            set: vec![("x-frame-options".into(), "DENY".into())],
+            remove: vec!["server".into()],
+            hsts: Some("max-age=60".into()),
+        };
+        let h = Headers::new(&p);
+        let mut m = HeaderMap::new();
+        m.insert("server", HeaderValue::from_static("app/1.0"));
+        m.insert("x-frame-options", HeaderValue::from_static("ALLOWALL"));
+        h.apply(&mut m, false);
+        assert_eq!(m.get("x-frame-options").unwrap(), "DENY");
+        assert!(m.get("server").is_none() && m.get("strict-transport-security").is_none());
+        h.apply(&mut m, true);
+        assert_eq!(m.get("strict-transport-security").unwrap(), "max-age=60");
+    }
+}
