@@ -98,7 +98,7 @@ async fn forward(
     shared: &Arc<Shared>,
     rt: &Arc<Runtime>,
     conn: &Arc<Conn>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     rid: &HeaderValue,
     out: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
@@ -111,6 +111,22 @@ async fn forward(
     }
     if headers::framing_is_ambiguous(req.headers()) {
         return Err(ProxyError::BadRequest);
+    }
+    // RFC 9112 §3.2: more than one Host is a 400 (which one a cache keys on and which one the
+    // target serves could differ: a poisoning vector).
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(ProxyError::BadRequest);
+    }
+    // Absolute-form (§3.2.2): the URI's authority wins over Host, and the target must see the
+    // same host the route and the cache key used.
+    if req.version() != Version::HTTP_2 {
+        let authority = req.uri().authority().map(|a| match a.port() {
+            Some(p) => format!("{}:{p}", a.host()),
+            None => a.host().to_string(),
+        });
+        if let Some(v) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
     }
     let host = match headers::host_of(req.uri(), req.headers()) {
         Some(h) => h,
