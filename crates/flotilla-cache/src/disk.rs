@@ -449,22 +449,21 @@ fn read_all(path: &Path) -> Option<Vec<u8>> {
 /// The index fields only (the file is read whole and checked, so a torn file is never indexed).
 fn read_meta(path: &Path) -> Option<Meta> {
     let buf = read_all(path)?;
-    let mut r = Reader(&buf[4..]);
-    let primary = r.string()?;
-    let secondary = r.string()?;
-    let vary = names(&mut r)?;
-    let host = r.string()?;
-    let path_s = r.string()?;
-    let tags = r.list()?;
+    let size = buf.len() as u64 + 4;
+    head(&mut Reader(&buf[4..]), size)
+}
+
+/// The fields before the response itself: what the index needs.
+fn head(r: &mut Reader<'_>, size: u64) -> Option<Meta> {
     Some(Meta {
         file: String::new(),
-        primary,
-        secondary,
-        vary,
-        host,
-        path: path_s,
-        tags,
-        size: buf.len() as u64 + 4,
+        primary: r.string()?,
+        secondary: r.string()?,
+        vary: names(r)?,
+        host: r.string()?,
+        path: r.string()?,
+        tags: r.list()?,
+        size,
         last_access: 0,
     })
 }
@@ -477,12 +476,7 @@ fn names(r: &mut Reader<'_>) -> Option<Vec<HeaderName>> {
 fn read_object(path: &Path) -> Option<Entry> {
     let buf = read_all(path)?;
     let mut r = Reader(&buf[4..]);
-    let _primary = r.string()?;
-    let secondary = r.string()?;
-    let _vary = names(&mut r)?;
-    let host = r.string()?;
-    let path_s = r.string()?;
-    let tags = r.list()?;
+    let Meta { secondary, host, path: path_s, tags, .. } = head(&mut r, 0)?;
     let origin_vary = names(&mut r)?;
     let status = StatusCode::from_u16(u16::try_from(r.u64()?).ok()?).ok()?;
     let nh = r.u64()?;

@@ -380,12 +380,8 @@ async fn files_origin_serves_a_directory_with_validators_and_ranges() {
     let body = format!(
         "{BEHAVIOR}[[routes]]\npath = \"/assets/*\"\norigin = \"files:public\"\ncache = \"main\"\n\n[[routes]]\npath = \"/plain/*\"\norigin = \"files:public\"\n"
     );
-    let port = free_port();
-    let admin_port = free_port();
-    let text = format!(
-        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"test-token\"\n\n{body}"
-    );
-    let f = Flotilla::start_raw("cache-files-origin", &dir, &text, port, admin_port);
+    let f = Flotilla::start_in(&dir, &body);
+    let port = f.port;
     let c = client();
 
     let (s, h, b) = request(&c, "GET", &f.url("/assets/app.css"), &[], "").await.unwrap();

@@ -161,12 +161,8 @@ async fn files_source_signed_sizes_and_bad_files() {
     let body = format!(
         "[images]\nsource = \"files:originals\"\nmax_source_pixels = 10_000_000\nsigning_key = \"{key}\"\nformats = [\"webp\", \"jpeg\"]\n\n[images.presets]\nsmall = {{ width = 320 }}\nbox = {{ width = 200, height = 200, fit = \"contain\" }}\n"
     );
-    let port = free_port();
-    let admin_port = free_port();
-    let text = format!(
-        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"test-token\"\n\n{body}"
-    );
-    let f = Flotilla::start_raw("images-files", &dir, &text, port, admin_port);
+    let f = Flotilla::start_in(&dir, &body);
+    let port = f.port;
 
     let ok = fetch(&f, "/_img/small/storm.jpg", Some("image/webp")).await;
     assert_eq!((ok.status, dims(&ok.body)), (200, (320, 213)), "{}", ok.text());

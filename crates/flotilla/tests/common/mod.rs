@@ -155,6 +155,16 @@ impl Flotilla {
         Self::start_raw(name, &dir, &text, port, admin_port)
     }
 
+    /// Like `start`, in a directory the test prepared (files the config names relative to it).
+    pub fn start_in(dir: &std::path::Path, body: &str) -> Self {
+        let port = free_port();
+        let admin_port = free_port();
+        let text = format!(
+            "[edge]\nlisten = [\"127.0.0.1:{port}\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"test-token\"\n\n{body}"
+        );
+        Self::start_raw("", dir, &text, port, admin_port)
+    }
+
     pub fn start_raw(_name: &str, dir: &std::path::Path, text: &str, port: u16, admin_port: u16) -> Self {
         let config = dir.join("flotilla.toml");
         std::fs::write(&config, text).unwrap();
