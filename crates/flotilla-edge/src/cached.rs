@@ -748,14 +748,15 @@ fn parts_with(status: StatusCode, headers: HeaderMap) -> http::response::Parts {
     parts
 }
 
-enum Collected {
+pub(crate) enum Collected {
     All(Bytes),
     /// Over the limit: what was read so far, and the rest, to stream on uncached.
     TooLarge(Bytes, Body),
     Failed(BoxError),
 }
 
-async fn collect_bounded(mut body: Body, limit: usize) -> Collected {
+/// Reads a body up to `limit` bytes (shared with the image route's originals).
+pub(crate) async fn collect_bounded(mut body: Body, limit: usize) -> Collected {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         match frame {

@@ -23,11 +23,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
+use crate::cached::{collect_bounded, Collected};
 use crate::error::ProxyError;
 use crate::files::ReadError;
 use crate::group::TargetGroup;
 use crate::metrics::{EdgeMetrics, ImageLabels, RefusalLabels};
-use crate::proxy::{origin, Body, BoxError, Origin, Outcome};
+use crate::proxy::{origin, Body, Origin, Outcome};
 use crate::route::CacheRule;
 use crate::Shared;
 
@@ -378,9 +379,9 @@ async fn fetch(
                 return Ok(Err(too_large(cx)));
             }
             let (parts, body) = resp.into_parts();
-            match collect(body, limit as usize).await {
+            match collect_bounded(body, limit as usize).await {
                 Collected::All(b) => Ok(Ok(Original { body: b, headers: parts.headers })),
-                Collected::TooLarge => Ok(Err(too_large(cx))),
+                Collected::TooLarge(..) => Ok(Err(too_large(cx))),
                 Collected::Failed(e) => {
                     tracing::debug!(path, error = %e, "reading the original failed");
                     Err(ProxyError::TargetReset)
@@ -388,30 +389,6 @@ async fn fetch(
             }
         }
     }
-}
-
-enum Collected {
-    All(Bytes),
-    TooLarge,
-    Failed(BoxError),
-}
-
-async fn collect(mut body: Body, limit: usize) -> Collected {
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(f) => {
-                if let Ok(data) = f.into_data() {
-                    if buf.len() + data.len() > limit {
-                        return Collected::TooLarge;
-                    }
-                    buf.extend_from_slice(&data);
-                }
-            }
-            Err(e) => return Collected::Failed(e),
-        }
-    }
-    Collected::All(buf.freeze())
 }
 
 fn variant_response(img: flotilla_images::Output, source: &HeaderMap, svc: &ImageService) -> Response<Body> {
