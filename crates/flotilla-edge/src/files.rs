@@ -54,6 +54,11 @@ impl FilesOrigin {
         if decoded.contains(['\0', '\\']) || decoded.split('/').any(|seg| seg == "..") {
             return Lookup::BadPath;
         }
+        // Dotfiles (`.env`, `.git/`) are not published, as in most static servers; RFC 8615's
+        // `.well-known` is.
+        if decoded.split('/').any(|seg| seg.starts_with('.') && seg != ".well-known") {
+            return Lookup::NotFound;
+        }
         let mut rel = decoded.trim_start_matches('/').to_string();
         if rel.is_empty() || rel.ends_with('/') {
             rel.push_str("index.html");
@@ -341,6 +346,9 @@ mod tests {
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::write(dir.join("sub/index.html"), "hi").unwrap();
         std::fs::write(dir.join("a b.txt"), "x").unwrap();
+        std::fs::write(dir.join(".env"), "SECRET=1").unwrap();
+        std::fs::create_dir_all(dir.join(".well-known")).unwrap();
+        std::fs::write(dir.join(".well-known/security.txt"), "Contact: x").unwrap();
         let _ = std::os::unix::fs::symlink("/etc", dir.join("etc"));
         let o = FilesOrigin::new(&dir);
         assert!(matches!(o.lookup("/sub/"), Lookup::Found(_)));
@@ -350,6 +358,9 @@ mod tests {
         assert!(matches!(o.lookup("/sub/%2e%2e/%2e%2e/etc/passwd"), Lookup::BadPath));
         assert!(matches!(o.lookup("/etc/passwd"), Lookup::NotFound), "a symlink out of the root");
         assert!(matches!(o.lookup("/nope"), Lookup::NotFound));
+        assert!(matches!(o.lookup("/.env"), Lookup::NotFound), "dotfiles are not published");
+        assert!(matches!(o.lookup("/%2eenv"), Lookup::NotFound));
+        assert!(matches!(o.lookup("/.well-known/security.txt"), Lookup::Found(_)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
