@@ -12,11 +12,14 @@ pub(crate) fn authorized(headers: &HeaderMap, token: Option<&str>) -> bool {
     constant_time_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Compares every byte of the expected token whatever was given, so the time taken says
+/// nothing about how much of a guess was right, nor about the token's length.
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != expected.len());
+    for (i, e) in expected.iter().enumerate() {
+        diff |= e ^ given.get(i).copied().unwrap_or(!e);
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]
@@ -32,6 +35,11 @@ mod tests {
         assert!(authorized(&h, Some("t")));
         assert!(!authorized(&h, Some("u")));
         assert!(!authorized(&h, None));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer tt"));
+        assert!(!authorized(&h, Some("t")), "a longer guess with the right prefix");
+        assert!(!authorized(&h, Some("ttt")), "a shorter guess with the right prefix");
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert!(!authorized(&h, Some("t")));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic dDp0"));
         assert!(!authorized(&h, Some("t")));
     }

@@ -47,9 +47,9 @@ struct Meta {
 struct Index {
     /// Keyed by (primary, secondary).
     entries: HashMap<(String, String), Meta>,
-    /// Per primary key: its Vary names and how many variants are stored (lookups need the
-    /// names to compute the secondary key without scanning).
-    primaries: HashMap<String, (Vec<HeaderName>, usize)>,
+    /// Per primary key: its Vary names and the secondary keys stored (lookups need the names
+    /// to compute the secondary key, removals the secondaries, neither by scanning).
+    primaries: HashMap<String, (Vec<HeaderName>, Vec<String>)>,
     bytes: u64,
     tick: u64,
 }
@@ -58,13 +58,13 @@ impl Index {
     fn add(&mut self, m: Meta) -> Option<Meta> {
         self.bytes += m.size;
         let k = (m.primary.clone(), m.secondary.clone());
-        let p = self.primaries.entry(m.primary.clone()).or_insert_with(|| (m.vary.clone(), 0));
-        p.0 = m.vary.clone();
-        p.1 += 1;
-        let old = self.entries.insert(k, m);
+        let old = self.entries.insert(k, m.clone());
         if let Some(o) = &old {
             self.forget(o);
         }
+        let p = self.primaries.entry(m.primary.clone()).or_insert_with(|| (m.vary.clone(), Vec::new()));
+        p.0 = m.vary;
+        p.1.push(m.secondary);
         old
     }
 
@@ -77,11 +77,17 @@ impl Index {
     fn forget(&mut self, m: &Meta) {
         self.bytes -= m.size;
         if let Some(p) = self.primaries.get_mut(&m.primary) {
-            p.1 -= 1;
-            if p.1 == 0 {
+            p.1.retain(|s| *s != m.secondary);
+            if p.1.is_empty() {
                 self.primaries.remove(&m.primary);
             }
         }
+    }
+
+    /// Takes every variant of `primary` out of the index.
+    fn take_primary(&mut self, primary: &str) -> Vec<Meta> {
+        let secondaries = self.primaries.get(primary).map(|p| p.1.clone()).unwrap_or_default();
+        secondaries.into_iter().filter_map(|s| self.take(&(primary.to_string(), s))).collect()
     }
 }
 
@@ -238,12 +244,7 @@ impl DiskStore {
             let mut stale = Vec::new();
             // A new Vary set replaces every variant of the key.
             if idx.primaries.get(primary).is_some_and(|p| p.0 != vary) {
-                let keys: Vec<(String, String)> = idx.entries.keys().filter(|(p, _)| p == primary).cloned().collect();
-                for k in keys {
-                    if let Some(old) = idx.take(&k) {
-                        stale.push(old.file);
-                    }
-                }
+                stale.extend(idx.take_primary(primary).into_iter().map(|m| m.file));
             }
             if let Some(old) = idx.add(meta) {
                 stale.push(old.file);
@@ -256,16 +257,20 @@ impl DiskStore {
         self.evict();
     }
 
+    /// Removes every variant of one primary key: O(variants), so the request path may call it
+    /// (after each successful unsafe request).
     pub fn remove(&self, primary: &str) {
-        self.remove_where(|m| m.primary == primary);
+        let files: Vec<String> = {
+            let mut idx = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            idx.take_primary(primary).into_iter().map(|m| m.file).collect()
+        };
+        for file in files {
+            let _ = fs::remove_file(self.dir.join("objects").join(file));
+        }
     }
 
     pub fn invalidate_paths(&self, paths: &[PathMatch]) {
         self.remove_where(|m| paths.iter().any(|p| p.matches(&m.path)));
-    }
-
-    pub fn invalidate_url(&self, host: &str, path: &str) {
-        self.remove_where(|m| m.host == host && m.path == path);
     }
 
     pub fn invalidate_tags(&self, tags: &[String]) {
@@ -624,6 +629,31 @@ mod tests {
         assert!(s.lookup("k0", &HeaderMap::new()).is_some(), "recently used survives");
         assert!(s.lookup("k1", &HeaderMap::new()).is_none(), "least recently used goes first");
         assert!(s.evictions.load(Ordering::Relaxed) > 0);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn removing_a_key_drops_all_its_variants_and_nothing_else() {
+        let d = dir("remove");
+        let s = DiskStore::open(&d, 1 << 20).unwrap();
+        let vary = vec![HeaderName::from_static("accept-language")];
+        let req = |lang: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("accept-language", lang.parse().unwrap());
+            h
+        };
+        for lang in ["en", "fr"] {
+            s.insert("k", &vary, &entry("/page", &key::secondary(&vary, &req(lang)), &[], lang));
+        }
+        s.insert("other", &[], &entry("/page", "", &[], "kept"));
+        assert_eq!(s.usage().0, 3);
+        assert_eq!(s.lookup("k", &req("fr")).unwrap().0.body.as_ref(), b"fr");
+        s.remove("k");
+        assert!(s.lookup("k", &req("en")).is_none() && s.lookup("k", &req("fr")).is_none());
+        assert_eq!(s.usage().0, 1);
+        assert_eq!(fs::read_dir(d.join("objects")).unwrap().count(), 1, "the variants' files are deleted");
+        s.remove("k");
+        assert!(s.lookup("other", &HeaderMap::new()).is_some());
         fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -77,7 +77,7 @@ impl Lease {
 impl Pool {
     pub(crate) fn new(connect_timeout: Duration) -> Arc<Self> {
         let mut builder = hyper::client::conn::http1::Builder::new();
-        builder.max_buf_size(256 * 1024);
+        builder.max_buf_size(64 * 1024);
         Arc::new(Self { idle: Mutex::new(HashMap::default()), connect_timeout, builder })
     }
 

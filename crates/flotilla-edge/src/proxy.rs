@@ -117,6 +117,15 @@ async fn forward(
     if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
         return Err(ProxyError::BadRequest);
     }
+    // RFC 9113 §8.3.1: an h2 Host that names another authority than :authority is malformed.
+    // Routing and the cache key use :authority while the target would serve Host: refuse it.
+    if req.version() == Version::HTTP_2 {
+        if let (Some(a), Some(h)) = (req.uri().authority(), req.headers().get(header::HOST)) {
+            if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) {
+                return Err(ProxyError::BadRequest);
+            }
+        }
+    }
     // Absolute-form (§3.2.2): the URI's authority wins over Host, and the target must see the
     // same host the route and the cache key used.
     if req.version() != Version::HTTP_2 {

@@ -1,16 +1,20 @@
 //! `flotilla demo-app`: a small app to put behind the edge in the quickstart and in tests.
 //! Each endpoint exists to exercise one edge behaviour (balancing, health, CPU load, WebSockets,
-//! caching headers, echoing what the target received).
+//! caching headers, echoing what the target received), plus the faults the chaos suite needs:
+//! `POST /chaos` makes an instance slow or failing, and `POST /orders` records each order it
+//! applies in a journal shared by all instances, so a test can prove none was applied twice.
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
@@ -23,24 +27,52 @@ struct App {
     cached_hits: AtomicU64,
     photos: Option<std::path::PathBuf>,
     photo_requests: AtomicU64,
+    /// Injected fault: every app request waits this long first (0 = none).
+    fault_delay_ms: AtomicU64,
+    /// Injected fault: every app request answers this status instead (0 = none).
+    fault_status: AtomicU16,
+    /// Where applied orders are appended, one id per line; shared by instances on one host.
+    journal: Option<Mutex<std::fs::File>>,
+    orders: AtomicU64,
 }
 
 type Shared = Arc<App>;
 
-pub async fn run(bind: IpAddr, port: u16, id: String, photos: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+/// What `flotilla demo-app` was started with besides its address and id.
+#[derive(Default)]
+pub struct Options {
+    pub photos: Option<std::path::PathBuf>,
+    pub journal: Option<std::path::PathBuf>,
+}
+
+pub async fn run(bind: IpAddr, port: u16, id: String, opts: Options) -> anyhow::Result<()> {
+    let journal = match &opts.journal {
+        Some(path) => Some(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("demo-app: cannot open journal {}", path.display()))?,
+        )),
+        None => None,
+    };
     let app = Arc::new(App {
         id: id.clone(),
         healthy: AtomicBool::new(true),
         requests: AtomicU64::new(0),
         cached_hits: AtomicU64::new(0),
-        photos,
+        photos: opts.photos,
         photo_requests: AtomicU64::new(0),
+        fault_delay_ms: AtomicU64::new(0),
+        fault_status: AtomicU16::new(0),
+        journal,
+        orders: AtomicU64::new(0),
     });
-    let router = Router::new()
+    // Faults apply to the app's own endpoints, never to /health or /chaos: a target that lies
+    // to health checks is exactly what passive checks and retries must cope with.
+    let faulty = Router::new()
         .route("/", get(index))
         .route("/whoami", get(whoami))
-        .route("/health", get(health))
-        .route("/toggle-health", post(toggle_health))
         .route("/work", get(work))
         .route("/slow", get(slow))
         .route("/status/{code}", any(status))
@@ -50,6 +82,15 @@ pub async fn run(bind: IpAddr, port: u16, id: String, photos: Option<std::path::
         .route("/static/{*file}", get(static_file))
         .route("/photos/{file}", get(photo))
         .route("/photos-served", get(photos_served))
+        .route("/orders", post(order))
+        .route("/sink", post(sink))
+        .route("/bytes", get(bytes_response))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), inject_fault));
+    let router = Router::new()
+        .route("/health", get(health))
+        .route("/toggle-health", post(toggle_health))
+        .route("/chaos", post(chaos))
+        .merge(faulty)
         .with_state(app);
     let addr = SocketAddr::new(bind, port);
     let listener =
@@ -90,6 +131,129 @@ async fn health(State(app): State<Shared>) -> Response {
 async fn toggle_health(State(app): State<Shared>) -> Json<serde_json::Value> {
     let now = !app.healthy.fetch_xor(true, Ordering::Relaxed);
     Json(json!({ "healthy": now, "id": app.id }))
+}
+
+#[derive(serde::Deserialize)]
+struct Fault {
+    delay_ms: Option<u64>,
+    status: Option<u16>,
+}
+
+/// `POST /chaos?delay_ms=N&status=S`: from now on every app request waits N ms (capped at 60 s)
+/// and/or answers S (a 4xx/5xx; 0 turns it off) without doing its work.
+async fn chaos(State(app): State<Shared>, Query(f): Query<Fault>) -> Response {
+    if let Some(s) = f.status.filter(|s| *s != 0 && !(400..=599).contains(s)) {
+        return (StatusCode::BAD_REQUEST, format!("status must be 0 or 400-599, not {s}\n")).into_response();
+    }
+    if let Some(ms) = f.delay_ms {
+        app.fault_delay_ms.store(ms.min(60_000), Ordering::Relaxed);
+    }
+    if let Some(s) = f.status {
+        app.fault_status.store(s, Ordering::Relaxed);
+    }
+    Json(json!({
+        "id": app.id,
+        "delay_ms": app.fault_delay_ms.load(Ordering::Relaxed),
+        "status": app.fault_status.load(Ordering::Relaxed),
+    }))
+    .into_response()
+}
+
+async fn inject_fault(State(app): State<Shared>, req: Request, next: Next) -> Response {
+    let delay = app.fault_delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = app.fault_status.load(Ordering::Relaxed);
+    if let Some(code) = StatusCode::from_u16(status).ok().filter(|_| status != 0) {
+        return (code, format!("{} injected {status}\n", app.id)).into_response();
+    }
+    next.run(req).await
+}
+
+/// `POST /orders` with an `x-order-id` header: applies the order once (appends the id to the
+/// journal), then holds the answer `ms` milliseconds (default 0, capped at 10 s) before the 201,
+/// so a kill can land between applying and answering: the non-idempotent request the chaos
+/// suite counts.
+async fn order(State(app): State<Shared>, Query(q): Query<Ms>, headers: HeaderMap) -> Response {
+    let Some(id) = headers.get("x-order-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) else {
+        return (StatusCode::BAD_REQUEST, "x-order-id header required\n").into_response();
+    };
+    if id.contains(['\n', '\r']) {
+        return (StatusCode::BAD_REQUEST, "bad x-order-id\n").into_response();
+    }
+    if let Some(journal) = &app.journal {
+        // One write(2) per line on an O_APPEND file: lines from concurrent instances never mix.
+        let line = format!("{id} {}\n", app.id);
+        let written = journal.lock().map_err(|_| ()).and_then(|mut f| f.write_all(line.as_bytes()).map_err(|_| ()));
+        if written.is_err() {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "journal write failed\n").into_response();
+        }
+    }
+    let n = app.orders.fetch_add(1, Ordering::Relaxed) + 1;
+    tokio::time::sleep(Duration::from_millis(q.ms.unwrap_or(0).min(10_000))).await;
+    (StatusCode::CREATED, format!("{} applied order {id} ({n} so far)\n", app.id)).into_response()
+}
+
+/// `POST /sink`: reads the body as it streams in, keeping none of it, and answers how many bytes
+/// arrived — an upload target that costs the app no memory, so a test measures the edge's.
+async fn sink(body: axum::body::Body) -> Response {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut n: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("body failed after {n} bytes: {e}\n")).into_response(),
+        }
+    }
+    format!("{n}\n").into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct Size {
+    n: Option<u64>,
+}
+
+/// `GET /bytes?n=N`: N bytes (default 1 MiB, capped at 4 GiB) generated as the client reads
+/// them, so a slow reader holds the response back instead of the app buffering it.
+async fn bytes_response(Query(q): Query<Size>) -> Response {
+    let n = q.n.unwrap_or(1 << 20).min(4 << 30);
+    let mut resp =
+        axum::body::Body::new(Repeat { left: n, chunk: bytes::Bytes::from(vec![b'x'; 64 * 1024]) }).into_response();
+    resp.headers_mut().insert(header::CONTENT_LENGTH, n.into());
+    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp
+}
+
+struct Repeat {
+    left: u64,
+    chunk: bytes::Bytes,
+}
+
+impl hyper::body::Body for Repeat {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let take = self.left.min(self.chunk.len() as u64) as usize;
+        self.left -= take as u64;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(self.chunk.slice(..take)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
 }
 
 #[derive(serde::Deserialize)]

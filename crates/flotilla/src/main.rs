@@ -138,7 +138,7 @@ enum Command {
         #[arg(long)]
         actions: bool,
     },
-    /// A small web app for the quickstart and tests (/, /whoami, /health, /work, /ws, /static, /photos).
+    /// A small web app for the quickstart and tests (/, /whoami, /health, /work, /ws, /static, /photos, /orders, /chaos).
     DemoApp {
         #[arg(long)]
         port: u16,
@@ -149,6 +149,9 @@ enum Command {
         /// Serve the files of this directory at /photos/NAME (originals for `[images]`).
         #[arg(long)]
         photos: Option<std::path::PathBuf>,
+        /// Append each order applied by POST /orders to this file ("ID INSTANCE" per line).
+        #[arg(long)]
+        journal: Option<std::path::PathBuf>,
     },
 }
 
@@ -198,9 +201,10 @@ fn main() -> ExitCode {
             let model = flotilla_fleet::simulate::Model { peak_percentile, peak_instances, startup, min, max };
             report_plain(simulate::run(simulate::Args { trace, config, group, model, json, actions }))
         }
-        Command::DemoApp { port, id, bind, photos } => {
+        Command::DemoApp { port, id, bind, photos, journal } => {
             let _guard = logging::init(&cli.log_format);
-            report(runtime().and_then(|rt| rt.block_on(demo::run(bind, port, id, photos))))
+            let opts = demo::Options { photos, journal };
+            report(runtime().and_then(|rt| rt.block_on(demo::run(bind, port, id, opts))))
         }
     }
 }

@@ -161,11 +161,14 @@ async fn invalidation_by_path_tag_deploy_and_unsafe_method() {
     let a2 = fetch(&f, a, &[]).await.3;
     assert_ne!(a2, a1);
 
-    // A successful POST to a URL invalidates what is cached for it.
-    let (s, _, _) = request(&c, "POST", &f.url("/cached"), &[], "x").await.unwrap();
+    // A successful POST to a URL invalidates what is cached for that URI (RFC 9111 §4.4), and
+    // only that one: the same path with another query stays cached.
+    let t2 = fetch(&f, tagged, &[]).await.3;
+    let (s, _, _) = request(&c, "POST", &f.url(a), &[], "x").await.unwrap();
     assert_eq!(s, 200);
     let a3 = fetch(&f, a, &[]).await.3;
     assert_ne!(a3, a2);
+    assert_eq!(fetch(&f, tagged, &[]).await.3, t2);
 
     let (s, _, _) = request(&c, "POST", &f.admin("/api/v1/deployments"), &auth, "").await.unwrap();
     assert_eq!(s, 202);

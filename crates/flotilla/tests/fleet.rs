@@ -139,6 +139,7 @@ async fn desired_capacity_scales_out_and_in_with_no_failed_requests() {
             .await;
     assert_eq!(count(&g, "in_service"), 1);
     let (total, failed) = load.stop().await;
+    println!("scale-in 3 -> 1 under load: {total} requests ok, {} failed", failed.len());
     assert!(failed.is_empty(), "failed requests during scale-in: {failed:?}");
     assert!(total > 10, "only {total} requests went through");
     let act = String::from_utf8_lossy(&cli(&["activity", "web"]).stdout).into_owned();
@@ -321,6 +322,7 @@ async fn refresh_replaces_every_instance_under_load_with_no_failed_requests() {
     .unwrap();
     let (total, failed) = load.stop().await;
     let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("rolling refresh of 3 under load: {total} requests ok, {} failed", failed.len());
     assert!(out.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), activity(&f).await);
     assert!(stdout.contains("successful 100 %  (launch template v1 -> v2)"), "{stdout}");
     assert!(failed.is_empty(), "failed requests during the refresh: {failed:?}");

@@ -166,12 +166,17 @@ impl Flotilla {
     }
 
     pub fn start_raw(_name: &str, dir: &std::path::Path, text: &str, port: u16, admin_port: u16) -> Self {
+        Self::start_logging(dir, text, port, admin_port, "info")
+    }
+
+    /// Like `start_raw`, with `FLOTILLA_LOG` set to `level` (e.g. "debug").
+    pub fn start_logging(dir: &std::path::Path, text: &str, port: u16, admin_port: u16, level: &str) -> Self {
         let config = dir.join("flotilla.toml");
         std::fs::write(&config, text).unwrap();
         let log = std::fs::File::create(dir.join("flotilla.log")).unwrap();
         let child = Command::new(BIN)
             .args(["up", "--config", config.to_str().unwrap()])
-            .env("FLOTILLA_LOG", "info")
+            .env("FLOTILLA_LOG", level)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
