@@ -26,4 +26,4 @@ done
 export FLOTILLA_CHAOS_SECS="$SECS" FLOTILLA_CHAOS_KILL_EVERY="$KILL_EVERY" FLOTILLA_BOUNDS_SCALE="$SCALE"
 # One test at a time: the chaos run and the refresh cycles must not share the two cores.
 cargo test --release -p flotilla --test chaos --test bounds -- --nocapture --test-threads 1 2>&1 \
-  | grep -E '^(chaos|refresh|  GET|  POST|edge|[0-9]+ (concurrent|clients|distinct))|panicked|test result'
+  | grep -oE '(chaos: |refresh/scale: |  GET |  POST |edge RSS|edge peak|[0-9]+ (concurrent|clients not|distinct)).*|panicked.*|test result.*'

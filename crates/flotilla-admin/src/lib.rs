@@ -27,6 +27,10 @@ use serde_json::json;
 pub trait Control: Send + Sync + 'static {
     /// Re-reads and applies the config file; `Err` carries every validation error.
     fn reload(&self) -> Result<(), String>;
+    /// Every certificate the edge serves (files and ACME), as `GET /api/v1/certificates` shows.
+    fn certificates(&self) -> serde_json::Value {
+        json!({ "certificates": [] })
+    }
 }
 
 #[derive(Clone)]
@@ -48,6 +52,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/target-groups/{name}/targets", post(register))
         .route("/api/v1/target-groups/{name}/targets/{addr}", delete(deregister))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/certificates", get(certificates))
         .route("/api/v1/invalidations", post(invalidate))
         .route("/api/v1/invalidations/{id}", get(invalidation))
         .route("/api/v1/deployments", post(deployment))
@@ -132,6 +137,10 @@ fn unauthorized(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
     let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     Some(resp)
+}
+
+async fn certificates(State(state): State<AdminState>) -> Response {
+    Json(state.control.certificates()).into_response()
 }
 
 async fn health(State(state): State<AdminState>) -> Response {

@@ -103,6 +103,33 @@ pub struct TlsConfig {
     pub certificates: Vec<CertificateFiles>,
     pub min_version: TlsVersion,
     pub redirect_http: bool,
+    /// Certificates obtained and renewed over ACME, one per entry.
+    pub acme: Vec<AcmeConfig>,
+}
+
+/// One ACME-managed certificate (`[edge.tls.acme]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    pub email: Option<String>,
+    /// The certificate's names; the first is its identity in storage and the API.
+    pub domains: Vec<String>,
+    pub directory: String,
+    pub challenge: AcmeChallenge,
+    /// Account key, certificates and keys live here (keys 0600, written atomically).
+    pub storage: PathBuf,
+    /// Extra roots for talking to the directory (test CAs such as Pebble).
+    pub trust: Option<PathBuf>,
+    /// Renew this long before expiry; `None`: when a third of the lifetime is left.
+    pub renew_before: Option<Duration>,
+}
+
+/// Let's Encrypt's production directory, the default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    Http01,
+    TlsAlpn01,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -218,6 +218,49 @@ pub(crate) struct RawTls {
     pub certificates: Vec<S<RawCert>>,
     pub min_version: Option<S<String>>,
     pub redirect_http: Option<bool>,
+    /// `[edge.tls.acme]` (one certificate) or `[[edge.tls.acme]]` (several).
+    pub acme: Option<S<OneOrMany<RawAcme>>>,
+}
+
+/// A table or an array of tables. Not `#[serde(untagged)]`: that buffers the input and loses
+/// the spans every error location comes from, so the visitor hands the map or the sequence on.
+/// (Each array element keeps its own span; a single table is located by the key's span.)
+#[derive(Debug)]
+pub(crate) enum OneOrMany<T> {
+    One(T),
+    Many(Vec<S<T>>),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table or an array of tables")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(OneOrMany::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<S<T>>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(OneOrMany::Many)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAcme {
+    pub email: Option<S<String>>,
+    #[serde(default)]
+    pub domains: Vec<S<String>>,
+    pub directory: Option<S<String>>,
+    pub challenge: Option<S<String>>,
+    pub storage: Option<S<String>>,
+    pub trust: Option<S<String>>,
+    pub renew_before: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

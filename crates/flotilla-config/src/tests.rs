@@ -478,3 +478,73 @@ fn route_headers_and_rate_limits_are_checked() {
         ],
     );
 }
+
+#[test]
+fn acme_one_table_or_an_array_with_defaults() {
+    let c = ok(r#"
+[edge]
+listen = ["127.0.0.1:80"]
+[edge.tls]
+listen = ["127.0.0.1:443"]
+[edge.tls.acme]
+email = "ops@example.com"
+domains = ["App.Example.com", "www.example.com"]
+"#);
+    let acme = &c.edge.tls.as_ref().unwrap().acme;
+    assert_eq!(acme.len(), 1);
+    assert_eq!(acme[0].domains, ["app.example.com", "www.example.com"]);
+    assert_eq!(acme[0].directory, LETS_ENCRYPT);
+    assert_eq!(acme[0].challenge, AcmeChallenge::Http01);
+    assert_eq!(acme[0].storage, Path::new("data/acme"));
+    assert_eq!(acme[0].renew_before, None);
+    let c = ok(r#"
+[edge]
+listen = ["127.0.0.1:80"]
+[edge.tls]
+listen = ["127.0.0.1:443"]
+[[edge.tls.acme]]
+domains = ["a.example.com"]
+challenge = "tls-alpn-01"
+renew_before = "30d"
+[[edge.tls.acme]]
+domains = ["b.example.com"]
+directory = "https://acme-staging-v02.api.letsencrypt.org/directory"
+"#);
+    let acme = &c.edge.tls.as_ref().unwrap().acme;
+    assert_eq!(acme.len(), 2);
+    assert_eq!(
+        (acme[0].challenge, acme[0].renew_before),
+        (AcmeChallenge::TlsAlpn01, Some(Duration::from_secs(30 * 86_400)))
+    );
+    assert!(acme[1].directory.contains("staging"));
+}
+
+#[test]
+fn acme_errors_name_the_line_and_key() {
+    check_err(
+        r#"[edge]
+listen = ["127.0.0.1:80"]
+[edge.tls]
+listen = ["127.0.0.1:443"]
+[edge.tls.acme]
+email = "not an email"
+domains = ["*.example.com", "localhost", "a.example.com", "a.example.com"]
+directory = "http://insecure.example/dir"
+challenge = "dns-01"
+"#,
+        &[
+            "flotilla.toml:7:12: edge.tls.acme.domains: \"*.example.com\" is a wildcard, which needs the DNS-01 challenge (not supported); name each host",
+            "flotilla.toml:7:29: edge.tls.acme.domains: \"localhost\" is not a DNS name a CA can issue for",
+            "flotilla.toml:7:59: edge.tls.acme.domains: \"a.example.com\" is listed twice",
+            "flotilla.toml:6:9: edge.tls.acme.email: \"not an email\" is not an email address",
+            "flotilla.toml:8:13: edge.tls.acme.directory must be an https:// URL, got \"http://insecure.example/dir\"",
+            "flotilla.toml:9:13: edge.tls.acme.challenge must be \"http-01\" or \"tls-alpn-01\", got \"dns-01\"",
+        ],
+    );
+    check_err(
+        "[edge]\nlisten = [\"127.0.0.1:80\"]\n[edge.tls]\nlisten = [\"127.0.0.1:443\"]\n[edge.tls.acme]\nemail = \"a@b.c\"\n",
+        &[
+            "flotilla.toml:5:1: edge.tls.acme.domains: name at least one domain, e.g. domains = [\"app.example.com\"]",
+        ],
+    );
+}

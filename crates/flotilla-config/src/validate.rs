@@ -265,8 +265,18 @@ fn http_token(s: &str) -> bool {
 fn tls(cx: &mut Ctx<'_>, raw: &S<RawTls>) -> Option<TlsConfig> {
     let r = raw.get_ref();
     let listen: Vec<_> = r.listen.iter().filter_map(|l| cx.socket_addr(l, "edge.tls.listen")).collect();
-    if r.certificates.is_empty() {
-        cx.err(raw, "[edge.tls] needs at least one entry in certificates = [{ cert = ..., key = ... }]");
+    let acme: Vec<AcmeConfig> = match &r.acme {
+        None => Vec::new(),
+        Some(at) => match at.get_ref() {
+            OneOrMany::One(a) => acme(cx, a, at).into_iter().collect(),
+            OneOrMany::Many(list) => list.iter().filter_map(|a| acme(cx, a.get_ref(), a)).collect(),
+        },
+    };
+    if r.certificates.is_empty() && r.acme.is_none() {
+        cx.err(
+            raw,
+            "[edge.tls] needs at least one entry in certificates = [{ cert = ..., key = ... }] or an [edge.tls.acme] section",
+        );
     }
     let certificates = r
         .certificates
@@ -291,7 +301,82 @@ fn tls(cx: &mut Ctx<'_>, raw: &S<RawTls>) -> Option<TlsConfig> {
     if redirect_http && listen.is_empty() {
         cx.err(raw, "edge.tls.redirect_http needs a TLS listener in edge.tls.listen");
     }
-    Some(TlsConfig { listen, certificates, min_version, redirect_http })
+    Some(TlsConfig { listen, certificates, min_version, redirect_http, acme })
+}
+
+/// A DNS name a public CA could issue for: letters, digits, hyphens, dots, an optional leading
+/// `*.` (wildcards need DNS-01, which Flotilla does not do, so they are refused below).
+fn dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// One `[edge.tls.acme]` entry; `raw` locates errors about the entry as a whole.
+fn acme<T>(cx: &mut Ctx<'_>, r: &RawAcme, raw: &S<T>) -> Option<AcmeConfig> {
+    let before = cx.errors.len();
+    if r.domains.is_empty() {
+        cx.err(raw, "edge.tls.acme.domains: name at least one domain, e.g. domains = [\"app.example.com\"]");
+    }
+    let mut domains = Vec::new();
+    for d in &r.domains {
+        let name = d.get_ref().trim().to_ascii_lowercase();
+        if name.starts_with("*.") {
+            cx.err(d, format!("edge.tls.acme.domains: {name:?} is a wildcard, which needs the DNS-01 challenge (not supported); name each host"));
+        } else if !dns_name(&name) || !name.contains('.') {
+            cx.err(d, format!("edge.tls.acme.domains: {name:?} is not a DNS name a CA can issue for"));
+        } else if domains.contains(&name) {
+            cx.err(d, format!("edge.tls.acme.domains: {name:?} is listed twice"));
+        } else {
+            domains.push(name);
+        }
+    }
+    let email = r.email.as_ref().map(|e| (e, cx.expand(e, "edge.tls.acme.email")));
+    if let Some((span, e)) = &email {
+        if !e.contains('@') || e.contains(char::is_whitespace) {
+            cx.err(span, format!("edge.tls.acme.email: {e:?} is not an email address"));
+        }
+    }
+    let directory = match &r.directory {
+        None => LETS_ENCRYPT.to_string(),
+        Some(d) => {
+            let v = cx.expand(d, "edge.tls.acme.directory");
+            if !v.starts_with("https://") {
+                cx.err(d, format!("edge.tls.acme.directory must be an https:// URL, got {v:?}"));
+            }
+            v
+        }
+    };
+    let challenge = match r.challenge.as_ref().map(|c| c.get_ref().as_str()) {
+        None | Some("http-01") => AcmeChallenge::Http01,
+        Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+        Some(other) => {
+            if let Some(c) = &r.challenge {
+                cx.err(c, format!("edge.tls.acme.challenge must be \"http-01\" or \"tls-alpn-01\", got {other:?}"));
+            }
+            AcmeChallenge::Http01
+        }
+    };
+    let storage = match &r.storage {
+        Some(s) => {
+            let v = cx.expand(s, "edge.tls.acme.storage");
+            cx.base_dir.join(v)
+        }
+        None => cx.base_dir.join("data/acme"),
+    };
+    let trust = r.trust.as_ref().map(|t| cx.existing_file(t, "edge.tls.acme.trust"));
+    let renew_before =
+        r.renew_before.as_ref().map(|_| cx.duration(&r.renew_before, "edge.tls.acme.renew_before", Duration::ZERO));
+    if cx.errors.len() > before {
+        return None;
+    }
+    Some(AcmeConfig { email: email.map(|(_, e)| e), domains, directory, challenge, storage, trust, renew_before })
 }
 
 fn admin(cx: &mut Ctx<'_>, raw: &S<RawAdmin>) -> Option<AdminConfig> {

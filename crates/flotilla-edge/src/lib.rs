@@ -15,6 +15,7 @@ mod health;
 mod images;
 mod latency;
 mod listener;
+pub mod managed;
 pub mod metrics;
 mod policy;
 mod pool;
@@ -65,6 +66,8 @@ pub(crate) struct Shared {
     connect_timeout: Duration,
     health_client: health::Client,
     tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
+    /// Certificates and challenge answers installed at run time (ACME); survives reloads.
+    managed: Arc<managed::ManagedTls>,
     server_builders: listener::ServerBuilders,
     conn_limit: Arc<Semaphore>,
     image_pool: images::Pool,
@@ -118,7 +121,8 @@ impl Edge {
     /// Builds the edge from a validated config (loads TLS material; binds nothing yet).
     pub fn new(cfg: &Config) -> Result<Self, EdgeError> {
         let metrics = Arc::new(EdgeMetrics::new());
-        let tls = cfg.edge.tls.as_ref().map(tls::acceptor).transpose()?;
+        let managed = Arc::new(managed::ManagedTls::default());
+        let tls = cfg.edge.tls.as_ref().map(|t| tls::acceptor(t, &managed)).transpose()?;
         let (alive_tx, alive_rx) = mpsc::channel(1);
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime::empty(cfg)),
@@ -127,6 +131,7 @@ impl Edge {
             connect_timeout: cfg.edge.timeouts.connect,
             health_client: health::client(),
             tls: ArcSwapOption::from(tls.map(Arc::new)),
+            managed,
             server_builders: listener::server_builders(&cfg.edge),
             conn_limit: Arc::new(Semaphore::new(cfg.edge.limits.max_connections)),
             image_pool: images::Pool::new(cfg.images.as_ref()),
@@ -182,7 +187,7 @@ impl Edge {
     /// targets keep their health state, removed config targets drain. Listener addresses are
     /// fixed for the life of the process (a change is logged and ignored).
     pub fn reload(&self, cfg: &Config) -> Result<(), EdgeError> {
-        let tls = cfg.edge.tls.as_ref().map(tls::acceptor).transpose()?;
+        let tls = cfg.edge.tls.as_ref().map(|t| tls::acceptor(t, &self.shared.managed)).transpose()?;
         if cfg.edge.listen != self.listen
             || cfg.edge.tls.as_ref().map(|t| &t.listen).unwrap_or(&Vec::new()) != &self.tls_listen
         {
@@ -238,6 +243,11 @@ impl Edge {
         if tokio::time::timeout(limit, alive_rx.recv()).await.is_err() {
             tracing::warn!(after = ?limit, "shutdown timeout reached with connections still open");
         }
+    }
+
+    /// Where run-time certificates and ACME challenge answers go.
+    pub fn managed_tls(&self) -> Arc<managed::ManagedTls> {
+        self.shared.managed.clone()
     }
 
     pub fn bound_addrs(&self) -> Vec<SocketAddr> {

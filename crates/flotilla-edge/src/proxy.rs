@@ -146,6 +146,16 @@ async fn forward(
         None => String::new(),
     };
     if !conn.tls {
+        // ACME HTTP-01 (RFC 8555 §8.3): answered here, before the HTTPS redirect and routing,
+        // so neither can send the CA elsewhere.
+        if req.uri().path().starts_with(crate::managed::HTTP01_PREFIX) {
+            if let Some(key_auth) = shared.managed.http_answer(req.uri().path()) {
+                let mut resp = small(StatusCode::OK, key_auth);
+                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                return Ok(resp);
+            }
+        }
         if let Some(port) = rt.https_redirect {
             return Ok(redirect_to_https(&host, port, req.uri()));
         }

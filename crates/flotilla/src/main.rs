@@ -3,6 +3,7 @@
 //! `groups`, `scale`, `refresh`, `activity`, `simulate`, `demo-app`.
 
 mod admin_client;
+mod certs;
 mod demo;
 mod fleet_bridge;
 mod groups_cli;
@@ -138,6 +139,14 @@ enum Command {
         #[arg(long)]
         actions: bool,
     },
+    /// Every certificate the edge serves (files and ACME): names, issuer, expiry, renewals.
+    Certs {
+        #[arg(long, short, default_value = "flotilla.toml")]
+        config: PathBuf,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// A small web app for the quickstart and tests (/, /whoami, /health, /work, /ws, /static, /photos, /orders, /chaos).
     DemoApp {
         #[arg(long)]
@@ -200,6 +209,9 @@ fn main() -> ExitCode {
         } => {
             let model = flotilla_fleet::simulate::Model { peak_percentile, peak_instances, startup, min, max };
             report_plain(simulate::run(simulate::Args { trace, config, group, model, json, actions }))
+        }
+        Command::Certs { config, json } => {
+            report_plain(runtime().and_then(|rt| rt.block_on(certs::print(&config, json))))
         }
         Command::DemoApp { port, id, bind, photos, journal } => {
             let _guard = logging::init(&cli.log_format);

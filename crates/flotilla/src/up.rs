@@ -18,6 +18,7 @@ struct Reloader {
     path: PathBuf,
     edge: Arc<Edge>,
     fleet: Arc<Fleet>,
+    certs: Arc<crate::certs::Certificates>,
 }
 
 impl Control for Reloader {
@@ -28,7 +29,12 @@ impl Control for Reloader {
         }
         self.edge.reload(&cfg).map_err(|e| e.to_string())?;
         self.fleet.reconfigure(&cfg);
+        self.certs.reconfigure(&cfg);
         Ok(())
+    }
+
+    fn certificates(&self) -> serde_json::Value {
+        self.certs.list()
     }
 }
 
@@ -39,6 +45,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     }
     let edge = Arc::new(Edge::new(&cfg).context("starting the edge")?);
     edge.start(&cfg).context("starting the edge")?;
+    let certs = Arc::new(crate::certs::Certificates::start(&cfg, edge.managed_tls()));
     // Instances are launched from this (current-thread) runtime, so they are children of the
     // main thread and get SIGTERM if flotilla dies (see flotilla-fleet's process.rs).
     let fleet = Arc::new(Fleet::start(&cfg, Arc::new(EdgeRegistrar(edge.clone()))));
@@ -48,7 +55,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     fleet.set_scale_out_guard(Arc::new(move || w.budget_cap()));
     let w = watch.clone();
     fleet.set_metric_source(Arc::new(move |name, labels, window| w.recent(name, labels, window)));
-    let reloader = Arc::new(Reloader { path: path.clone(), edge: edge.clone(), fleet: fleet.clone() });
+    let reloader = Arc::new(Reloader { path: path.clone(), edge: edge.clone(), fleet: fleet.clone(), certs });
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_task = match &cfg.admin {

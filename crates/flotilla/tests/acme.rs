@@ -1,0 +1,222 @@
+//! Managed certificates against Pebble, Let's Encrypt's own test CA (Debian's `pebble` and
+//! `pebble-challtestsrv`), all on loopback: the test DNS server answers every name with
+//! 127.0.0.1 and Pebble's validation authority connects to the edge's own listeners, so the
+//! challenges are answered by the real binary exactly as a public CA would see them.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A running Pebble and its DNS; killed on drop.
+struct Pebble {
+    _dns: Proc,
+    _ca: Proc,
+    acme_port: u16,
+    mgmt_port: u16,
+    /// The root that signed Pebble's own HTTPS certificate (what `trust` names).
+    trust: PathBuf,
+}
+
+fn need(cmd: &str) {
+    let found = std::process::Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().unwrap();
+    assert!(found.status.success(), "{cmd} is not installed (apt-get install pebble; .ci/run does)");
+}
+
+/// Starts Pebble validating against the edge's plain (`http_port`) and TLS (`tls_port`) ports.
+fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
+    need("pebble");
+    need("pebble-challtestsrv");
+    // Pebble's HTTPS listener needs a certificate; the edge is told to trust its CA.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Pebble listener test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let trust = dir.join("pebble-ca.pem");
+    std::fs::write(&trust, ca.pem()).unwrap();
+    std::fs::write(dir.join("pebble-cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("pebble-key.pem"), key.serialize_pem()).unwrap();
+    let (acme_port, mgmt_port, dns_port, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
+    let config = serde_json::json!({ "pebble": {
+        "listenAddress": format!("127.0.0.1:{acme_port}"),
+        "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
+        "certificate": dir.join("pebble-cert.pem"),
+        "privateKey": dir.join("pebble-key.pem"),
+        "httpPort": http_port,
+        "tlsPort": tls_port,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": false,
+    }});
+    std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+    let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
+    let dns = std::process::Command::new("pebble-challtestsrv")
+        .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+        .args(["-dns01", &format!("127.0.0.1:{dns_port}"), "-management", &format!("127.0.0.1:{dns_mgmt}")])
+        .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+        .stdout(log("challtestsrv.log"))
+        .stderr(log("challtestsrv.err"))
+        .spawn()
+        .unwrap();
+    let ca = std::process::Command::new("pebble")
+        .args(["-config", dir.join("pebble.json").to_str().unwrap(), "-dnsserver", &format!("127.0.0.1:{dns_port}")])
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .stdout(log("pebble.log"))
+        .stderr(log("pebble.err"))
+        .spawn()
+        .unwrap();
+    let (dns, ca) = (Proc { child: dns }, Proc { child: ca });
+    wait_for_port(acme_port);
+    wait_for_port(mgmt_port);
+    Pebble { _dns: dns, _ca: ca, acme_port, mgmt_port, trust }
+}
+
+impl Pebble {
+    fn directory(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.acme_port)
+    }
+
+    /// The root Pebble issues from (its management API), to verify the edge's certificates.
+    fn issuing_root(&self) -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail", "--cacert", self.trust.to_str().unwrap()])
+            .arg(format!("https://127.0.0.1:{}/roots/0", self.mgmt_port))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// The edge with `[edge.tls]` on `tls_port` managed by ACME for `domains`, behind Pebble.
+fn start_edge(dir: &Path, pebble: &Pebble, ports: (u16, u16, u16), app: &DemoApp, acme_extra: &str) -> Flotilla {
+    let (port, tls_port, admin_port) = ports;
+    let text = format!(
+        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\n\n[edge.tls]\nlisten = [\"127.0.0.1:{tls_port}\"]\nredirect_http = true\n\n\
+         [edge.tls.acme]\nemail = \"ops@flotilla.test\"\ndirectory = \"{}\"\nstorage = \"acme\"\ntrust = \"{}\"\n{acme_extra}\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"test-token\"\n\n{ROUTE_ALL}{}",
+        pebble.directory(),
+        pebble.trust.display(),
+        group_toml("web", &[app], "")
+    );
+    Flotilla::start_logging(dir, &text, port, admin_port, "info,flotilla_acme=debug")
+}
+
+async fn certificates(f: &Flotilla) -> Vec<Value> {
+    let (s, body) = get(&f.admin("/api/v1/certificates")).await;
+    assert_eq!(s, 200, "{body}");
+    serde_json::from_str::<Value>(&body).unwrap()["certificates"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until the ACME certificate is valid; returns its API entry.
+async fn wait_valid(f: &Flotilla) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let certs = certificates(f).await;
+        if let Some(c) = certs.iter().find(|c| c["source"] == "acme" && c["state"] == "valid") {
+            return c.clone();
+        }
+        assert!(Instant::now() < deadline, "no certificate after 60 s: {certs:#?}\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A TLS connection to the edge for `name` (SNI), verified against `root`; sends GET /whoami
+/// and returns (the served certificate's serial, the response).
+async fn https_get(tls_port: u16, name: &str, root: &str) -> (String, String) {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(root.as_bytes()).unwrap()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+    let server_name = ServerName::try_from(name.to_string()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(server_name, tcp)
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake for {name}: {e}"));
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let serial = flotilla_acme::describe_der(&leaf).unwrap().serial;
+    tls.write_all(format!("GET /whoami HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    let _ = tls.read_to_string(&mut resp).await;
+    (serial, resp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_certificate_for_two_names_is_served_by_sni_and_reused_after_a_restart() {
+    let dir = scratch_dir("acme-http01");
+    let app = DemoApp::start("acme-app");
+    let ports = (free_port(), free_port(), free_port());
+    let pebble = start_pebble(&dir, ports.0, ports.1);
+    let names = ["app.flotilla.test", "www.flotilla.test"];
+    let mut f = start_edge(&dir, &pebble, ports, &app, "domains = [\"app.flotilla.test\", \"www.flotilla.test\"]");
+    let cert = wait_valid(&f).await;
+    assert_eq!(cert["names"], serde_json::json!(names), "{cert}");
+    assert_eq!(cert["challenge"], "http-01");
+    assert!(cert["issuer"].as_str().unwrap().contains("Pebble"), "{cert}");
+    assert!(cert["expires_in_seconds"].as_i64().unwrap() > 86_400, "{cert}");
+    let root = pebble.issuing_root();
+    let serial = cert["serial"].as_str().unwrap().to_string();
+    for name in names {
+        let (served, resp) = https_get(ports.1, name, &root).await;
+        assert_eq!(served, serial, "{name}");
+        assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("acme-app"), "{resp}");
+    }
+    // The HTTP→HTTPS redirect still applies to everything but the challenge path.
+    let plain =
+        raw(SocketAddr::from(([127, 0, 0, 1], ports.0)), b"GET /whoami HTTP/1.1\r\nHost: app.flotilla.test\r\n\r\n");
+    assert!(plain.starts_with("HTTP/1.1 301"), "{plain}");
+    // Keys are private; the CLI shows the same certificate.
+    let key = dir.join("acme/certificates/app.flotilla.test/key.pem");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let out = std::process::Command::new(BIN).args(["certs", "--config", f.config.to_str().unwrap()]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && table.contains("app.flotilla.test, www.flotilla.test  [acme] valid"), "{table}");
+    assert!(table.contains(&serial), "{table}");
+
+    // A restart serves the stored certificate: same serial, no new order.
+    f.proc.signal("TERM");
+    assert_eq!(f.proc.wait_exit(Duration::from_secs(10)), Some(0));
+    let f = start_edge(&dir, &pebble, ports, &app, "domains = [\"app.flotilla.test\", \"www.flotilla.test\"]");
+    let again = wait_valid(&f).await;
+    assert_eq!(again["serial"], cert["serial"]);
+    assert_eq!(https_get(ports.1, "www.flotilla.test", &root).await.0, serial);
+    let log = f.log();
+    assert!(log.contains("using the stored certificate") && !log.contains("ordering a certificate"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_certificate_is_obtained_through_the_tls_listener() {
+    let dir = scratch_dir("acme-alpn");
+    let app = DemoApp::start("alpn-app");
+    let ports = (free_port(), free_port(), free_port());
+    let pebble = start_pebble(&dir, ports.0, ports.1);
+    let f = start_edge(&dir, &pebble, ports, &app, "domains = [\"alpn.flotilla.test\"]\nchallenge = \"tls-alpn-01\"");
+    let cert = wait_valid(&f).await;
+    assert_eq!(
+        (cert["challenge"].as_str(), cert["names"][0].as_str()),
+        (Some("tls-alpn-01"), Some("alpn.flotilla.test"))
+    );
+    let (served, resp) = https_get(ports.1, "alpn.flotilla.test", &pebble.issuing_root()).await;
+    assert_eq!(served, cert["serial"].as_str().unwrap());
+    assert!(resp.ends_with("alpn-app"), "{resp}");
+}
