@@ -22,12 +22,37 @@ pub use describe::{describe_der, describe_pem, CertInfo};
 pub enum AcmeError {
     #[error("ACME: {0}")]
     Protocol(#[from] instant_acme::Error),
+    /// The CA refused: a problem document (RFC 8555 §6.7) on the order or a challenge.
+    #[error("the CA refused ({reason}): {detail}")]
+    Rejected { reason: String, detail: String },
     #[error("{0}")]
     Order(String),
     #[error("storage: {0}")]
     Storage(String),
     #[error("the edge refused the certificate: {0}")]
     Install(String),
+}
+
+impl AcmeError {
+    /// A short, bounded label for metrics: the ACME problem type (`unauthorized`, `connection`,
+    /// `rateLimited`, …) or what failed on our side.
+    pub fn reason(&self) -> String {
+        match self {
+            AcmeError::Protocol(instant_acme::Error::Api(p)) => problem_reason(p.r#type.as_deref()),
+            AcmeError::Protocol(_) => "network".into(),
+            AcmeError::Rejected { reason, .. } => reason.clone(),
+            AcmeError::Order(_) => "order".into(),
+            AcmeError::Storage(_) => "storage".into(),
+            AcmeError::Install(_) => "install".into(),
+        }
+    }
+}
+
+pub(crate) fn problem_reason(kind: Option<&str>) -> String {
+    let kind = kind.unwrap_or("unknown");
+    let short = kind.strip_prefix("urn:ietf:params:acme:error:").unwrap_or("other");
+    // Label values come from the CA: keep them short and tame.
+    short.chars().filter(|c| c.is_ascii_alphanumeric()).take(32).collect()
 }
 
 /// Where certificates and challenge responses go (the edge, through the binary).
@@ -58,6 +83,7 @@ pub struct CertificateStatus {
     pub next_attempt: Option<String>,
     pub renewals: u64,
     pub failures: u64,
+    pub failures_by_reason: std::collections::BTreeMap<String, u64>,
     pub directory: Option<String>,
     pub challenge: Option<&'static str>,
 }
@@ -86,6 +112,7 @@ impl CertificateStatus {
             next_attempt: None,
             renewals: 0,
             failures: 0,
+            failures_by_reason: Default::default(),
             directory: None,
             challenge: None,
         }
@@ -243,9 +270,11 @@ async fn run(entry: Arc<Entry>, installer: Arc<dyn Installer>) {
                 let wait = backoff(failures);
                 let next = SystemTime::now() + wait;
                 tracing::warn!(domains = ?cfg.domains, error = %e, retry_in = ?wait, "certificate order failed; the current certificate (if any) keeps serving");
+                let reason = e.reason();
                 entry.update(|s| {
                     s.state = if s.serial.is_some() { "failing" } else { "pending" };
                     s.failures += 1;
+                    *s.failures_by_reason.entry(reason).or_default() += 1;
                     s.last_error = Some(e.to_string());
                     s.next_attempt = Some(httpdate::fmt_http_date(next));
                 });
@@ -281,9 +310,52 @@ fn reuse_stored(entry: &Entry, storage: &storage::Storage, primary: &str, instal
     }
 }
 
+/// Prometheus text for a list of certificates: seconds to expiry (alarm on it with the watch),
+/// renewals, failures by reason. `name` is the first domain.
+pub fn metrics(certs: &[CertificateStatus]) -> String {
+    let mut out = String::new();
+    let label = |c: &CertificateStatus| {
+        let name = c.names.first().map(String::as_str).unwrap_or("");
+        format!("name=\"{}\",source=\"{}\"", name.replace(['"', '\\', '\n'], "_"), c.source)
+    };
+    out.push_str(
+        "# HELP flotilla_certificate_expiry_seconds Seconds until the certificate expires (negative once expired).\n",
+    );
+    out.push_str("# TYPE flotilla_certificate_expiry_seconds gauge\n");
+    for c in certs {
+        if let Some(s) = c.expires_in_seconds {
+            out.push_str(&format!("flotilla_certificate_expiry_seconds{{{}}} {s}\n", label(c)));
+        }
+    }
+    out.push_str("# HELP flotilla_certificate_renewals Certificates obtained over ACME.\n");
+    out.push_str("# TYPE flotilla_certificate_renewals counter\n");
+    for c in certs.iter().filter(|c| c.source == "acme") {
+        out.push_str(&format!("flotilla_certificate_renewals_total{{{}}} {}\n", label(c), c.renewals));
+    }
+    out.push_str("# HELP flotilla_certificate_renewal_failures Failed ACME orders, by reason.\n");
+    out.push_str("# TYPE flotilla_certificate_renewal_failures counter\n");
+    for c in certs.iter().filter(|c| c.source == "acme") {
+        for (reason, n) in &c.failures_by_reason {
+            out.push_str(&format!(
+                "flotilla_certificate_renewal_failures_total{{{},reason=\"{reason}\"}} {n}\n",
+                label(c)
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn problem_types_become_short_labels() {
+        assert_eq!(problem_reason(Some("urn:ietf:params:acme:error:rateLimited")), "rateLimited");
+        assert_eq!(problem_reason(Some("urn:ietf:params:acme:error:bad\"label\"")), "badlabel");
+        assert_eq!(problem_reason(Some("about:blank")), "other");
+        assert_eq!(problem_reason(None), "other");
+    }
 
     #[test]
     fn backoff_doubles_up_to_an_hour() {

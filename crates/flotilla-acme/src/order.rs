@@ -69,8 +69,7 @@ pub(crate) async fn obtain(
         }
         let status = order.poll_ready(&patience()).await?;
         if status != OrderStatus::Ready {
-            let why = order.state().error.as_ref().map(|p| p.to_string()).unwrap_or_else(|| format!("{status:?}"));
-            return Err(AcmeError::Order(format!("order not ready: {why}")));
+            return Err(refusal(&mut order, status).await);
         }
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(crypto)?;
         let mut params = rcgen::CertificateParams::new(cfg.domains.clone()).map_err(crypto)?;
@@ -88,6 +87,24 @@ pub(crate) async fn obtain(
         }
     }
     result
+}
+
+/// Why an order did not become ready: the order's problem, else the first failed challenge's.
+async fn refusal(order: &mut instant_acme::Order, status: OrderStatus) -> AcmeError {
+    let mut problem = order.state().error.clone();
+    if problem.is_none() {
+        let mut authorizations = order.authorizations();
+        while let Some(Ok(authz)) = authorizations.next().await {
+            if let Some(p) = authz.challenges.iter().find_map(|c| c.error.clone()) {
+                problem = Some(p);
+                break;
+            }
+        }
+    }
+    match problem {
+        Some(p) => AcmeError::Rejected { reason: crate::problem_reason(p.r#type.as_deref()), detail: p.to_string() },
+        None => AcmeError::Order(format!("the order is {status:?}")),
+    }
 }
 
 fn crypto(e: rcgen::Error) -> AcmeError {

@@ -31,6 +31,10 @@ pub trait Control: Send + Sync + 'static {
     fn certificates(&self) -> serde_json::Value {
         json!({ "certificates": [] })
     }
+    /// Metrics the binary adds to `/metrics` (certificates), in the text exposition format.
+    fn metrics(&self) -> String {
+        String::new()
+    }
 }
 
 #[derive(Clone)]
@@ -165,20 +169,21 @@ async fn health(State(state): State<AdminState>) -> Response {
 
 /// Everything flotilla exports, as one OpenMetrics text: the edge's metrics and the fleet's.
 /// The watch records the same text, so `/metrics` and the watch's series always agree.
-pub fn exposition(edge: &Edge, fleet: &flotilla_fleet::Fleet) -> String {
+pub fn exposition(edge: &Edge, fleet: &flotilla_fleet::Fleet, control: &dyn Control) -> String {
     let mut text = edge.encode_metrics();
     if let Some(stripped) = text.strip_suffix("# EOF\n") {
         text.truncate(stripped.len());
     }
     text.push_str(&fleet.encode_metrics());
+    text.push_str(&control.metrics());
     text.push_str("# EOF\n");
     text
 }
 
 /// What the watch samples: `exposition()` plus the edge's fine latency buckets (hundreds of
 /// lines per group, so they stay off `/metrics`), from which it computes p50/p95/p99.
-pub fn exposition_for_watch(edge: &Edge, fleet: &flotilla_fleet::Fleet) -> String {
-    let mut text = exposition(edge, fleet);
+pub fn exposition_for_watch(edge: &Edge, fleet: &flotilla_fleet::Fleet, control: &dyn Control) -> String {
+    let mut text = exposition(edge, fleet, control);
     text.truncate(text.len() - "# EOF\n".len());
     text.push_str(&edge.encode_latency_fine());
     text.push_str("# EOF\n");
@@ -186,7 +191,7 @@ pub fn exposition_for_watch(edge: &Edge, fleet: &flotilla_fleet::Fleet) -> Strin
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let body = exposition(&state.edge, &state.fleet);
+    let body = exposition(&state.edge, &state.fleet, &*state.control);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }
 

@@ -78,6 +78,15 @@ impl Certificates {
 
     /// The `GET /api/v1/certificates` answer.
     pub fn list(&self) -> Value {
+        json!({ "certificates": self.all() })
+    }
+
+    /// Expiry, renewal and failure metrics for `/metrics` and the watch.
+    pub fn metrics(&self) -> String {
+        flotilla_acme::metrics(&self.all())
+    }
+
+    fn all(&self) -> Vec<CertificateStatus> {
         let mut all: Vec<CertificateStatus> = Vec::new();
         for path in self.files.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|p| flotilla_acme::describe_pem(&p))
@@ -89,7 +98,7 @@ impl Certificates {
         if let Some(m) = self.manager.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             all.extend(m.certificates());
         }
-        json!({ "certificates": all })
+        all
     }
 }
 

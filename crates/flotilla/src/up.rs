@@ -36,6 +36,10 @@ impl Control for Reloader {
     fn certificates(&self) -> serde_json::Value {
         self.certs.list()
     }
+
+    fn metrics(&self) -> String {
+        self.certs.metrics()
+    }
 }
 
 pub async fn run(path: PathBuf) -> anyhow::Result<()> {
@@ -49,13 +53,13 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     // Instances are launched from this (current-thread) runtime, so they are children of the
     // main thread and get SIGTERM if flotilla dies (see flotilla-fleet's process.rs).
     let fleet = Arc::new(Fleet::start(&cfg, Arc::new(EdgeRegistrar(edge.clone()))));
-    let (e, f) = (edge.clone(), fleet.clone());
-    let watch = flotilla_watch::Watch::start(&cfg, Arc::new(move || flotilla_admin::exposition_for_watch(&e, &f)));
+    let reloader = Arc::new(Reloader { path: path.clone(), edge: edge.clone(), fleet: fleet.clone(), certs });
+    let (e, f, c) = (edge.clone(), fleet.clone(), reloader.clone());
+    let watch = flotilla_watch::Watch::start(&cfg, Arc::new(move || flotilla_admin::exposition_for_watch(&e, &f, &*c)));
     let w = watch.clone();
     fleet.set_scale_out_guard(Arc::new(move || w.budget_cap()));
     let w = watch.clone();
     fleet.set_metric_source(Arc::new(move |name, labels, window| w.recent(name, labels, window)));
-    let reloader = Arc::new(Reloader { path: path.clone(), edge: edge.clone(), fleet: fleet.clone(), certs });
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_task = match &cfg.admin {

@@ -20,6 +20,8 @@ struct Pebble {
     _ca: Proc,
     acme_port: u16,
     mgmt_port: u16,
+    /// pebble-challtestsrv's management API (to change what the test DNS answers).
+    dns_mgmt: u16,
     /// The root that signed Pebble's own HTTPS certificate (what `trust` names).
     trust: PathBuf,
 }
@@ -29,8 +31,9 @@ fn need(cmd: &str) {
     assert!(found.status.success(), "{cmd} is not installed (apt-get install pebble; .ci/run does)");
 }
 
-/// Starts Pebble validating against the edge's plain (`http_port`) and TLS (`tls_port`) ports.
-fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
+/// Starts Pebble validating against the edge's plain (`http_port`) and TLS (`tls_port`) ports;
+/// `validity` (seconds) makes short-lived certificates for renewal tests.
+fn start_pebble(dir: &Path, http_port: u16, tls_port: u16, validity: Option<u64>) -> Pebble {
     need("pebble");
     need("pebble-challtestsrv");
     // Pebble's HTTPS listener needs a certificate; the edge is told to trust its CA.
@@ -49,7 +52,7 @@ fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
     std::fs::write(dir.join("pebble-cert.pem"), leaf.pem()).unwrap();
     std::fs::write(dir.join("pebble-key.pem"), key.serialize_pem()).unwrap();
     let (acme_port, mgmt_port, dns_port, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
-    let config = serde_json::json!({ "pebble": {
+    let mut config = serde_json::json!({ "pebble": {
         "listenAddress": format!("127.0.0.1:{acme_port}"),
         "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
         "certificate": dir.join("pebble-cert.pem"),
@@ -59,6 +62,9 @@ fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
         "ocspResponderURL": "",
         "externalAccountBindingRequired": false,
     }});
+    if let Some(v) = validity {
+        config["pebble"]["certificateValidityPeriod"] = v.into();
+    }
     std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
     let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
     let dns = std::process::Command::new("pebble-challtestsrv")
@@ -73,6 +79,8 @@ fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
         .args(["-config", dir.join("pebble.json").to_str().unwrap(), "-dnsserver", &format!("127.0.0.1:{dns_port}")])
         .env("PEBBLE_VA_NOSLEEP", "1")
         .env("PEBBLE_WFE_NONCEREJECT", "0")
+        // Every order validates afresh (a reused authorization would hide a failing challenge).
+        .env("PEBBLE_AUTHZREUSE", "0")
         .stdout(log("pebble.log"))
         .stderr(log("pebble.err"))
         .spawn()
@@ -80,7 +88,8 @@ fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
     let (dns, ca) = (Proc { child: dns }, Proc { child: ca });
     wait_for_port(acme_port);
     wait_for_port(mgmt_port);
-    Pebble { _dns: dns, _ca: ca, acme_port, mgmt_port, trust }
+    wait_for_port(dns_mgmt);
+    Pebble { _dns: dns, _ca: ca, acme_port, mgmt_port, dns_mgmt, trust }
 }
 
 impl Pebble {
@@ -97,6 +106,17 @@ impl Pebble {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Makes the test DNS answer `host` with `ip` (e.g. an address nothing listens on).
+    fn point(&self, host: &str, ip: &str) {
+        let body = serde_json::json!({ "host": host, "addresses": [ip] }).to_string();
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail", "-d", &body])
+            .arg(format!("http://127.0.0.1:{}/add-a", self.dns_mgmt))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
@@ -165,7 +185,7 @@ async fn http01_certificate_for_two_names_is_served_by_sni_and_reused_after_a_re
     let dir = scratch_dir("acme-http01");
     let app = DemoApp::start("acme-app");
     let ports = (free_port(), free_port(), free_port());
-    let pebble = start_pebble(&dir, ports.0, ports.1);
+    let pebble = start_pebble(&dir, ports.0, ports.1, None);
     let names = ["app.flotilla.test", "www.flotilla.test"];
     let mut f = start_edge(&dir, &pebble, ports, &app, "domains = [\"app.flotilla.test\", \"www.flotilla.test\"]");
     let cert = wait_valid(&f).await;
@@ -209,14 +229,207 @@ async fn tls_alpn01_certificate_is_obtained_through_the_tls_listener() {
     let dir = scratch_dir("acme-alpn");
     let app = DemoApp::start("alpn-app");
     let ports = (free_port(), free_port(), free_port());
-    let pebble = start_pebble(&dir, ports.0, ports.1);
-    let f = start_edge(&dir, &pebble, ports, &app, "domains = [\"alpn.flotilla.test\"]\nchallenge = \"tls-alpn-01\"");
+    let pebble = start_pebble(&dir, ports.0, ports.1, None);
+    let domains = "domains = [\"alpn.flotilla.test\", \"www.alpn.flotilla.test\"]\nchallenge = \"tls-alpn-01\"";
+    let f = start_edge(&dir, &pebble, ports, &app, domains);
     let cert = wait_valid(&f).await;
-    assert_eq!(
-        (cert["challenge"].as_str(), cert["names"][0].as_str()),
-        (Some("tls-alpn-01"), Some("alpn.flotilla.test"))
+    assert_eq!(cert["challenge"], "tls-alpn-01");
+    assert_eq!(cert["names"], serde_json::json!(["alpn.flotilla.test", "www.alpn.flotilla.test"]));
+    let root = pebble.issuing_root();
+    for name in ["alpn.flotilla.test", "www.alpn.flotilla.test"] {
+        let (served, resp) = https_get(ports.1, name, &root).await;
+        assert_eq!(served, cert["serial"].as_str().unwrap());
+        assert!(resp.ends_with("alpn-app"), "{resp}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_orders_added_names_and_retires_removed_ones() {
+    let dir = scratch_dir("acme-reload");
+    let app = DemoApp::start("reload-app");
+    let ports = (free_port(), free_port(), free_port());
+    let pebble = start_pebble(&dir, ports.0, ports.1, None);
+    let f = start_edge(&dir, &pebble, ports, &app, "domains = [\"one.flotilla.test\"]");
+    let first = wait_valid(&f).await;
+    let root = pebble.issuing_root();
+    assert_eq!(https_get(ports.1, "one.flotilla.test", &root).await.0, first["serial"].as_str().unwrap());
+    // Add a second certificate: an array of two entries, the first unchanged.
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    let entry = |domains: &str| {
+        format!(
+            "[[edge.tls.acme]]\nemail = \"ops@flotilla.test\"\ndirectory = \"{}\"\nstorage = \"acme\"\ntrust = \"{}\"\ndomains = {domains}\n",
+            pebble.directory(),
+            pebble.trust.display()
+        )
+    };
+    let start = text.find("[edge.tls.acme]").unwrap();
+    let end = text.find("[admin]").unwrap();
+    let with = |entries: &str| format!("{}{entries}\n{}", &text[..start], &text[end..]);
+    std::fs::write(&f.config, with(&(entry("[\"one.flotilla.test\"]") + &entry("[\"two.flotilla.test\"]")))).unwrap();
+    let (s, b) = f.admin_call("POST", "/api/v1/reload", "").await;
+    assert_eq!(s, 200, "{b}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let certs = loop {
+        let certs = certificates(&f).await;
+        if certs.len() == 2 && certs.iter().all(|c| c["state"] == "valid") {
+            break certs;
+        }
+        assert!(Instant::now() < deadline, "{certs:#?}\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(certs[0]["serial"], first["serial"], "the unchanged entry reuses its stored certificate");
+    assert_eq!(https_get(ports.1, "two.flotilla.test", &root).await.0, certs[1]["serial"].as_str().unwrap());
+    // Remove the first: its name is no longer served (no certificate names it now).
+    std::fs::write(&f.config, with(&entry("[\"two.flotilla.test\"]"))).unwrap();
+    assert_eq!(f.admin_call("POST", "/api/v1/reload", "").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        roots.add(CertificateDer::from_pem_slice(root.as_bytes()).unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports.1)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("one.flotilla.test").unwrap();
+    let refused = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.is_err();
+    assert!(refused, "a retired name is refused");
+    assert_eq!(https_get(ports.1, "two.flotilla.test", &root).await.0, certs[1]["serial"].as_str().unwrap());
+}
+
+/// A TLS connection kept alive across requests (HTTP/1.1), to show a certificate swap does not
+/// touch it.
+struct KeptAlive {
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    name: String,
+}
+
+impl KeptAlive {
+    async fn open(tls_port: u16, name: &str, root: &str) -> Self {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(root.as_bytes()).unwrap()).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
+            .await
+            .unwrap();
+        Self { tls, name: name.to_string() }
+    }
+
+    /// One GET /whoami on the kept-alive connection; the body.
+    async fn whoami(&mut self) -> String {
+        let req = format!("GET /whoami HTTP/1.1\r\nHost: {}\r\n\r\n", self.name);
+        self.tls.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(5), self.tls.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "the kept-alive connection was closed");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                    return text[end + 4..end + 4 + len].to_string();
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lived_certificate_is_renewed_under_a_kept_alive_connection() {
+    let dir = scratch_dir("acme-renew");
+    let app = DemoApp::start("renew-app");
+    let ports = (free_port(), free_port(), free_port());
+    // 40 s certificates renewed 35 s before expiry: a new one about every 5 s.
+    let pebble = start_pebble(&dir, ports.0, ports.1, Some(40));
+    let f = start_edge(&dir, &pebble, ports, &app, "domains = [\"renew.flotilla.test\"]\nrenew_before = \"35s\"");
+    let first = wait_valid(&f).await;
+    let root = pebble.issuing_root();
+    let mut conn = KeptAlive::open(ports.1, "renew.flotilla.test", &root).await;
+    assert_eq!(conn.whoami().await, "renew-app");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut requests = 1;
+    let renewed = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // The old connection keeps working through the swap...
+        assert_eq!(conn.whoami().await, "renew-app");
+        requests += 1;
+        // ...while new handshakes get the new certificate.
+        let c = certificates(&f).await.into_iter().find(|c| c["source"] == "acme").unwrap();
+        if c["serial"] != first["serial"] && c["renewals"].as_u64() >= Some(2) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "never renewed: {c:#}\n{}", f.log());
+    };
+    let (served, _) = https_get(ports.1, "renew.flotilla.test", &root).await;
+    assert_ne!(served, first["serial"].as_str().unwrap(), "new handshakes get the renewed certificate");
+    for _ in 0..3 {
+        assert_eq!(conn.whoami().await, "renew-app");
+        requests += 1;
+    }
+    println!(
+        "renewed {} -> {} with {requests} requests on one kept-alive connection",
+        first["serial"], renewed["serial"]
     );
-    let (served, resp) = https_get(ports.1, "alpn.flotilla.test", &pebble.issuing_root()).await;
-    assert_eq!(served, cert["serial"].as_str().unwrap());
-    assert!(resp.ends_with("alpn-app"), "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_renewal_keeps_the_old_certificate_backs_off_and_says_why() {
+    let dir = scratch_dir("acme-fail");
+    let app = DemoApp::start("fail-app");
+    let ports = (free_port(), free_port(), free_port());
+    let pebble = start_pebble(&dir, ports.0, ports.1, Some(60));
+    let f = start_edge(&dir, &pebble, ports, &app, "domains = [\"fail.flotilla.test\"]\nrenew_before = \"52s\"");
+    let first = wait_valid(&f).await;
+    let root = pebble.issuing_root();
+    // From now on the CA's validation finds nothing at the name's address.
+    pebble.point("fail.flotilla.test", "127.0.0.2");
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let failing = loop {
+        let c = certificates(&f).await.into_iter().find(|c| c["source"] == "acme").unwrap();
+        if c["failures"].as_u64() >= Some(1) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the renewal never failed: {c:#}\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(failing["state"], "failing", "{failing:#}");
+    // (A renewal that raced the DNS change may have succeeded first: what must hold is that the
+    // certificate from before the failed attempt is the one still served.)
+    assert!(failing["serial"].is_string() && first["serial"].is_string(), "{failing:#}");
+    let error = failing["last_error"].as_str().unwrap();
+    assert!(error.contains("connection refused") && error.contains("acme:error:connection"), "{error}");
+    assert!(failing["next_attempt"].is_string(), "{failing:#}");
+    // Still served, and the next attempt waits for the backoff (10 s), not a hot loop.
+    let (served, resp) = https_get(ports.1, "fail.flotilla.test", &root).await;
+    assert_eq!(served, failing["serial"].as_str().unwrap(), "the old certificate stays");
+    assert!(resp.ends_with("fail-app"), "{resp}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let c = certificates(&f).await.into_iter().find(|c| c["source"] == "acme").unwrap();
+    assert_eq!((&c["failures"], &c["serial"]), (&1.into(), &failing["serial"]), "{c:#}");
+    let (_, metrics) = get(&f.admin("/metrics")).await;
+    assert!(
+        metrics.contains(
+            "flotilla_certificate_renewal_failures_total{name=\"fail.flotilla.test\",source=\"acme\",reason=\"connection\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("flotilla_certificate_expiry_seconds{name=\"fail.flotilla.test\",source=\"acme\"}"));
+    assert!(f.log().contains("certificate order failed; the current certificate (if any) keeps serving"));
 }
