@@ -224,6 +224,19 @@ fn backoff(failures: u32) -> Duration {
     BASE_BACKOFF.saturating_mul(1u32 << failures.saturating_sub(1).min(12)).min(MAX_BACKOFF)
 }
 
+/// The wait before the next attempt. A CA that says `rateLimited` counts its limits in hours
+/// (Let's Encrypt: per week for duplicate certificates, per 3 h for failed validations), and
+/// instant-acme does not hand us its Retry-After: wait at least an hour rather than burn more
+/// of the allowance.
+fn wait_after(failures: u32, reason: &str) -> Duration {
+    let wait = backoff(failures);
+    if reason == "rateLimited" {
+        wait.max(Duration::from_secs(3600))
+    } else {
+        wait
+    }
+}
+
 /// Spreads renewals of many certificates (and many nodes) so they do not hit the CA at once:
 /// up to a tenth of the time left, at most an hour.
 fn jitter(until: Duration) -> Duration {
@@ -267,7 +280,7 @@ async fn run(entry: Arc<Entry>, installer: Arc<dyn Installer>) {
             }
             Err(e) => {
                 failures += 1;
-                let wait = backoff(failures);
+                let wait = wait_after(failures, &e.reason());
                 let next = SystemTime::now() + wait;
                 tracing::warn!(domains = ?cfg.domains, error = %e, retry_in = ?wait, "certificate order failed; the current certificate (if any) keeps serving");
                 let reason = e.reason();
@@ -363,6 +376,8 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(20));
         assert_eq!(backoff(5), Duration::from_secs(160));
         assert_eq!(backoff(30), MAX_BACKOFF);
+        assert_eq!(wait_after(1, "connection"), Duration::from_secs(10));
+        assert_eq!(wait_after(1, "rateLimited"), Duration::from_secs(3600));
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct Limits {
     pub max_request_body: u64,
     /// Concurrent client connections per listener set; beyond it new connections wait in the backlog.
     pub max_connections: usize,
+    /// Concurrent connections from one client address; beyond it new ones are closed at once.
+    /// 0 = no limit (the default: clients behind one NAT or proxy share an address).
+    pub max_connections_per_ip: usize,
     /// Request bodies up to this size are buffered so the request can be retried on another target.
     pub max_retry_body: usize,
 }
@@ -91,6 +94,7 @@ impl Default for Limits {
             max_headers: 100,
             max_request_body: 100 * 1024 * 1024,
             max_connections: 10_000,
+            max_connections_per_ip: 0,
             max_retry_body: 64 * 1024,
         }
     }

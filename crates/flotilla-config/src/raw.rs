@@ -206,6 +206,7 @@ pub(crate) struct RawLimits {
     pub max_headers: Option<S<i64>>,
     pub max_request_body: Option<S<SizeLit>>,
     pub max_connections: Option<S<i64>>,
+    pub max_connections_per_ip: Option<S<i64>>,
     pub max_retry_body: Option<S<SizeLit>>,
 }
 

@@ -230,6 +230,12 @@ fn edge(cx: &mut Ctx<'_>, raw: Option<&S<RawEdge>>) -> EdgeConfig {
             1..=1_000_000,
             dl.max_connections as i64,
         ) as usize,
+        max_connections_per_ip: cx.int(
+            &l.max_connections_per_ip,
+            "edge.limits.max_connections_per_ip",
+            0..=1_000_000,
+            dl.max_connections_per_ip as i64,
+        ) as usize,
         max_retry_body: cx.size(&l.max_retry_body, "edge.limits.max_retry_body", dl.max_retry_body as u64).min(16 << 20)
             as usize,
     };

@@ -70,6 +70,7 @@ pub(crate) struct Shared {
     managed: Arc<managed::ManagedTls>,
     server_builders: listener::ServerBuilders,
     conn_limit: Arc<Semaphore>,
+    per_ip: Arc<listener::PerIp>,
     image_pool: images::Pool,
 
     zone: Option<String>,
@@ -134,6 +135,7 @@ impl Edge {
             managed,
             server_builders: listener::server_builders(&cfg.edge),
             conn_limit: Arc::new(Semaphore::new(cfg.edge.limits.max_connections)),
+            per_ip: Arc::new(listener::PerIp::default()),
             image_pool: images::Pool::new(cfg.images.as_ref()),
             zone: cfg.edge.zone.clone(),
         });

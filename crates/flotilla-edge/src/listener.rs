@@ -1,8 +1,9 @@
 //! Accept loops and per-connection serving: the connection cap, TLS handshake with a deadline,
 //! HTTP/1.1 + HTTP/2 (ALPN or prior knowledge) via hyper-util's auto builder, graceful drain.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -124,6 +125,13 @@ pub(crate) async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
+        let per_ip_limit = shared.runtime.load().limits.max_connections_per_ip;
+        let Some(ip_guard) = shared.per_ip.admit(peer.ip(), per_ip_limit) else {
+            shared.metrics.connections_refused_per_ip.inc();
+            tracing::debug!(client = %peer, limit = per_ip_limit, "connection refused: too many from this address");
+            drop(stream);
+            continue;
+        };
         let alive = worker.alive.clone();
         tokio::spawn(serve(
             shared.clone(),
@@ -133,8 +141,48 @@ pub(crate) async fn accept_loop(
             local_port,
             tls,
             (stop.clone(), alive),
-            permit,
+            (permit, ip_guard),
         ));
+    }
+}
+
+/// Open connections per client address, for `limits.max_connections_per_ip`: one short lock
+/// per accepted connection (never per request), and nothing at all when there is no limit.
+#[derive(Default)]
+pub(crate) struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+/// Counts one connection until dropped.
+pub(crate) struct PerIpGuard {
+    map: Option<(Arc<PerIp>, IpAddr)>,
+}
+
+impl PerIp {
+    /// A guard for a new connection from `ip`, or `None` if it already has `limit` open.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<PerIpGuard> {
+        if limit == 0 {
+            return Some(PerIpGuard { map: None });
+        }
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpGuard { map: Some((self.clone(), ip)) })
+    }
+}
+
+impl Drop for PerIpGuard {
+    fn drop(&mut self) {
+        if let Some((per_ip, ip)) = &self.map {
+            let mut open = per_ip.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = open.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(ip);
+                }
+            }
+        }
     }
 }
 
@@ -147,7 +195,7 @@ async fn serve(
     local_port: u16,
     tls: bool,
     (stop, _alive): (watch::Receiver<bool>, mpsc::Sender<()>),
-    _permit: OwnedSemaphorePermit,
+    _permits: (OwnedSemaphorePermit, PerIpGuard),
 ) {
     let _ = stream.set_nodelay(true);
     shared.metrics.connections.inc();
@@ -219,5 +267,25 @@ fn scopeguard(shared: &Arc<Shared>) -> ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.metrics.active_connections.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_limit_counts_open_connections_and_forgets_closed_ones() {
+        let per_ip = Arc::new(PerIp::default());
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let first = per_ip.admit(a, 2).unwrap();
+        let second = per_ip.admit(a, 2).unwrap();
+        assert!(per_ip.admit(a, 2).is_none(), "a third from the same address");
+        let other = per_ip.admit(b, 2).unwrap();
+        drop(first);
+        let third = per_ip.admit(a, 2).unwrap();
+        drop((second, third, other));
+        assert!(per_ip.0.lock().unwrap().is_empty(), "closed connections leave no entry behind");
+        assert!(per_ip.admit(a, 0).is_some() && per_ip.0.lock().unwrap().is_empty(), "0 = no limit, no tracking");
     }
 }

@@ -90,6 +90,7 @@ pub struct EdgeMetrics {
     pub cache_disk_evictions: Counter,
     pub active_connections: Gauge,
     pub connections: Counter,
+    pub connections_refused_per_ip: Counter,
     pub image_transforms: Family<ImageLabels, Counter>,
     pub image_seconds: Family<ImageLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub image_bytes_in: Counter,
@@ -120,6 +121,7 @@ impl EdgeMetrics {
         let cache_disk_evictions = Counter::default();
         let active_connections = Gauge::default();
         let connections = Counter::default();
+        let connections_refused_per_ip = Counter::default();
         let image_transforms = Family::<ImageLabels, Counter>::default();
         let image_seconds = Family::<ImageLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
         let image_bytes_in = Counter::default();
@@ -181,6 +183,11 @@ impl EdgeMetrics {
         );
         registry.register("active_connections", "Open client connections", active_connections.clone());
         registry.register("connections", "Client connections accepted", connections.clone());
+        registry.register(
+            "connections_refused_per_ip",
+            "Client connections closed at once: their address already had limits.max_connections_per_ip open",
+            connections_refused_per_ip.clone(),
+        );
         registry.register("image_transforms", "Image variants made, by preset and format", image_transforms.clone());
         registry.register(
             "image_transform_seconds",
@@ -213,6 +220,7 @@ impl EdgeMetrics {
             cache_disk_evictions,
             active_connections,
             connections,
+            connections_refused_per_ip,
             image_transforms,
             image_seconds,
             image_bytes_in,

@@ -521,3 +521,28 @@ async fn every_admin_change_needs_the_token_and_the_token_never_reaches_the_log(
     assert!(log.lines().count() > 5, "the debug log should have something in it: {log}");
     assert!(!log.contains(token) && !log.contains(wrong), "a token reached the log:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_client_address_are_capped_when_configured() {
+    let app = DemoApp::start("per-ip");
+    let body = ROUTE_ALL.to_string() + &group_toml("web", &[&app], "");
+    let f = Flotilla::start_with_edge("per-ip", "limits = { max_connections_per_ip = 20 }", &body);
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let edge = SocketAddr::from(([127, 0, 0, 1], f.port));
+    // 20 idle connections from 127.0.0.1 use up its share...
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(tokio::net::TcpStream::connect(edge).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so the 21st is closed without an answer.
+    let refused =
+        tokio::task::spawn_blocking(move || raw(edge, b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n")).await.unwrap();
+    assert_eq!(refused, "", "over the limit: closed at once");
+    // One closes; the next connection is served.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&f.url("/whoami")).await, (200, "per-ip".to_string()));
+    let metrics = get(&f.admin("/metrics")).await.1;
+    assert!(metrics.contains("flotilla_connections_refused_per_ip_total 1"), "{metrics}");
+}
