@@ -153,9 +153,10 @@ async fn wait_valid(f: &Flotilla) -> Value {
     }
 }
 
-/// A TLS connection to the edge for `name` (SNI), verified against `root`; sends GET /whoami
-/// and returns (the served certificate's serial, the response).
-async fn https_get(tls_port: u16, name: &str, root: &str) -> (String, String) {
+type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS handshake with the edge for `name` (SNI), verifying against `root` (PEM).
+async fn connect(tls_port: u16, name: &str, root: &str) -> std::io::Result<TlsStream> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(root.as_bytes()).unwrap()).unwrap();
@@ -164,12 +165,15 @@ async fn https_get(tls_port: u16, name: &str, root: &str) -> (String, String) {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await?;
     let server_name = ServerName::try_from(name.to_string()).unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(server_name, tcp)
-        .await
-        .unwrap_or_else(|e| panic!("TLS handshake for {name}: {e}"));
+    tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(server_name, tcp).await
+}
+
+/// A TLS connection to the edge for `name` (SNI), verified against `root`; sends GET /whoami
+/// and returns (the served certificate's serial, the response).
+async fn https_get(tls_port: u16, name: &str, root: &str) -> (String, String) {
+    let mut tls = connect(tls_port, name, root).await.unwrap_or_else(|e| panic!("TLS handshake for {name}: {e}"));
     let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
     let serial = flotilla_acme::describe_der(&leaf).unwrap().serial;
     tls.write_all(format!("GET /whoami HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes())
@@ -283,46 +287,20 @@ async fn a_reload_orders_added_names_and_retires_removed_ones() {
     std::fs::write(&f.config, with(&entry("[\"two.flotilla.test\"]"))).unwrap();
     assert_eq!(f.admin_call("POST", "/api/v1/reload", "").await.0, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut roots = rustls::RootCertStore::empty();
-    {
-        use rustls::pki_types::{pem::PemObject, CertificateDer};
-        roots.add(CertificateDer::from_pem_slice(root.as_bytes()).unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports.1)).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("one.flotilla.test").unwrap();
-    let refused = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.is_err();
-    assert!(refused, "a retired name is refused");
+    assert!(connect(ports.1, "one.flotilla.test", &root).await.is_err(), "a retired name is refused");
     assert_eq!(https_get(ports.1, "two.flotilla.test", &root).await.0, certs[1]["serial"].as_str().unwrap());
 }
 
 /// A TLS connection kept alive across requests (HTTP/1.1), to show a certificate swap does not
 /// touch it.
 struct KeptAlive {
-    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    tls: TlsStream,
     name: String,
 }
 
 impl KeptAlive {
     async fn open(tls_port: u16, name: &str, root: &str) -> Self {
-        use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(root.as_bytes()).unwrap()).unwrap();
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
-            .await
-            .unwrap();
-        Self { tls, name: name.to_string() }
+        Self { tls: connect(tls_port, name, root).await.unwrap(), name: name.to_string() }
     }
 
     /// One GET /whoami on the kept-alive connection; the body.

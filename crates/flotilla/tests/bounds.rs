@@ -18,15 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1 << 20;
 
-fn rss_kib(pid: i32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Samples the process's RSS every 50 ms until dropped; `peak()` is the highest seen (MiB).
 struct RssWatch {
     peak: Arc<AtomicU64>,
@@ -39,7 +30,7 @@ impl RssWatch {
         let (p, s) = (peak.clone(), stop.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                p.fetch_max(rss_kib(pid, "VmRSS:"), Ordering::Relaxed);
+                p.fetch_max(proc_kib(pid, "VmRSS:"), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
@@ -87,7 +78,7 @@ async fn large_uploads_slow_readers_and_a_flood_of_cache_keys_keep_memory_bounde
     f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
     let edge = SocketAddr::from(([127, 0, 0, 1], f.port));
     let pid = f.proc.pid();
-    let base = rss_kib(pid, "VmRSS:") / 1024;
+    let base = proc_kib(pid, "VmRSS:") / 1024;
     let mut report = vec![format!("edge RSS at start: {base} MiB")];
 
     // 1. Concurrent 16 MiB uploads, streamed in 64 KiB writes to an app that discards them.
@@ -197,7 +188,7 @@ async fn large_uploads_slow_readers_and_a_flood_of_cache_keys_keep_memory_bounde
     report.push(format!(
         "{keys} distinct cache keys into a 16 MiB budget: peak RSS {keys_peak} MiB, {evictions} evicted"
     ));
-    let hwm = rss_kib(pid, "VmHWM:") / 1024;
+    let hwm = proc_kib(pid, "VmHWM:") / 1024;
     report.push(format!("edge peak RSS over the whole test (VmHWM): {hwm} MiB"));
     println!("{}", report.join("\n"));
 

@@ -47,12 +47,6 @@ struct Tally {
     posts: Vec<(String, PostSeen)>,
 }
 
-async fn group(f: &Flotilla) -> Value {
-    let (status, body) = get(&f.admin("/api/v1/groups/web")).await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 /// In-service instances as (pid, addr).
 fn in_service(g: &Value) -> Vec<(i64, String)> {
     g["instances"]
@@ -68,18 +62,9 @@ fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
-fn peak_rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Makes one in-service instance (not in `avoid`) faulty with `query`; returns its pid.
 async fn make_faulty(f: &Flotilla, query: &str, avoid: &[i64]) -> Option<i64> {
-    let g = group(f).await;
+    let g = f.group("web").await;
     let (pid, addr) = in_service(&g).into_iter().find(|(pid, _)| !avoid.contains(pid))?;
     let (status, _, body) = request(&client(), "POST", &format!("http://{addr}/chaos?{query}"), &[], "").await.ok()?;
     assert_eq!(status, 200, "{body}");
@@ -106,20 +91,8 @@ command = ["flotilla", "demo-app", "--port", "{{port}}", "--id", "v1-{{instance}
         journal = journal.display()
     );
     let f = Flotilla::start_in(&dir, &body);
-    wait_until(&f, "4 instances in service", |g| in_service(g).len() == 4).await;
+    f.wait_group("web", "4 instances in service", Duration::from_secs(60), |g| in_service(g).len() == 4).await;
     (f, journal)
-}
-
-async fn wait_until(f: &Flotilla, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let g = group(f).await;
-        if pred(&g) {
-            return g;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {g:#}\n{}", f.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Order id → how many times an instance applied it.
@@ -212,7 +185,7 @@ async fn chaos_under_load_gets_never_fail_and_posts_are_never_applied_twice() {
             failing = make_faulty(&f, "status=503", &[slow.unwrap_or(0)]).await;
             faults_set += 1;
         }
-        let g = group(&f).await;
+        let g = f.group("web").await;
         let normal: Vec<i64> =
             in_service(&g).into_iter().map(|(p, _)| p).filter(|p| Some(*p) != slow && Some(*p) != failing).collect();
         // Keep one normal instance standing, as an ASG would still have capacity.
@@ -227,7 +200,7 @@ async fn chaos_under_load_gets_never_fail_and_posts_are_never_applied_twice() {
         tokio::time::sleep(kill_every.min(duration.saturating_sub(start.elapsed()))).await;
     }
     let all = traffic.stop().await;
-    let rss = peak_rss_kib(f.proc.pid());
+    let rss = proc_kib(f.proc.pid(), "VmHWM:");
 
     // What the instances applied, from their shared journal.
     let text = std::fs::read_to_string(&journal).unwrap_or_default();
@@ -318,17 +291,18 @@ async fn rolling_refreshes_and_scaling_under_load_fail_nothing() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         refreshes += 1;
-        wait_until(&f, "4 instances of the new version in service", |g| {
+        f.wait_group("web", "4 instances of the new version in service", Duration::from_secs(60), |g| {
             let live = g["instances"].as_array().unwrap();
             live.len() == 4 && in_service(g).len() == 4 && live.iter().all(|i| i["launch_version"] == version)
         })
         .await;
         // Scale in to 2 (draining), then back out to 4.
         assert_eq!(f.admin_call("PUT", "/api/v1/groups/web/desired", r#"{"desired": 2}"#).await.0, 200);
-        wait_until(&f, "2 instances", |g| g["instances"].as_array().unwrap().len() == 2).await;
+        f.wait_group("web", "2 instances", Duration::from_secs(60), |g| g["instances"].as_array().unwrap().len() == 2)
+            .await;
         scale_ins += 1;
         assert_eq!(f.admin_call("PUT", "/api/v1/groups/web/desired", r#"{"desired": 4}"#).await.0, 200);
-        wait_until(&f, "4 instances in service", |g| in_service(g).len() == 4).await;
+        f.wait_group("web", "4 instances in service", Duration::from_secs(60), |g| in_service(g).len() == 4).await;
         if start.elapsed() >= duration {
             break;
         }

@@ -27,35 +27,8 @@ command = ["flotilla", "demo-app", "--port", "{{port}}", "--id", "{{instance}}"]
     Flotilla::start(name, &body)
 }
 
-async fn group(f: &Flotilla) -> Value {
-    let (status, body) = get(&f.admin("/api/v1/groups/web")).await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 fn count(g: &Value, state: &str) -> usize {
     g["instances"].as_array().unwrap().iter().filter(|i| i["state"] == state).count()
-}
-
-/// Polls the group until `pred` holds (or panics with the group and the log after `limit`).
-async fn wait_group(f: &Flotilla, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let g = group(f).await;
-        if pred(&g) {
-            return g;
-        }
-        if Instant::now() > deadline {
-            let (_, activity) = get(&f.admin("/api/v1/groups/web/activity")).await;
-            panic!("timed out waiting for {what}\ngroup: {g:#}\nactivity: {activity}\nlog tail: {}", tail(&f.log()));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 async fn activity(f: &Flotilla) -> String {
@@ -78,7 +51,7 @@ fn alive(pid: i32) -> bool {
 #[tokio::test]
 async fn group_starts_at_min_serves_traffic_and_stops_its_instances_on_sigterm() {
     let mut f = start("fleet-min", "min = 2\nmax = 4\n", "");
-    let g = wait_group(&f, "2 in service", Duration::from_secs(30), |g| count(g, "in_service") == 2).await;
+    let g = f.wait_group("web", "2 in service", Duration::from_secs(30), |g| count(g, "in_service") == 2).await;
     assert_eq!(g["desired"], 2);
     assert_eq!(g["launch_version"], 1);
     // Both instances answer through the edge, under their instance ids.
@@ -106,7 +79,7 @@ async fn group_starts_at_min_serves_traffic_and_stops_its_instances_on_sigterm()
 #[tokio::test]
 async fn desired_capacity_scales_out_and_in_with_no_failed_requests() {
     let f = start("fleet-desired", "min = 1\nmax = 4\ndesired = 1\n", "");
-    wait_group(&f, "1 in service", Duration::from_secs(30), |g| count(g, "in_service") == 1).await;
+    f.wait_group("web", "1 in service", Duration::from_secs(30), |g| count(g, "in_service") == 1).await;
 
     let (status, body) = put_desired(&f, 9).await;
     assert_eq!(status, 422, "{body}");
@@ -126,7 +99,7 @@ async fn desired_capacity_scales_out_and_in_with_no_failed_requests() {
     let out = cli(&["scale", "web", "5"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("422 Unprocessable Entity: desired capacity 5 is outside"));
-    wait_group(&f, "3 in service", Duration::from_secs(30), |g| count(g, "in_service") == 3).await;
+    f.wait_group("web", "3 in service", Duration::from_secs(30), |g| count(g, "in_service") == 3).await;
     let out = cli(&["groups"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).matches("in_service").count(), 3);
 
@@ -134,9 +107,11 @@ async fn desired_capacity_scales_out_and_in_with_no_failed_requests() {
     let load = Load::start(&f.url("/slow?ms=300"), 4);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(put_desired(&f, 1).await.0, 200);
-    let g =
-        wait_group(&f, "1 instance left", Duration::from_secs(30), |g| g["instances"].as_array().unwrap().len() == 1)
-            .await;
+    let g = f
+        .wait_group("web", "1 instance left", Duration::from_secs(30), |g| {
+            g["instances"].as_array().unwrap().len() == 1
+        })
+        .await;
     assert_eq!(count(&g, "in_service"), 1);
     let (total, failed) = load.stop().await;
     println!("scale-in 3 -> 1 under load: {total} requests ok, {} failed", failed.len());
@@ -150,14 +125,15 @@ async fn desired_capacity_scales_out_and_in_with_no_failed_requests() {
 #[tokio::test]
 async fn killed_and_unhealthy_instances_are_replaced() {
     let f = start("fleet-replace", "min = 2\nmax = 2\nhealth_check_grace = \"2s\"\n", "");
-    let g = wait_group(&f, "2 in service", Duration::from_secs(30), |g| count(g, "in_service") == 2).await;
+    let g = f.wait_group("web", "2 in service", Duration::from_secs(30), |g| count(g, "in_service") == 2).await;
     let first = &g["instances"][0];
     let (victim_id, victim_pid) = (first["id"].as_str().unwrap().to_string(), first["pid"].as_i64().unwrap());
     std::process::Command::new("kill").args(["-9", &victim_pid.to_string()]).status().unwrap();
-    let g = wait_group(&f, "a replacement in service", Duration::from_secs(30), |g| {
-        count(g, "in_service") == 2 && !g.to_string().contains(&format!("\"{victim_id}\""))
-    })
-    .await;
+    let g = f
+        .wait_group("web", "a replacement in service", Duration::from_secs(30), |g| {
+            count(g, "in_service") == 2 && !g.to_string().contains(&format!("\"{victim_id}\""))
+        })
+        .await;
     assert!(activity(&f).await.contains(&format!("Instance {victim_id} exited unexpectedly")));
 
     // Make one instance fail its health checks: after the grace period it is drained and replaced.
@@ -167,7 +143,7 @@ async fn killed_and_unhealthy_instances_are_replaced() {
         .await
         .unwrap();
     assert_eq!(r.0, 200);
-    wait_group(&f, "the sick instance replaced", Duration::from_secs(30), |g| {
+    f.wait_group("web", "the sick instance replaced", Duration::from_secs(30), |g| {
         count(g, "in_service") == 2 && !g.to_string().contains(&format!("\"{sick_id}\""))
     })
     .await;
@@ -212,17 +188,17 @@ comparison = "<"
 adjustment = "-1"
 "#;
     let f = start("fleet-cpu", "min = 1\nmax = 3\nmetrics_interval = \"250ms\"\ncooldown = \"4s\"\n", policies);
-    wait_group(&f, "1 in service", Duration::from_secs(30), |g| count(g, "in_service") == 1).await;
+    f.wait_group("web", "1 in service", Duration::from_secs(30), |g| count(g, "in_service") == 1).await;
 
     // Burn CPU through the edge: /work?ms=100 back to back from two clients.
     let load = Load::start(&f.url("/work?ms=100"), 2);
-    let g = wait_group(&f, "scale-out to 3", Duration::from_secs(40), |g| g["desired"] == 3).await;
+    let g = f.wait_group("web", "scale-out to 3", Duration::from_secs(40), |g| g["desired"] == 3).await;
     load.stop().await;
     let act = activity(&f).await;
     assert!(act.contains("Changing desired capacity from 1 to 3") && act.contains("alarm: cpu > 40"), "{act}\n{g}");
     // Idle now: the low alarm brings it back to 1, one step at a time, 4 s cooldown apart.
     let started = Instant::now();
-    wait_group(&f, "scale-in to 1", Duration::from_secs(60), |g| g["desired"] == 1).await;
+    f.wait_group("web", "scale-in to 1", Duration::from_secs(60), |g| g["desired"] == 1).await;
     let act = activity(&f).await;
     assert!(act.contains("from 3 to 2") && act.contains("from 2 to 1"), "{act}");
     // Two scale-ins need at least one cooldown between them (not a timing assertion on speed).
@@ -278,7 +254,7 @@ async fn budget_alerts_then_the_hard_cap_stops_scale_out() {
         "min = 2\nmax = 4\n[groups.web.budget]\nprice_per_instance_hour = 3600\nmonthly = 6\nalerts = [50, 100]\nhard_cap = true\n",
         "",
     );
-    let g = wait_group(&f, "the budget spent", Duration::from_secs(30), |g| g["budget"]["capped"] == true).await;
+    let g = f.wait_group("web", "the budget spent", Duration::from_secs(30), |g| g["budget"]["capped"] == true).await;
     assert!(g["budget"]["spent"].as_f64().unwrap() >= 6.0, "{g}");
     let act = activity(&f).await;
     assert!(act.contains("Budget alert: 50 % of the monthly budget reached"), "{act}");
@@ -304,9 +280,9 @@ async fn reload_with_command(f: &Flotilla, command: &str) {
 #[tokio::test]
 async fn refresh_replaces_every_instance_under_load_with_no_failed_requests() {
     let f = start("fleet-refresh", "min = 3\nmax = 4\n", "");
-    wait_group(&f, "3 in service", Duration::from_secs(30), |g| count(g, "in_service") == 3).await;
+    f.wait_group("web", "3 in service", Duration::from_secs(30), |g| count(g, "in_service") == 3).await;
     reload_with_command(&f, r#"["flotilla", "demo-app", "--port", "{port}", "--id", "v2-{instance}"]"#).await;
-    let g = group(&f).await;
+    let g = f.group("web").await;
     assert_eq!(g["launch_version"], 2, "{g}");
 
     let load = Load::start(&f.url("/slow?ms=200"), 4);
@@ -327,10 +303,11 @@ async fn refresh_replaces_every_instance_under_load_with_no_failed_requests() {
     assert!(stdout.contains("successful 100 %  (launch template v1 -> v2)"), "{stdout}");
     assert!(failed.is_empty(), "failed requests during the refresh: {failed:?}");
     assert!(total > 10, "only {total} requests went through");
-    let g = wait_group(&f, "3 instances on v2", Duration::from_secs(20), |g| {
-        g["instances"].as_array().unwrap().len() == 3 && count(g, "in_service") == 3
-    })
-    .await;
+    let g = f
+        .wait_group("web", "3 instances on v2", Duration::from_secs(20), |g| {
+            g["instances"].as_array().unwrap().len() == 3 && count(g, "in_service") == 3
+        })
+        .await;
     assert!(g["instances"].as_array().unwrap().iter().all(|i| i["launch_version"] == 2), "{g}");
     assert!(get(&f.url("/whoami")).await.1.starts_with("v2-web-"));
 }
@@ -338,17 +315,18 @@ async fn refresh_replaces_every_instance_under_load_with_no_failed_requests() {
 #[tokio::test]
 async fn refresh_to_a_broken_template_rolls_back() {
     let f = start("fleet-rollback", "min = 2\nmax = 3\nhealth_check_grace = \"3s\"\n", "");
-    wait_group(&f, "2 in service", Duration::from_secs(30), |g| count(g, "in_service") == 2).await;
+    f.wait_group("web", "2 in service", Duration::from_secs(30), |g| count(g, "in_service") == 2).await;
     reload_with_command(&f, r#"["/bin/false"]"#).await;
     let (status, body) = f.admin_call("POST", "/api/v1/groups/web/refresh", "").await;
     assert_eq!(status, 202, "{body}");
     // A second refresh while one runs is refused.
     let (status, body) = f.admin_call("POST", "/api/v1/groups/web/refresh", "").await;
     assert_eq!(status, 409, "{body}");
-    let g = wait_group(&f, "the refresh rolled back", Duration::from_secs(60), |g| {
-        g["refresh"]["status"] == "rolled_back" && count(g, "in_service") == 2
-    })
-    .await;
+    let g = f
+        .wait_group("web", "the refresh rolled back", Duration::from_secs(60), |g| {
+            g["refresh"]["status"] == "rolled_back" && count(g, "in_service") == 2
+        })
+        .await;
     assert_eq!(g["launch_version"], 1, "{g}");
     assert!(g["instances"].as_array().unwrap().iter().all(|i| i["launch_version"] == 1), "{g}");
     let act = activity(&f).await;
@@ -365,10 +343,11 @@ async fn a_scheduled_action_sets_capacity_at_the_next_matching_minute() {
         "min = 1\nmax = 3\n[[groups.web.schedules]]\ncron = \"* * * * *\"\ntimezone = \"Europe/Berlin\"\nmin = 2\n",
         "",
     );
-    let g = wait_group(&f, "the schedule to raise min to 2", Duration::from_secs(75), |g| {
-        g["min"] == 2 && count(g, "in_service") == 2
-    })
-    .await;
+    let g = f
+        .wait_group("web", "the schedule to raise min to 2", Duration::from_secs(75), |g| {
+            g["min"] == 2 && count(g, "in_service") == 2
+        })
+        .await;
     assert_eq!(g["desired"], 2);
     let act = activity(&f).await;
     assert!(act.contains("Scheduled action: min 1 -> 2, max 3 -> 3, desired 1 -> 2"), "{act}");
@@ -391,9 +370,9 @@ adjustment = "+1"
 resolution = "250ms"
 "#;
     let f = start("fleet-latency", "min = 1\nmax = 2\nmetrics_interval = \"250ms\"\ncooldown = \"30s\"\n", policies);
-    wait_group(&f, "1 in service", Duration::from_secs(30), |g| count(g, "in_service") == 1).await;
+    f.wait_group("web", "1 in service", Duration::from_secs(30), |g| count(g, "in_service") == 1).await;
     let load = Load::start(&f.url("/slow?ms=300"), 2);
-    wait_group(&f, "scale-out on latency", Duration::from_secs(30), |g| g["desired"] == 2).await;
+    f.wait_group("web", "scale-out on latency", Duration::from_secs(30), |g| g["desired"] == 2).await;
     let (ok, failed) = load.stop().await;
     assert!(ok > 0 && failed.is_empty(), "{failed:?}");
     let act = activity(&f).await;

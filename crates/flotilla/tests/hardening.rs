@@ -361,15 +361,6 @@ async fn h2_pseudo_header_abuse_never_reaches_the_target_malformed() {
     assert_eq!(get(&f.admin("/health")).await.0, 200);
 }
 
-fn rss_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_slowloris_connections_and_slow_bodies_do_not_stop_normal_clients() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -378,7 +369,7 @@ async fn a_thousand_slowloris_connections_and_slow_bodies_do_not_stop_normal_cli
     let f = Flotilla::start_with_edge("slowloris", "timeouts = { header_read = \"2s\" }", &body);
     f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
     let edge = SocketAddr::from(([127, 0, 0, 1], f.port));
-    let rss_before = rss_kb(f.proc.pid());
+    let rss_before = proc_kib(f.proc.pid(), "VmRSS:");
 
     // 1 000 heads that never finish (a byte every 400 ms) and 100 POSTs whose bodies trickle.
     let mut slow = Vec::new();
@@ -419,7 +410,7 @@ async fn a_thousand_slowloris_connections_and_slow_bodies_do_not_stop_normal_cli
         served += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rss_during = rss_kb(f.proc.pid());
+    let rss_during = proc_kib(f.proc.pid(), "VmRSS:");
     let mut closed = 0;
     for t in slow {
         if t.await.unwrap() {

@@ -195,6 +195,39 @@ impl Flotilla {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
 
+    /// `GET /api/v1/groups/{name}` (a fleet group) as JSON.
+    pub async fn group(&self, name: &str) -> serde_json::Value {
+        let (status, body) = get(&self.admin(&format!("/api/v1/groups/{name}"))).await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Polls fleet group `name` until `pred` holds; after `limit`, panics with the group, its
+    /// activity and the log's tail.
+    pub async fn wait_group(
+        &self,
+        name: &str,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let g = self.group(name).await;
+            if pred(&g) {
+                return g;
+            }
+            if Instant::now() > deadline {
+                let (_, activity) = get(&self.admin(&format!("/api/v1/groups/{name}/activity"))).await;
+                let log = self.log();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                panic!("timed out waiting for {what}\ngroup: {g:#}\nactivity: {activity}\nlog tail: {tail}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// An admin API call with the test token; (status, body).
     pub async fn admin_call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         let r = request(&client(), method, &self.admin(path), &[("authorization", "Bearer test-token")], body)
@@ -279,6 +312,16 @@ pub fn raw(addr: SocketAddr, data: &[u8]) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A `/proc/PID/status` figure in KiB: `"VmRSS:"` now, `"VmHWM:"` the peak so far.
+pub fn proc_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A target-group TOML block for `apps` with fast health checks (for tests).
