@@ -88,8 +88,10 @@ where
 {
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut tr, mut tw) = tokio::io::split(target);
-    let mut up = [0u8; 16 * 1024];
-    let mut down = [0u8; 16 * 1024];
+    // On the heap: as arrays they made this future (and the spawned task) 33 KB, copied on
+    // every spawn (-Zprint-type-sizes).
+    let mut up = vec![0u8; 16 * 1024];
+    let mut down = vec![0u8; 16 * 1024];
     loop {
         let step = tokio::time::timeout(idle, async {
             tokio::select! {
