@@ -120,6 +120,23 @@ impl Pebble {
     }
 }
 
+/// What every test here starts with: a scratch dir, a demo app, ports (plain, TLS, admin) and a
+/// Pebble validating against the first two.
+struct Setup {
+    dir: PathBuf,
+    app: DemoApp,
+    ports: (u16, u16, u16),
+    pebble: Pebble,
+}
+
+fn setup(name: &str, app_id: &str, validity: Option<u64>) -> Setup {
+    let dir = scratch_dir(name);
+    let app = DemoApp::start(app_id);
+    let ports = (free_port(), free_port(), free_port());
+    let pebble = start_pebble(&dir, ports.0, ports.1, validity);
+    Setup { dir, app, ports, pebble }
+}
+
 /// The edge with `[edge.tls]` on `tls_port` managed by ACME for `domains`, behind Pebble.
 fn start_edge(dir: &Path, pebble: &Pebble, ports: (u16, u16, u16), app: &DemoApp, acme_extra: &str) -> Flotilla {
     let (port, tls_port, admin_port) = ports;
@@ -186,10 +203,7 @@ async fn https_get(tls_port: u16, name: &str, root: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http01_certificate_for_two_names_is_served_by_sni_and_reused_after_a_restart() {
-    let dir = scratch_dir("acme-http01");
-    let app = DemoApp::start("acme-app");
-    let ports = (free_port(), free_port(), free_port());
-    let pebble = start_pebble(&dir, ports.0, ports.1, None);
+    let Setup { dir, app, ports, pebble } = setup("acme-http01", "acme-app", None);
     let names = ["app.flotilla.test", "www.flotilla.test"];
     let mut f = start_edge(&dir, &pebble, ports, &app, "domains = [\"app.flotilla.test\", \"www.flotilla.test\"]");
     let cert = wait_valid(&f).await;
@@ -230,10 +244,7 @@ async fn http01_certificate_for_two_names_is_served_by_sni_and_reused_after_a_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn01_certificate_is_obtained_through_the_tls_listener() {
-    let dir = scratch_dir("acme-alpn");
-    let app = DemoApp::start("alpn-app");
-    let ports = (free_port(), free_port(), free_port());
-    let pebble = start_pebble(&dir, ports.0, ports.1, None);
+    let Setup { dir, app, ports, pebble } = setup("acme-alpn", "alpn-app", None);
     let domains = "domains = [\"alpn.flotilla.test\", \"www.alpn.flotilla.test\"]\nchallenge = \"tls-alpn-01\"";
     let f = start_edge(&dir, &pebble, ports, &app, domains);
     let cert = wait_valid(&f).await;
@@ -249,10 +260,7 @@ async fn tls_alpn01_certificate_is_obtained_through_the_tls_listener() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_orders_added_names_and_retires_removed_ones() {
-    let dir = scratch_dir("acme-reload");
-    let app = DemoApp::start("reload-app");
-    let ports = (free_port(), free_port(), free_port());
-    let pebble = start_pebble(&dir, ports.0, ports.1, None);
+    let Setup { dir, app, ports, pebble } = setup("acme-reload", "reload-app", None);
     let f = start_edge(&dir, &pebble, ports, &app, "domains = [\"one.flotilla.test\"]");
     let first = wait_valid(&f).await;
     let root = pebble.issuing_root();
@@ -331,11 +339,8 @@ impl KeptAlive {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_lived_certificate_is_renewed_under_a_kept_alive_connection() {
-    let dir = scratch_dir("acme-renew");
-    let app = DemoApp::start("renew-app");
-    let ports = (free_port(), free_port(), free_port());
     // 40 s certificates renewed 35 s before expiry: a new one about every 5 s.
-    let pebble = start_pebble(&dir, ports.0, ports.1, Some(40));
+    let Setup { dir, app, ports, pebble } = setup("acme-renew", "renew-app", Some(40));
     let f = start_edge(&dir, &pebble, ports, &app, "domains = [\"renew.flotilla.test\"]\nrenew_before = \"35s\"");
     let first = wait_valid(&f).await;
     let root = pebble.issuing_root();
@@ -369,10 +374,7 @@ async fn a_short_lived_certificate_is_renewed_under_a_kept_alive_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_renewal_keeps_the_old_certificate_backs_off_and_says_why() {
-    let dir = scratch_dir("acme-fail");
-    let app = DemoApp::start("fail-app");
-    let ports = (free_port(), free_port(), free_port());
-    let pebble = start_pebble(&dir, ports.0, ports.1, Some(60));
+    let Setup { dir, app, ports, pebble } = setup("acme-fail", "fail-app", Some(60));
     let f = start_edge(&dir, &pebble, ports, &app, "domains = [\"fail.flotilla.test\"]\nrenew_before = \"52s\"");
     let first = wait_valid(&f).await;
     let root = pebble.issuing_root();

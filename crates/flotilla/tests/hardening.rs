@@ -69,6 +69,19 @@ async fn recording_target() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
     (addr, log)
 }
 
+/// The edge in front of a recording target, `/c/*` cached and everything else passed; returns
+/// it, the target's log and the edge's address.
+async fn recorded_edge(name: &str) -> (Flotilla, Arc<Mutex<Vec<Seen>>>, SocketAddr) {
+    let (target, log) = recording_target().await;
+    let body = format!(
+        "[cache_behaviors.main]\ndefault_ttl = \"1h\"\n\n[[routes]]\npath = \"/c/*\"\ntarget_group = \"web\"\ncache = \"main\"\n\n{ROUTE_ALL}[target_groups.web]\ntargets = [\"{target}\"]\n[target_groups.web.health_check]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nhealthy_threshold = 2\n"
+    );
+    let f = Flotilla::start(name, &body);
+    f.wait_target_state("web", &target.to_string(), "healthy", Duration::from_secs(10)).await;
+    let edge = SocketAddr::from(([127, 0, 0, 1], f.port));
+    (f, log, edge)
+}
+
 fn well_formed(s: &Seen) -> Result<(), String> {
     let h = |name: &str| s.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect::<Vec<_>>();
     if !matches!(s.method.as_str(), "GET" | "POST") {
@@ -96,13 +109,7 @@ fn well_formed(s: &Seen) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_corpus_reaches_the_target_as_at_most_one_well_formed_request() {
-    let (target, log) = recording_target().await;
-    let body = format!(
-        "[cache_behaviors.main]\ndefault_ttl = \"1h\"\n\n[[routes]]\npath = \"/c/*\"\ntarget_group = \"web\"\ncache = \"main\"\n\n{ROUTE_ALL}[target_groups.web]\ntargets = [\"{target}\"]\n[target_groups.web.health_check]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nhealthy_threshold = 2\n"
-    );
-    let f = Flotilla::start("smuggling", &body);
-    f.wait_target_state("web", &target.to_string(), "healthy", Duration::from_secs(10)).await;
-    let edge = SocketAddr::from(([127, 0, 0, 1], f.port));
+    let (f, log, edge) = recorded_edge("smuggling").await;
     let long_ext = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(20_000));
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100_000));
     let chunked_ext = format!("POST /c/page HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{long_ext}");
@@ -290,13 +297,7 @@ type Fields = Vec<(&'static str, &'static str)>;
 /// stream error, a 400, or exactly one well-formed request with the host the cache keyed on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_pseudo_header_abuse_never_reaches_the_target_malformed() {
-    let (target, log) = recording_target().await;
-    let body = format!(
-        "[cache_behaviors.main]\ndefault_ttl = \"1h\"\n\n[[routes]]\npath = \"/c/*\"\ntarget_group = \"web\"\ncache = \"main\"\n\n{ROUTE_ALL}[target_groups.web]\ntargets = [\"{target}\"]\n[target_groups.web.health_check]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nhealthy_threshold = 2\n"
-    );
-    let f = Flotilla::start("h2-abuse", &body);
-    f.wait_target_state("web", &target.to_string(), "healthy", Duration::from_secs(10)).await;
-    let edge = SocketAddr::from(([127, 0, 0, 1], f.port));
+    let (f, log, edge) = recorded_edge("h2-abuse").await;
     assert_eq!(get(&f.url("/c/page")).await.1, "ok /c/page");
     let base = [(":method", "GET"), (":scheme", "http"), (":authority", "x")];
     let with = |extra: &[(&'static str, &'static str)]| -> Fields { base.iter().chain(extra).copied().collect() };
