@@ -151,6 +151,10 @@ impl TargetGroup {
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         t.removed.store(true, Ordering::Release);
         let next: Vec<_> = self.targets.load().iter().filter(|x| !Arc::ptr_eq(x, t)).cloned().collect();
+        // Re-registered at the same address meanwhile: the series are the new target's too.
+        if !next.iter().any(|x| x.addr == t.addr) {
+            self.metrics.forget_target(&self.name, &t.addr.to_string());
+        }
         self.targets.store(Arc::new(next));
     }
 
@@ -308,6 +312,27 @@ mod tests {
             *m.entry(t.addr).or_default() += 1;
         }
         m
+    }
+
+    #[test]
+    fn a_removed_target_leaves_no_series_behind() {
+        let g = group(None, &[("127.0.0.1:1", None), ("127.0.0.1:2", None)]);
+        let series = |g: &TargetGroup| {
+            g.metrics
+                .requests
+                .get_or_create(&crate::metrics::RequestLabels {
+                    target_group: "g".into(),
+                    target: "127.0.0.1:1".into(),
+                    class: "2xx",
+                })
+                .get()
+        };
+        g.targets()[0].by_class[1].inc();
+        assert_eq!(series(&g), 1);
+        let first = g.targets()[0].clone();
+        g.remove(&first);
+        // Gone: asking again creates a fresh series at zero.
+        assert_eq!(series(&g), 0);
     }
 
     #[test]

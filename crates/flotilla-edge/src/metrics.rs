@@ -237,6 +237,14 @@ impl EdgeMetrics {
         })
     }
 
+    /// Drops a removed target's series. A fleet replaces instances on new ports for as long as
+    /// it runs: kept, their series would grow `/metrics` and the watch's store without bound.
+    pub(crate) fn forget_target(&self, group: &str, target: &str) {
+        for class in CLASSES {
+            self.requests.remove(&RequestLabels { target_group: group.into(), target: target.into(), class });
+        }
+    }
+
     pub(crate) fn error(&self, kind: &'static str) {
         self.errors.get_or_create(&ErrorLabels { kind }).inc();
     }

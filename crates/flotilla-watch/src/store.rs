@@ -48,6 +48,7 @@ const ALIASES: &[Alias] = &[
 
 pub struct Store {
     max_points: usize,
+    retention_secs: f64,
     series: HashMap<String, BTreeMap<Labels, Series>>,
     count: usize,
     /// Previous raw counter values (for rates) and histogram buckets (for quantiles).
@@ -61,6 +62,7 @@ impl Store {
         let max_points = ((retention_secs / resolution_secs.max(0.001)).ceil() as usize).clamp(2, MAX_POINTS);
         Self {
             max_points,
+            retention_secs,
             series: HashMap::new(),
             count: 0,
             last_counters: HashMap::new(),
@@ -69,8 +71,50 @@ impl Store {
         }
     }
 
+    /// Forgets what has had no sample for a whole retention window: series of targets and
+    /// instances that are gone (a fleet replaces them on new ports for as long as it runs),
+    /// and the counter and bucket baselines kept for them.
+    fn prune(&mut self, t: f64) {
+        let horizon = t - self.retention_secs;
+        let mut removed = 0;
+        for family in self.series.values_mut() {
+            family.retain(|_, s| {
+                let keep = s.points.back().is_some_and(|p| p.t >= horizon);
+                removed += usize::from(!keep);
+                keep
+            });
+        }
+        self.series.retain(|_, f| !f.is_empty());
+        self.count -= removed;
+        self.last_counters.retain(|_, (pt, _)| *pt >= horizon);
+        self.last_buckets.retain(|_, (pt, _)| *pt >= horizon);
+    }
+
+    /// At the series cap, makes room by dropping the series silent the longest (a hundredth of
+    /// the cap at once), so new targets keep being recorded however long the process runs.
+    fn evict_stalest(&mut self) {
+        let mut last: Vec<(f64, String, Labels)> = self
+            .series
+            .iter()
+            .flat_map(|(name, f)| {
+                f.iter().map(move |(l, s)| (s.points.back().map_or(f64::MIN, |p| p.t), name.clone(), l.clone()))
+            })
+            .collect();
+        let n = (MAX_SERIES / 100).max(1).min(last.len());
+        last.select_nth_unstable_by(n.saturating_sub(1), |a, b| a.0.total_cmp(&b.0));
+        for (_, name, labels) in last.into_iter().take(n) {
+            if let Some(f) = self.series.get_mut(&name) {
+                if f.remove(&labels).is_some() {
+                    self.count -= 1;
+                }
+            }
+        }
+        self.series.retain(|_, f| !f.is_empty());
+    }
+
     /// Records one scrape taken at `t`.
     pub fn ingest(&mut self, t: f64, samples: &[Sample], kinds: &HashMap<String, Kind>) {
+        self.prune(t);
         let mut buckets: HashMap<(String, Labels), Buckets> = HashMap::new();
         for s in samples {
             let family = family_of(&s.name, kinds);
@@ -139,15 +183,16 @@ impl Store {
         if !p.v.is_finite() {
             return;
         }
+        let known = self.series.get(name).is_some_and(|f| f.contains_key(labels));
+        if !known && self.count >= MAX_SERIES {
+            if !self.dropped_logged {
+                self.dropped_logged = true;
+                tracing::warn!(limit = MAX_SERIES, metric = name, "too many series; dropping the longest silent ones");
+            }
+            self.evict_stalest();
+        }
         let family = self.series.entry(name.to_string()).or_default();
         if !family.contains_key(labels) {
-            if self.count >= MAX_SERIES {
-                if !self.dropped_logged {
-                    self.dropped_logged = true;
-                    tracing::warn!(limit = MAX_SERIES, metric = name, "too many series; new ones are not recorded");
-                }
-                return;
-            }
             self.count += 1;
             family.insert(labels.clone(), Series { points: VecDeque::new() });
         }
@@ -283,6 +328,37 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::expo::parse;
+
+    #[test]
+    fn series_silent_for_a_retention_window_are_forgotten() {
+        let mut s = Store::new(60.0, 10.0);
+        let up = |targets: &[&str]| {
+            let mut t = String::from("# TYPE flotilla_target_up gauge\n");
+            for x in targets {
+                t.push_str(&format!("flotilla_target_up{{target=\"{x}\"}} 1\n"));
+            }
+            t
+        };
+        scrape(&mut s, 0.0, &up(&["a", "b"]));
+        scrape(&mut s, 30.0, &up(&["a"]));
+        assert_eq!(s.series_count(), 2, "b still has data inside the window");
+        scrape(&mut s, 100.0, &up(&["a"]));
+        assert_eq!(s.series_count(), 1, "b has been silent for longer than retention");
+    }
+
+    #[test]
+    fn at_the_cap_the_longest_silent_series_make_room() {
+        let mut s = Store::new(1e9, 1.0);
+        for i in 0..MAX_SERIES {
+            s.push("g", &vec![("i".into(), i.to_string())], Point { t: i as f64, v: 1.0 });
+        }
+        s.push("g", &vec![("i".into(), "new".into())], Point { t: 1e6, v: 1.0 });
+        assert_eq!(s.series_count(), MAX_SERIES - MAX_SERIES / 100 + 1);
+        let g = &s.series["g"];
+        assert!(g.contains_key(&vec![("i".to_string(), "new".to_string())]), "the new series is recorded");
+        assert!(!g.contains_key(&vec![("i".to_string(), "0".to_string())]), "the stalest went");
+        assert!(g.contains_key(&vec![("i".to_string(), (MAX_SERIES - 1).to_string())]), "recent ones stay");
+    }
 
     fn scrape(store: &mut Store, t: f64, text: &str) {
         let (s, k) = parse(text);
