@@ -44,6 +44,8 @@ pub struct AdminState {
     pub watch: Arc<flotilla_watch::Watch>,
     pub token: Option<String>,
     pub control: Arc<dyn Control>,
+    /// Present when the node is part of a cluster (`[cluster]`).
+    pub cluster: Option<Arc<flotilla_cluster::Cluster>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -57,6 +59,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/target-groups/{name}/targets/{addr}", delete(deregister))
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/certificates", get(certificates))
+        .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/invalidations", post(invalidate))
         .route("/api/v1/invalidations/{id}", get(invalidation))
         .route("/api/v1/deployments", post(deployment))
@@ -277,6 +280,13 @@ struct InvalidationBody {
     tags: Vec<String>,
 }
 
+async fn cluster(State(state): State<AdminState>) -> Response {
+    match &state.cluster {
+        Some(c) => Json(c.status().await).into_response(),
+        None => error(StatusCode::NOT_FOUND, "this node is not part of a cluster (no [cluster] in its config)"),
+    }
+}
+
 fn invalidation_json(i: &flotilla_edge::Invalidation) -> serde_json::Value {
     let created = i.created_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     json!({
@@ -302,8 +312,41 @@ async fn invalidate(State(state): State<AdminState>, body: axum::body::Bytes) ->
     if let Some(bad) = body.paths.iter().find(|p| !p.starts_with('/') || p[..p.len().saturating_sub(1)].contains('*')) {
         return error(StatusCode::BAD_REQUEST, &format!("path {bad:?} must start with '/' and may end with '*' only"));
     }
-    let record = state.edge.invalidate(body.paths, body.tags, false);
-    (StatusCode::ACCEPTED, Json(invalidation_json(&record))).into_response()
+    applied_everywhere(&state, body.paths, body.tags, false).await
+}
+
+/// Applies an invalidation here, then (in a cluster) publishes it and waits for every live node.
+/// The answer says honestly how far it got: `completed` (every live node applied it),
+/// `incomplete` (named nodes had not acknowledged within `cluster.invalidation_wait`) or
+/// `local` (Redis unreachable: applied here, journaled, published when Redis returns).
+async fn applied_everywhere(state: &AdminState, paths: Vec<String>, tags: Vec<String>, all: bool) -> Response {
+    let record = state.edge.invalidate(paths.clone(), tags.clone(), all);
+    let mut body = invalidation_json(&record);
+    if let Some(cluster) = &state.cluster {
+        let outcome = cluster.invalidate(flotilla_cluster::InvalidationSpec { paths, tags, all }).await;
+        let (status, detail) = match outcome {
+            flotilla_cluster::Outcome::Published { id, applied, pending, waited } => (
+                if pending.is_empty() { "completed" } else { "incomplete" },
+                json!({
+                    "id": id.to_string(),
+                    "applied": applied,
+                    "pending": pending,
+                    "wait_ms": waited.as_secs_f64() * 1000.0,
+                }),
+            ),
+            flotilla_cluster::Outcome::Journaled { error, queued } => (
+                "local",
+                json!({
+                    "error": error,
+                    "journaled": queued,
+                    "note": "applied on this node only; it will be published to the other nodes when Redis answers again",
+                }),
+            ),
+        };
+        body["status"] = json!(status);
+        body["cluster"] = detail;
+    }
+    (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
 async fn invalidation(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
@@ -315,8 +358,7 @@ async fn invalidation(State(state): State<AdminState>, Path(id): Path<String>) -
 
 /// A deployment invalidates everything cached (CloudFront's "invalidate on deploy").
 async fn deployment(State(state): State<AdminState>) -> Response {
-    let record = state.edge.invalidate(vec![], vec![], true);
-    (StatusCode::ACCEPTED, Json(invalidation_json(&record))).into_response()
+    applied_everywhere(&state, vec![], vec![], true).await
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! Two stages, as in ripgrep's low/high args: `raw` mirrors the TOML with spans, then `validate`
 //! produces the typed [`Config`] or *every* error as `FILE:LINE:COL: message`.
 
+mod cluster_model;
 pub mod cron;
 mod env;
 mod error;
@@ -13,6 +14,7 @@ mod raw;
 pub mod time;
 pub mod units;
 mod validate;
+mod validate_cluster;
 mod validate_fleet;
 mod validate_images;
 mod validate_watch;
@@ -20,6 +22,7 @@ mod watch_model;
 
 use std::path::{Path, PathBuf};
 
+pub use cluster_model::*;
 pub use error::{ConfigError, LoadError};
 pub use fleet_model::*;
 pub use images_model::*;

@@ -26,6 +26,8 @@ pub struct Config {
     pub notifiers: BTreeMap<String, crate::NotifierConfig>,
     /// On-the-fly image variants (`[images]`), served by the edge.
     pub images: Option<crate::ImagesConfig>,
+    /// `[cluster]`: absent on a single node (no Redis needed).
+    pub cluster: Option<crate::ClusterConfig>,
     /// Non-fatal findings (unset environment variables, groups with no targets) to log at start.
     pub warnings: Vec<String>,
 }
@@ -332,6 +334,8 @@ pub struct Stickiness {
     pub enabled: bool,
     pub cookie: String,
     pub duration: Duration,
+    /// Signs cookie values: `cluster.secret` (copied here so the edge needs no cluster config).
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,6 +31,28 @@ pub(crate) struct RawConfig {
     pub slos: Vec<S<RawSlo>>,
     pub budget: Option<S<RawAccountBudget>>,
     pub images: Option<S<RawImages>>,
+    pub cluster: Option<S<RawCluster>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub node: Option<S<String>>,
+    pub redis: Option<S<RawRedis>>,
+    pub lease: Option<S<String>>,
+    pub prefix: Option<S<String>>,
+    pub secret: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub invalidation_wait: Option<S<String>>,
+    pub heartbeat: Option<S<String>>,
+}
+
+/// `redis = "redis://…"` or `redis = { url = "…", password = "${REDIS_PASSWORD}" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawRedis {
+    Url(String),
+    Table { url: String, password: Option<String> },
 }
 
 #[derive(Debug, Deserialize)]

@@ -548,3 +548,37 @@ challenge = "dns-01"
         ],
     );
 }
+
+#[test]
+fn cluster_defaults_and_password_table() {
+    let c = ok(r#"
+[cluster]
+node = "edge-1"
+redis = { url = "redis://127.0.0.1:6379/0", password = "${FLOTILLA_ADMIN_TOKEN}" }
+"#);
+    let cl = c.cluster.expect("cluster");
+    assert_eq!(cl.node, "edge-1");
+    assert_eq!(cl.lease, Duration::from_secs(10));
+    assert_eq!(cl.prefix, "flotilla");
+    assert_eq!(cl.redis.url, "redis://127.0.0.1:6379/0");
+    assert_eq!(cl.redis.connection_url(), "redis://:t0ken@127.0.0.1:6379/0");
+    assert!(c.warnings.iter().any(|w| w.contains("cluster.secret")));
+    assert!(ok("").cluster.is_none(), "no [cluster], no Redis");
+}
+
+#[test]
+fn cluster_errors_name_line_and_key() {
+    check_err(
+        "[cluster]\nnode = \"edge 1\"\nredis = \"http://x\"\nlease = \"100ms\"\ntimeout = \"5s\"\n",
+        &[
+            "flotilla.toml:2:8: cluster.node \"edge 1\" must be letters, digits, '-' or '_'",
+            "flotilla.toml:3:9: cluster.redis: \"http://x\" must start with redis:// (or unix://)",
+            "flotilla.toml:4:9: cluster.lease must be at least 1s",
+            "flotilla.toml:5:11: cluster.timeout must be between 1ms and 1s (it bounds how long a request waits on Redis)",
+        ],
+    );
+    check_err(
+        "[cluster]\nnode = \"a\"\n",
+        &["flotilla.toml:1:1: [cluster] needs redis, e.g. redis = \"redis://127.0.0.1:6379/0\""],
+    );
+}

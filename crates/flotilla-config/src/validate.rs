@@ -158,8 +158,15 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
     let slos = crate::validate_watch::slos(cx, &raw.slos, &notifiers, &target_groups);
     let budget = raw.budget.as_ref().and_then(|b| crate::validate_watch::budget(cx, b, &notifiers, &groups));
     let images = raw.images.as_ref().and_then(|i| crate::validate_images::images(cx, i, &target_groups));
+    let cluster = raw.cluster.as_ref().and_then(|c| crate::validate_cluster::cluster(cx, c));
+    // Every node signs sticky cookies with the cluster's secret, so each honours the others'.
+    let secret = cluster.as_ref().and_then(|c| c.secret.clone());
+    for tg in target_groups.values_mut() {
+        tg.stickiness.secret = secret.clone();
+    }
     cx.errors.is_empty().then(|| Config {
         source,
+        cluster,
         edge,
         admin,
         routes,
@@ -715,7 +722,12 @@ fn target_group(cx: &mut Ctx<'_>, name: &str, raw: &S<RawTargetGroup>) -> Target
         }
     }
     let stickiness = match &r.stickiness {
-        None => Stickiness { enabled: false, cookie: "flotilla_sticky".into(), duration: Duration::from_secs(86_400) },
+        None => Stickiness {
+            enabled: false,
+            cookie: "flotilla_sticky".into(),
+            duration: Duration::from_secs(86_400),
+            secret: None,
+        },
         Some(s) => {
             let s = s.get_ref();
             let cookie = match &s.cookie {
@@ -730,6 +742,7 @@ fn target_group(cx: &mut Ctx<'_>, name: &str, raw: &S<RawTargetGroup>) -> Target
                 enabled: s.enabled.unwrap_or(true),
                 cookie,
                 duration: cx.duration(&s.duration, &key("stickiness.duration"), Duration::from_secs(86_400)),
+                secret: None,
             }
         }
     };

@@ -111,7 +111,9 @@ impl TargetGroup {
         let cfg = self.cfg.load();
         let initial = if cfg.health_check.enabled { TargetState::Initial } else { TargetState::Healthy };
         let counters = self.metrics.target_counters(&self.name, &t.addr.to_string());
-        let target = Arc::new(Target::new(t.addr, t.zone.clone(), t.weight, source, initial, counters));
+        let mut target = Target::new(t.addr, t.zone.clone(), t.weight, source, initial, counters);
+        target.id = crate::target::sticky_id(t.addr, cfg.stickiness.secret.as_deref());
+        let target = Arc::new(target);
         let mut next: Vec<_> = current.iter().filter(|x| x.addr != t.addr).cloned().collect();
         for old in current.iter().filter(|x| x.addr == t.addr) {
             old.removed.store(true, Ordering::Release);
@@ -288,7 +290,12 @@ mod tests {
             hash_header: None,
             deregistration_delay: Duration::from_secs(1),
             slow_start: Duration::ZERO,
-            stickiness: Stickiness { enabled: false, cookie: "c".into(), duration: Duration::from_secs(1) },
+            stickiness: Stickiness {
+                enabled: false,
+                cookie: "c".into(),
+                duration: Duration::from_secs(1),
+                secret: None,
+            },
             retries: 2,
             // Checks off: targets start healthy and no task is spawned (no runtime needed).
             health_check: HealthCheck {

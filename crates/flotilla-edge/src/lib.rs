@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 pub use cached::Invalidation;
 pub use error::EdgeError;
+pub use policy::{SharedLimiter, SharedVerdict};
 pub use proxy::Body;
 pub use target::TargetState;
 
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     conn_limit: Arc<Semaphore>,
     per_ip: Arc<listener::PerIp>,
     image_pool: images::Pool,
+    /// Cluster-wide rate-limit buckets (Redis), when the node is part of a cluster.
+    shared_limiter: std::sync::OnceLock<Arc<dyn policy::SharedLimiter>>,
 
     zone: Option<String>,
 }
@@ -137,6 +140,7 @@ impl Edge {
             conn_limit: Arc::new(Semaphore::new(cfg.edge.limits.max_connections)),
             per_ip: Arc::new(listener::PerIp::default()),
             image_pool: images::Pool::new(cfg.images.as_ref()),
+            shared_limiter: std::sync::OnceLock::new(),
             zone: cfg.edge.zone.clone(),
         });
         let (stop, _) = watch::channel(false);
@@ -154,6 +158,13 @@ impl Edge {
             },
         };
         Ok(edge)
+    }
+
+    /// Makes every route's rate limit cluster-wide (set once, before `start`).
+    pub fn set_shared_limiter(&self, store: Arc<dyn SharedLimiter>) {
+        if self.shared.shared_limiter.set(store).is_err() {
+            tracing::warn!("shared rate limiter already set; keeping the first");
+        }
     }
 
     /// Binds every listener and starts serving; returns the bound addresses (plain, then TLS).

@@ -51,7 +51,10 @@ impl Headers {
 const MAX_KEYS: u64 = 100_000;
 
 pub(crate) struct RateLimiter {
+    /// Names the route's buckets in a shared store (the same on every node with the same config).
+    name: String,
     interval: u64,
+    burst: u32,
     /// interval × burst, in nanoseconds.
     tolerance: u64,
     key: RateKey,
@@ -65,12 +68,39 @@ pub(crate) enum Verdict {
     Deny { retry_after: Duration },
 }
 
+/// A shared store's answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedVerdict {
+    Allow,
+    Deny {
+        retry_after: Duration,
+    },
+    /// The store did not answer in time: the node decides with its share of the limit.
+    Unavailable,
+}
+
+/// Buckets kept outside this node, so a limit holds across every node of a cluster (the binary
+/// implements it over Redis). Implementations must answer within a small bounded time.
+pub trait SharedLimiter: Send + Sync + 'static {
+    /// One decision on bucket `key`: `interval` between requests, `burst` at once.
+    fn check(
+        &self,
+        key: String,
+        interval: Duration,
+        burst: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = SharedVerdict> + Send + '_>>;
+    /// How many nodes share each limit; while the store is away each enforces 1/n of it.
+    fn nodes(&self) -> usize;
+}
+
 impl RateLimiter {
-    pub(crate) fn new(cfg: &RateLimitConfig, limited: Counter) -> Self {
+    pub(crate) fn new(name: String, cfg: &RateLimitConfig, limited: Counter) -> Self {
         let interval = (cfg.interval.as_nanos() as u64).max(1);
         let tolerance = interval.saturating_mul(u64::from(cfg.burst));
         RateLimiter {
+            name,
             interval,
+            burst: cfg.burst,
             tolerance,
             key: cfg.key.clone(),
             buckets: moka::sync::Cache::builder()
@@ -95,17 +125,37 @@ impl RateLimiter {
 
     pub(crate) fn check(&self, key: &str) -> Verdict {
         let now = self.epoch.elapsed().as_nanos() as u64;
-        self.check_at(key, now)
+        self.check_at(key, now, 1)
     }
 
-    fn check_at(&self, key: &str, now: u64) -> Verdict {
+    /// Asks the shared store; when it cannot answer, enforces this node's share locally.
+    pub(crate) async fn check_shared(&self, store: &dyn SharedLimiter, key: &str) -> Verdict {
+        let interval = Duration::from_nanos(self.interval);
+        match store.check(format!("{}|{key}", self.name), interval, self.burst).await {
+            SharedVerdict::Allow => Verdict::Allow,
+            SharedVerdict::Deny { retry_after } => {
+                self.limited.inc();
+                Verdict::Deny { retry_after }
+            }
+            SharedVerdict::Unavailable => {
+                let now = self.epoch.elapsed().as_nanos() as u64;
+                self.check_at(key, now, store.nodes().max(1) as u64)
+            }
+        }
+    }
+
+    /// GCRA at `1/share` of the configured rate (a node's share while the store is away). The
+    /// burst stays the whole burst in time (at least one request), so a share never refuses all.
+    fn check_at(&self, key: &str, now: u64, share: u64) -> Verdict {
+        let interval = self.interval.saturating_mul(share);
+        let tolerance = self.tolerance.max(interval);
         let cell = self.buckets.get_with_by_ref(key, || Arc::new(AtomicU64::new(0)));
         let mut tat = cell.load(Ordering::Acquire);
         loop {
-            let next = tat.max(now) + self.interval;
-            if next - now > self.tolerance {
+            let next = tat.max(now) + interval;
+            if next - now > tolerance {
                 self.limited.inc();
-                return Verdict::Deny { retry_after: Duration::from_nanos(next - now - self.tolerance) };
+                return Verdict::Deny { retry_after: Duration::from_nanos(next - now - tolerance) };
             }
             match cell.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Verdict::Allow,
@@ -121,7 +171,7 @@ mod tests {
 
     fn limiter(per_sec: u64, burst: u32) -> RateLimiter {
         let cfg = RateLimitConfig { interval: Duration::from_secs(1) / per_sec as u32, burst, key: RateKey::Ip };
-        RateLimiter::new(&cfg, Counter::default())
+        RateLimiter::new("/*".into(), &cfg, Counter::default())
     }
 
     #[test]
@@ -130,21 +180,36 @@ mod tests {
         let ms = 1_000_000u64;
         // Five at once pass, the sixth is refused with the time until a token returns.
         for _ in 0..5 {
-            assert!(matches!(l.check_at("a", 1000 * ms), Verdict::Allow));
+            assert!(matches!(l.check_at("a", 1000 * ms, 1), Verdict::Allow));
         }
-        match l.check_at("a", 1000 * ms) {
+        match l.check_at("a", 1000 * ms, 1) {
             Verdict::Deny { retry_after } => assert_eq!(retry_after, Duration::from_millis(100)),
             Verdict::Allow => panic!("sixth request in the burst passed"),
         }
         // Another client has its own bucket.
-        assert!(matches!(l.check_at("b", 1000 * ms), Verdict::Allow));
+        assert!(matches!(l.check_at("b", 1000 * ms, 1), Verdict::Allow));
         // 100 ms later one token is back, not two.
-        assert!(matches!(l.check_at("a", 1100 * ms), Verdict::Allow));
-        assert!(matches!(l.check_at("a", 1100 * ms), Verdict::Deny { .. }));
+        assert!(matches!(l.check_at("a", 1100 * ms, 1), Verdict::Allow));
+        assert!(matches!(l.check_at("a", 1100 * ms, 1), Verdict::Deny { .. }));
         // After a long pause the bucket is full again (burst, not more).
-        let passed = (0..10).filter(|_| matches!(l.check_at("a", 9000 * ms), Verdict::Allow)).count();
+        let passed = (0..10).filter(|_| matches!(l.check_at("a", 9000 * ms, 1), Verdict::Allow)).count();
         assert_eq!(passed, 5);
         assert_eq!(l.limited.get(), 7);
+    }
+
+    #[test]
+    fn a_share_is_the_rate_over_n_with_the_burst_kept() {
+        let l = limiter(10, 4);
+        let ms = 1_000_000u64;
+        // A quarter of 10/s: the burst of four still passes at once...
+        assert_eq!((0..10).filter(|_| matches!(l.check_at("a", 1000 * ms, 4), Verdict::Allow)).count(), 1);
+        // ...as one request of 400 ms each: the next is allowed 400 ms later, not 100 ms.
+        assert!(matches!(l.check_at("a", 1100 * ms, 4), Verdict::Deny { .. }));
+        assert!(matches!(l.check_at("a", 1400 * ms, 4), Verdict::Allow));
+        // A burst smaller than the share still lets one request through.
+        let tight = limiter(10, 1);
+        assert!(matches!(tight.check_at("a", 1000 * ms, 3), Verdict::Allow));
+        assert!(matches!(tight.check_at("a", 1000 * ms, 3), Verdict::Deny { .. }));
     }
 
     #[test]

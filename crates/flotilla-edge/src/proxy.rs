@@ -168,7 +168,11 @@ async fn forward(
     out.headers = route.headers.clone();
     if let Some(limiter) = &route.limiter {
         let key = limiter.key_of(req.headers(), conn.peer.ip());
-        if let crate::policy::Verdict::Deny { retry_after } = limiter.check(&key) {
+        let verdict = match shared.shared_limiter.get() {
+            Some(store) => limiter.check_shared(&**store, &key).await,
+            None => limiter.check(&key),
+        };
+        if let crate::policy::Verdict::Deny { retry_after } = verdict {
             return Ok(too_many_requests(retry_after));
         }
     }

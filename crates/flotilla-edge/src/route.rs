@@ -135,9 +135,11 @@ impl Routes {
                             PathPattern::Prefix(p) => format!("{p}*"),
                             PathPattern::Exact(p) => p.clone(),
                         };
-                        let limited =
-                            metrics.rate_limited.get_or_create(&crate::metrics::RouteLabels { route }).clone();
-                        crate::policy::RateLimiter::new(l, limited)
+                        let limited = metrics
+                            .rate_limited
+                            .get_or_create(&crate::metrics::RouteLabels { route: route.clone() })
+                            .clone();
+                        crate::policy::RateLimiter::new(format!("{:?}{route}", r.host), l, limited)
                     }),
                 })
             })

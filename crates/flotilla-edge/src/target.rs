@@ -82,7 +82,7 @@ impl Target {
             addr,
             zone,
             source,
-            id: sticky_id(addr),
+            id: sticky_id(addr, None),
             weight: AtomicU32::new(weight.max(1)),
             state: AtomicU8::new(initial as u8),
             outstanding: AtomicU32::new(0),
@@ -176,12 +176,14 @@ impl Drop for InFlight {
     }
 }
 
-fn sticky_id(addr: SocketAddr) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    "flotilla-sticky".hash(&mut h);
-    addr.hash(&mut h);
-    format!("{:016x}", h.finish())
+/// A target's sticky-cookie value: an HMAC of its address under `cluster.secret` (a fixed key
+/// without one), so every node with the same secret computes the same value for the same target
+/// and honours a cookie another node set, with no shared state; a client can neither read the
+/// address from it nor make one for another target.
+pub(crate) fn sticky_id(addr: SocketAddr, secret: Option<&str>) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.map_or(&b"flotilla-sticky"[..], str::as_bytes));
+    let tag = ring::hmac::sign(&key, addr.to_string().as_bytes());
+    tag.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -190,6 +192,17 @@ mod tests {
 
     fn target(state: TargetState) -> Target {
         Target::new("127.0.0.1:1".parse().unwrap(), None, 2, TargetSource::Config, state, Default::default())
+    }
+
+    #[test]
+    fn sticky_ids_are_signed_and_stable() {
+        let a: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let first = sticky_id(a, Some("s3cret"));
+        assert_eq!(first.len(), 24);
+        assert_eq!(first, sticky_id(a, Some("s3cret")), "the same on every call (and every node with the same key)");
+        assert_ne!(first, sticky_id("127.0.0.1:8081".parse().unwrap(), Some("s3cret")));
+        assert_ne!(first, sticky_id(a, Some("other")), "another secret gives another value");
+        assert_ne!(first, sticky_id(a, None));
     }
 
     #[test]

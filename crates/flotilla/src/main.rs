@@ -4,6 +4,7 @@
 
 mod admin_client;
 mod certs;
+mod cluster_bridge;
 mod demo;
 mod fleet_bridge;
 mod groups_cli;

@@ -19,6 +19,7 @@ struct Reloader {
     edge: Arc<Edge>,
     fleet: Arc<Fleet>,
     certs: Arc<crate::certs::Certificates>,
+    cluster: Option<Arc<flotilla_cluster::Cluster>>,
 }
 
 impl Control for Reloader {
@@ -38,7 +39,11 @@ impl Control for Reloader {
     }
 
     fn metrics(&self) -> String {
-        self.certs.metrics()
+        let mut text = self.certs.metrics();
+        if let Some(c) = &self.cluster {
+            text.push_str(&c.encode_metrics());
+        }
+        text
     }
 }
 
@@ -48,12 +53,23 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         tracing::warn!(warning = %w, "config");
     }
     let edge = Arc::new(Edge::new(&cfg).context("starting the edge")?);
+    // A cluster node catches up on invalidations it missed before it serves anything.
+    let cluster = match &cfg.cluster {
+        Some(c) => Some(join_cluster(&cfg, c, &edge).await?),
+        None => None,
+    };
     edge.start(&cfg).context("starting the edge")?;
     let certs = Arc::new(crate::certs::Certificates::start(&cfg, edge.managed_tls()));
     // Instances are launched from this (current-thread) runtime, so they are children of the
     // main thread and get SIGTERM if flotilla dies (see flotilla-fleet's process.rs).
     let fleet = Arc::new(Fleet::start(&cfg, Arc::new(EdgeRegistrar(edge.clone()))));
-    let reloader = Arc::new(Reloader { path: path.clone(), edge: edge.clone(), fleet: fleet.clone(), certs });
+    let reloader = Arc::new(Reloader {
+        path: path.clone(),
+        edge: edge.clone(),
+        fleet: fleet.clone(),
+        certs,
+        cluster: cluster.clone(),
+    });
     let (e, f, c) = (edge.clone(), fleet.clone(), reloader.clone());
     let watch = flotilla_watch::Watch::start(&cfg, Arc::new(move || flotilla_admin::exposition_for_watch(&e, &f, &*c)));
     let w = watch.clone();
@@ -74,6 +90,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
                 watch: watch.clone(),
                 token: admin.token.clone(),
                 control: reloader.clone(),
+                cluster: cluster.clone(),
             };
             Some(tokio::spawn(flotilla_admin::serve(listener, state, async move {
                 let _ = admin_stop_rx.await;
@@ -102,6 +119,9 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     tracing::info!("shutting down: draining in-flight requests");
     edge.shutdown().await;
     fleet.shutdown().await;
+    if let Some(c) = &cluster {
+        c.stop().await;
+    }
     let w = watch.clone();
     let _ = tokio::task::spawn_blocking(move || w.persist()).await;
     let _ = admin_stop_tx.send(());
@@ -110,4 +130,32 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Joins `[cluster]`: starts the heartbeat and invalidation loops (waiting a bounded time to
+/// catch up on missed invalidations) and makes route rate limits cluster-wide.
+async fn join_cluster(
+    cfg: &flotilla_config::Config,
+    cluster: &flotilla_config::ClusterConfig,
+    edge: &Arc<Edge>,
+) -> anyhow::Result<Arc<flotilla_cluster::Cluster>> {
+    let address = match (&cfg.admin, cfg.edge.listen.first()) {
+        (Some(a), _) => a.listen.to_string(),
+        (None, Some(l)) => l.to_string(),
+        (None, None) => String::new(),
+    };
+    let identity = flotilla_cluster::Identity {
+        address,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config_hash: crate::cluster_bridge::config_hash(cfg),
+    };
+    let state_dir = cfg.cache.disk.as_ref().map(|d| d.path.clone());
+    let applier = Arc::new(crate::cluster_bridge::EdgeApplier(edge.clone()));
+    let started =
+        flotilla_cluster::Cluster::start(cluster, identity, state_dir, applier, std::time::Duration::from_secs(5))
+            .await
+            .context("joining the cluster")?;
+    edge.set_shared_limiter(Arc::new(crate::cluster_bridge::RedisLimits(started.clone())));
+    tracing::info!(node = %cluster.node, redis = %cluster.redis.url, "joined the cluster");
+    Ok(started)
 }

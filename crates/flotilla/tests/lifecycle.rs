@@ -41,7 +41,8 @@ fn every_example_config_validates() {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     let mut n = 0;
     let scaling = std::fs::read_dir(examples.join("scaling")).unwrap();
-    for entry in std::fs::read_dir(&examples).unwrap().chain(scaling) {
+    let cluster = std::fs::read_dir(examples.join("cluster")).unwrap();
+    for entry in std::fs::read_dir(&examples).unwrap().chain(scaling).chain(cluster) {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let out = Command::new(BIN).args(["validate", "--config", path.to_str().unwrap()]).output().unwrap();

@@ -1,0 +1,249 @@
+//! Membership: each node writes `<prefix>:node:<name>` (a JSON description with a TTL of three
+//! heartbeats) and adds its name to the `<prefix>:nodes` set. A node is live while its key
+//! exists, so one that is killed, paused or cut off drops out by itself and nobody waits for it.
+
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use crate::{backoff, within, Cluster, ClusterError, CONTROL_TIMEOUT};
+
+/// One node as the others see it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub address: String,
+    pub version: String,
+    pub config_hash: String,
+    /// Unix milliseconds of the node's last heartbeat.
+    pub heartbeat_ms: u64,
+    /// Unix milliseconds when the node started.
+    pub started_ms: u64,
+    /// Id of the last invalidation this node applied (`0-0`: none yet).
+    pub applied: String,
+    /// Control loops this node leads.
+    #[serde(default)]
+    pub leads: Vec<String>,
+    /// Whether Redis answered this node's last heartbeat (always true in Redis' copy; the
+    /// local copy says false when this node is cut off).
+    #[serde(default = "yes")]
+    pub connected: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The last member list this node read, refreshed every heartbeat.
+#[derive(Default)]
+pub(crate) struct Live {
+    pub list: RwLock<Vec<NodeInfo>>,
+    /// How many nodes were live when Redis last answered: while cut off, a node cannot count
+    /// its peers, so it keeps assuming the last count it saw (for rate-limit shares).
+    pub last_count: std::sync::atomic::AtomicUsize,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Cluster {
+    fn describe(&self, started_ms: u64) -> NodeInfo {
+        NodeInfo {
+            name: self.cfg.node.clone(),
+            address: self.identity.address.clone(),
+            version: self.identity.version.clone(),
+            config_hash: self.identity.config_hash.clone(),
+            heartbeat_ms: now_ms(),
+            started_ms,
+            applied: self.invalidations.applied().to_string(),
+            leads: Vec::new(),
+            connected: true,
+        }
+    }
+
+    /// Every live node, read from Redis now (this node's own entry included).
+    pub async fn fetch_nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        let mut conn = self.conn.clone();
+        let fetch = async {
+            let names: Vec<String> = conn.smembers(&self.keys.nodes).await?;
+            if names.is_empty() {
+                return Ok::<_, redis::RedisError>(Vec::new());
+            }
+            let keys: Vec<String> = names.iter().map(|n| format!("{}{n}", self.keys.node_prefix)).collect();
+            let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+            let mut live = Vec::new();
+            let mut gone = Vec::new();
+            for (name, v) in names.iter().zip(values) {
+                match v.and_then(|v| serde_json::from_str::<NodeInfo>(&v).ok()) {
+                    Some(n) => live.push(n),
+                    None => gone.push(name.clone()),
+                }
+            }
+            if !gone.is_empty() {
+                // Forget nodes whose heartbeat expired; one that comes back re-adds itself.
+                let _: Result<(), _> = conn.srem(&self.keys.nodes, &gone).await;
+            }
+            live.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(live)
+        };
+        match tokio::time::timeout(CONTROL_TIMEOUT, fetch).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ClusterError::Timeout(CONTROL_TIMEOUT)),
+        }
+    }
+
+    /// The member list as of the last heartbeat; this node itself is always in it (marked
+    /// disconnected when Redis does not answer), so a cut-off node still describes itself.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.nodes.list.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Names of the nodes whose heartbeat is current.
+    pub(crate) fn live_names(&self) -> Vec<String> {
+        self.nodes.list.read().unwrap_or_else(|e| e.into_inner()).iter().map(|n| n.name.clone()).collect()
+    }
+
+    pub fn redis_up(&self) -> bool {
+        self.metrics.redis_up.get() == 1
+    }
+}
+
+pub(crate) async fn heartbeat_loop(cluster: std::sync::Arc<Cluster>) {
+    let started = now_ms();
+    let ttl = cluster.cfg.heartbeat * 3;
+    let mut failures = 0u32;
+    loop {
+        let me = cluster.describe(started);
+        let ok = beat(&cluster, &me, ttl).await;
+        match ok {
+            Ok(mut list) => {
+                if failures > 0 {
+                    tracing::info!("cluster: Redis is reachable again");
+                }
+                failures = 0;
+                cluster.metrics.redis_up.set(1);
+                if !list.iter().any(|n| n.name == me.name) {
+                    list.push(me);
+                }
+                cluster.metrics.nodes.set(list.len() as i64);
+                cluster.nodes.last_count.store(list.len(), std::sync::atomic::Ordering::Relaxed);
+                *cluster.nodes.list.write().unwrap_or_else(|e| e.into_inner()) = list;
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "cluster: Redis unreachable; serving with local state, retrying");
+                }
+                failures = failures.saturating_add(1);
+                cluster.metrics.redis_up.set(0);
+                // Cut off: the others will forget this node; it only knows about itself.
+                *cluster.nodes.list.write().unwrap_or_else(|e| e.into_inner()) =
+                    vec![NodeInfo { connected: false, ..me }];
+                cluster.metrics.nodes.set(1);
+            }
+        }
+        tokio::time::sleep(if failures > 0 {
+            backoff(failures).min(cluster.cfg.heartbeat)
+        } else {
+            cluster.cfg.heartbeat
+        })
+        .await;
+    }
+}
+
+async fn beat(cluster: &Cluster, me: &NodeInfo, ttl: Duration) -> Result<Vec<NodeInfo>, ClusterError> {
+    let mut conn = cluster.conn.clone();
+    let json = serde_json::to_string(me).unwrap_or_default();
+    let key = format!("{}{}", cluster.keys.node_prefix, me.name);
+    within(
+        redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(json)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .ignore()
+            .cmd("SADD")
+            .arg(&cluster.keys.nodes)
+            .arg(&me.name)
+            .ignore()
+            .query_async::<()>(&mut conn),
+    )
+    .await?;
+    cluster.fetch_nodes().await
+}
+
+pub(crate) async fn leave(cluster: &Cluster) {
+    let mut conn = cluster.conn.clone();
+    let key = format!("{}{}", cluster.keys.node_prefix, cluster.cfg.node);
+    let _ = within(
+        redis::pipe()
+            .del(&key)
+            .ignore()
+            .srem(&cluster.keys.nodes, &cluster.cfg.node)
+            .ignore()
+            .query_async::<()>(&mut conn),
+    )
+    .await;
+}
+
+impl Cluster {
+    /// What `GET /api/v1/cluster` shows: every live node with its lag behind the stream's head,
+    /// nodes whose config differs from this one's flagged. Without Redis, this node alone.
+    pub async fn status(&self) -> serde_json::Value {
+        let (nodes, redis_error) = match self.fetch_nodes().await {
+            Ok(n) => (n, None),
+            Err(e) => (self.nodes(), Some(e.to_string())),
+        };
+        let head = self.stream_head().await;
+        let now = now_ms();
+        let rows: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                let applied = crate::StreamId::parse(&n.applied).unwrap_or_default();
+                let behind = head.is_some_and(|h| applied < h);
+                serde_json::json!({
+                    "name": n.name,
+                    "address": n.address,
+                    "version": n.version,
+                    "config_hash": n.config_hash,
+                    "config_differs": n.config_hash != self.identity.config_hash,
+                    "started_ms": n.started_ms,
+                    "last_heartbeat_ms": n.heartbeat_ms,
+                    "heartbeat_age_ms": now.saturating_sub(n.heartbeat_ms),
+                    "applied": n.applied,
+                    "behind": behind,
+                    "lag_ms": match head { Some(h) if behind => h.ms.saturating_sub(applied.ms), _ => 0 },
+                    "leads": n.leads,
+                    "this": n.name == self.cfg.node,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "node": self.cfg.node,
+            "redis": { "url": self.cfg.redis.url, "up": redis_error.is_none(), "error": redis_error },
+            "stream_head": head.map(|h| h.to_string()),
+            "invalidations_journaled": self.invalidations.journal_len(),
+            "nodes": rows,
+        })
+    }
+
+    /// The id of the newest invalidation in the stream, if Redis answers and there is one.
+    async fn stream_head(&self) -> Option<crate::StreamId> {
+        let mut conn = self.conn.clone();
+        let last: Vec<(String, Vec<(String, String)>)> = within(
+            redis::cmd("XREVRANGE")
+                .arg(&self.keys.invalidations)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn),
+        )
+        .await
+        .ok()?;
+        last.first().and_then(|(id, _)| crate::StreamId::parse(id))
+    }
+}

@@ -1,0 +1,58 @@
+//! Where the edge meets the cluster: the cluster applies other nodes' invalidations to this
+//! node's edge, and the edge asks the cluster for shared rate-limit decisions. Neither crate
+//! imports the other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_cluster::{Applier, Cluster, Decision, InvalidationSpec};
+use flotilla_edge::{Edge, SharedLimiter, SharedVerdict};
+
+pub struct EdgeApplier(pub Arc<Edge>);
+
+impl Applier for EdgeApplier {
+    fn apply(&self, spec: &InvalidationSpec) {
+        self.0.invalidate(spec.paths.clone(), spec.tags.clone(), spec.all);
+    }
+}
+
+pub struct RedisLimits(pub Arc<Cluster>);
+
+impl SharedLimiter for RedisLimits {
+    fn check(
+        &self,
+        key: String,
+        interval: Duration,
+        burst: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = SharedVerdict> + Send + '_>> {
+        Box::pin(async move {
+            match self.0.rate_check(&key, interval, burst).await {
+                Decision::Allow => SharedVerdict::Allow,
+                Decision::Deny { retry_after } => SharedVerdict::Deny { retry_after },
+                Decision::Unavailable => SharedVerdict::Unavailable,
+            }
+        })
+    }
+
+    fn nodes(&self) -> usize {
+        self.0.live_node_count()
+    }
+}
+
+/// A short hash of the parts of the config every node must agree on (routes, target groups,
+/// cache behaviours, groups, images), so `GET /api/v1/cluster` can flag a node that runs
+/// another configuration. Node-local parts (listen addresses, node name, disk paths) are left
+/// out: they differ between nodes by design.
+pub fn config_hash(cfg: &flotilla_config::Config) -> String {
+    let shared = format!(
+        "{:?}{:?}{:?}{:?}{:?}{:?}",
+        cfg.routes,
+        cfg.target_groups,
+        cfg.cache_behaviors,
+        cfg.groups,
+        cfg.images,
+        cfg.cluster.as_ref().map(|c| (&c.prefix, &c.secret))
+    );
+    let digest = ring::digest::digest(&ring::digest::SHA256, shared.as_bytes());
+    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}

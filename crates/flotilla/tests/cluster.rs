@@ -1,0 +1,450 @@
+//! Several Flotilla nodes sharing state through a real `redis-server` (started by each test on
+//! a free loopback port): invalidations reach every node before the API answers, a restarted
+//! node replays what it missed (or drops its cache when the stream no longer reaches back), a
+//! node cut off from Redis by a real blackholing TCP proxy catches up when the partition heals,
+//! the shared rate limit holds across nodes and degrades to per-node shares without Redis, and a
+//! sticky cookie set by one node is honoured by another.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A `redis-server` on a free port, without persistence unless asked; killed on drop.
+struct Redis {
+    port: u16,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Redis {
+    fn start(name: &str) -> Option<Redis> {
+        if Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_err() {
+            eprintln!("SKIP: redis-server is not installed (.ci/run installs it)");
+            return None;
+        }
+        let mut r = Redis { port: free_port(), dir: scratch_dir(&format!("redis-{name}")), proc: None };
+        r.run();
+        Some(r)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.proc = Some(Proc { child });
+        wait_for_port(self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+/// A TCP proxy in front of Redis that can be cut like a network partition: while cut it stops
+/// forwarding (open connections go silent, new ones are accepted and never answered), so the node
+/// sees timeouts, not resets; healing drops the silent connections, as TCP would in the end.
+struct Partition {
+    port: u16,
+    cut: watch::Sender<bool>,
+}
+
+impl Partition {
+    async fn start(upstream: u16) -> Partition {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, _) = watch::channel(false);
+        let cut_rx = cut.subscribe();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mut cut = cut_rx.clone();
+                tokio::spawn(async move {
+                    let blackholed = *cut.borrow();
+                    if blackholed {
+                        // Blackholed: hold the socket, say nothing, drop it when the cut heals.
+                        let _ = cut.wait_for(|c| !*c).await.map(|_| ());
+                        drop(client);
+                        return;
+                    }
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+                    let (mut client, mut server) = (client, server);
+                    let was_cut = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        r = cut.wait_for(|c| *c) => r.is_ok(),
+                    };
+                    if was_cut {
+                        let _ = cut.wait_for(|c| !*c).await.map(|_| ());
+                    }
+                });
+            }
+        });
+        Partition { port, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+const BEHAVIOR: &str = "[cache_behaviors.main]\ndefault_ttl = \"1h\"\n\n";
+
+struct Node {
+    name: String,
+    dir: PathBuf,
+    text: String,
+    port: u16,
+    admin_port: u16,
+    f: Option<Flotilla>,
+}
+
+impl Node {
+    /// A cluster node in front of `apps`, talking to Redis at `redis_url`; `extra` goes into
+    /// `[cluster]`, `body` after the route.
+    fn new(name: &str, redis_url: &str, apps: &[&DemoApp], extra: &str, body: &str) -> Node {
+        let port = free_port();
+        let admin_port = free_port();
+        let dir = scratch_dir(&format!("cluster-{name}"));
+        let text = format!(
+            "[edge]\nlisten = [\"127.0.0.1:{port}\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"test-token\"\n\n\
+             [cluster]\nnode = \"{name}\"\nredis = \"{redis_url}\"\nheartbeat = \"300ms\"\nsecret = \"s3cret\"\n{extra}\n\n\
+             {BEHAVIOR}{body}{}",
+            group_toml("web", apps, "")
+        );
+        Node { name: name.into(), dir, text, port, admin_port, f: None }
+    }
+
+    async fn up(&mut self, apps: &[&DemoApp]) -> &Flotilla {
+        let f = Flotilla::start_raw(&self.name, &self.dir, &self.text, self.port, self.admin_port);
+        for app in apps {
+            f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+        }
+        self.f = Some(f);
+        self.f.as_ref().unwrap()
+    }
+
+    fn f(&self) -> &Flotilla {
+        self.f.as_ref().expect("node is up")
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut f) = self.f.take() {
+            f.proc.signal("TERM");
+            assert_eq!(f.proc.wait_exit(Duration::from_secs(15)), Some(0), "{}", f.log());
+        }
+    }
+
+    /// `Cache-Status` of a GET through this node.
+    async fn cache_status(&self, path: &str) -> String {
+        let (status, h, body) = request(&client(), "GET", &self.f().url(path), &[], "").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        h.get("cache-status").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+    }
+
+    async fn invalidate(&self, body: &str) -> serde_json::Value {
+        let (code, text) = self.f().admin_call("POST", "/api/v1/invalidations", body).await;
+        assert_eq!(code, 202, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+const CACHED_ROUTE: &str = "[[routes]]\npath = \"/*\"\ntarget_group = \"web\"\ncache = \"main\"\n\n";
+
+fn names(v: &serde_json::Value) -> Vec<String> {
+    let mut n: Vec<String> = v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+    n.sort();
+    n
+}
+
+/// Waits until `check` holds (polling), or fails with `what`.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_members(node: &Node, n: usize) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = get(&node.f().admin("/api/v1/cluster")).await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if code == 200 && v["nodes"].as_array().is_some_and(|a| a.len() == n) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{n} nodes never listed: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_is_in_effect_on_every_node_before_the_api_answers() {
+    let Some(redis) = Redis::start("inval") else { return };
+    let app = DemoApp::start("origin");
+    let mut nodes: Vec<Node> =
+        ["a", "b", "c"].iter().map(|n| Node::new(n, &redis.url(), &[&app], "", CACHED_ROUTE)).collect();
+    for n in &mut nodes {
+        n.up(&[&app]).await;
+    }
+    let cluster = wait_members(&nodes[0], 3).await;
+    for row in cluster["nodes"].as_array().unwrap() {
+        assert_eq!(row["config_differs"], false, "same routes and groups on every node: {cluster}");
+        assert_eq!(row["address"].as_str().unwrap().parse::<SocketAddr>().unwrap().ip().to_string(), "127.0.0.1");
+    }
+
+    for round in 0..20 {
+        let tagged = format!("/cached?cc=max-age=600&tag=t{round}&r={round}");
+        let by_path = format!("/cached?cc=max-age=600&r={round}");
+        for n in &nodes {
+            n.cache_status(&tagged).await;
+            n.cache_status(&by_path).await;
+            assert!(n.cache_status(&tagged).await.starts_with("flotilla; hit"));
+        }
+        // Tags on one node, paths (a pattern) on another: gone everywhere before the 202.
+        let (origin, body) = if round % 2 == 0 {
+            (&nodes[round % 3], format!("{{\"tags\":[\"t{round}\"]}}"))
+        } else {
+            (&nodes[round % 3], "{\"paths\":[\"/cach*\"]}".to_string())
+        };
+        let answer = origin.invalidate(&body).await;
+        assert_eq!(answer["status"], "completed", "{answer}");
+        assert_eq!(names(&answer["cluster"]["applied"]), ["a", "b", "c"], "{answer}");
+        assert!(answer["cluster"]["pending"].as_array().unwrap().is_empty());
+        for n in &nodes {
+            let cs = n.cache_status(&tagged).await;
+            assert!(cs.contains("fwd=miss"), "node {} still served {tagged} after the answer: {cs}", n.name);
+        }
+        if round % 2 == 1 {
+            for n in &nodes {
+                assert!(n.cache_status(&by_path).await.contains("fwd=miss"), "node {}", n.name);
+            }
+        }
+    }
+    let m = get(&nodes[1].f().admin("/metrics")).await.1;
+    assert!(m.contains("flotilla_cluster_redis_up 1"), "{m}");
+    assert!(m.contains("flotilla_cluster_nodes 3"), "{m}");
+    let applied = m
+        .lines()
+        .find(|l| l.starts_with("flotilla_cluster_invalidations_applied_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap();
+    // Node b took 7 of the 20 itself (rounds 1, 4, …) and applied the other 13.
+    assert_eq!(applied, 13, "{m}");
+    // A deployment (invalidate everything) goes cluster-wide too.
+    for n in &nodes {
+        n.cache_status("/cached?cc=max-age=600&deploy=1").await;
+    }
+    let (code, text) = nodes[2].f().admin_call("POST", "/api/v1/deployments", "").await;
+    assert_eq!(code, 202, "{text}");
+    assert!(text.contains("\"completed\""), "{text}");
+    for n in &nodes {
+        assert!(n.cache_status("/cached?cc=max-age=600&deploy=1").await.contains("fwd=miss"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_replays_what_it_missed_or_drops_its_cache() {
+    let Some(redis) = Redis::start("restart") else { return };
+    let app = DemoApp::start("origin");
+    let disk = "[cache]\ndisk = { path = \"cache\", size = \"64MiB\" }\n\n";
+    let mut a = Node::new("a", &redis.url(), &[&app], "", CACHED_ROUTE);
+    let mut b = Node::new("b", &redis.url(), &[&app], "", &format!("{disk}{CACHED_ROUTE}"));
+    a.up(&[&app]).await;
+    b.up(&[&app]).await;
+    for q in ["tag=gone&x=1", "tag=kept&x=2", "tag=third&x=3"] {
+        b.cache_status(&format!("/cached?cc=max-age=600&{q}")).await;
+    }
+    eventually(Duration::from_secs(10), "objects written to disk", || async {
+        get(&b.f().admin("/metrics")).await.1.contains("flotilla_cache_disk_objects 3")
+    })
+    .await;
+    b.stop();
+
+    // While b is down: it is not waited for, and the invalidation is in the stream for it.
+    let answer = a.invalidate("{\"tags\":[\"gone\"]}").await;
+    assert_eq!(answer["status"], "completed", "{answer}");
+    assert_eq!(names(&answer["cluster"]["applied"]), ["a"], "{answer}");
+    b.up(&[&app]).await;
+    assert!(b.cache_status("/cached?cc=max-age=600&tag=gone&x=1").await.contains("fwd=miss"), "replayed on restart");
+    let kept = b.cache_status("/cached?cc=max-age=600&tag=kept&x=2").await;
+    assert!(kept.starts_with("flotilla; hit"), "the disk cache survived the restart: {kept}");
+
+    // Down again, and the stream is trimmed past b's last id: b cannot know what it missed.
+    b.stop();
+    a.invalidate("{\"tags\":[\"elsewhere\"]}").await;
+    let key = "flotilla:invalidations";
+    assert_eq!(redis.cli(&["XTRIM", key, "MAXLEN", "0"]), "2");
+    b.up(&[&app]).await;
+    let third = b.cache_status("/cached?cc=max-age=600&tag=third&x=3").await;
+    assert!(third.contains("fwd=miss"), "history lost: the whole cache must go: {third}");
+    let m = get(&b.f().admin("/metrics")).await.1;
+    assert!(m.contains("flotilla_cluster_cache_drops_total 1"), "{m}");
+    assert!(b.f().log().contains("dropping the whole cache"), "{}", b.f().log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_node_catches_up_when_the_partition_heals() {
+    let Some(redis) = Redis::start("partition") else { return };
+    let app = DemoApp::start("origin");
+    let proxy = Partition::start(redis.port).await;
+    let wait = "invalidation_wait = \"3s\"";
+    let mut a = Node::new("a", &redis.url(), &[&app], wait, CACHED_ROUTE);
+    let mut c = Node::new("c", &format!("redis://127.0.0.1:{}/0", proxy.port), &[&app], wait, CACHED_ROUTE);
+    a.up(&[&app]).await;
+    c.up(&[&app]).await;
+    wait_members(&a, 2).await;
+    let p1 = "/cached?cc=max-age=600&tag=p1";
+    let p2 = "/cached?cc=max-age=600&tag=p2";
+    for n in [&a, &c] {
+        n.cache_status(p1).await;
+        n.cache_status(p2).await;
+    }
+
+    proxy.set_cut(true);
+    // a does not hang on c: once c's heartbeat lapses it is no longer waited for.
+    let answer = a.invalidate("{\"tags\":[\"p1\"]}").await;
+    assert!(!names(&answer["cluster"]["applied"]).contains(&"c".to_string()), "{answer}");
+    assert!(answer["cluster"]["wait_ms"].as_f64().unwrap() <= 3_500.0, "{answer}");
+    // c really is cut off: it still serves the object invalidated elsewhere.
+    assert!(c.cache_status(p1).await.starts_with("flotilla; hit"));
+    // An invalidation taken by c while cut off is applied there and journaled.
+    let local = c.invalidate("{\"tags\":[\"p2\"]}").await;
+    assert_eq!(local["status"], "local", "{local}");
+    assert_eq!(local["cluster"]["journaled"], 1, "{local}");
+    assert!(c.cache_status(p2).await.contains("fwd=miss"));
+    assert!(a.cache_status(p2).await.starts_with("flotilla; hit"));
+    let m = get(&c.f().admin("/metrics")).await.1;
+    assert!(m.contains("flotilla_cluster_invalidations_journaled 1"), "{m}");
+
+    proxy.set_cut(false);
+    // c catches up on p1, and a receives c's journaled p2.
+    eventually(Duration::from_secs(20), "c applies the invalidation it missed", || async {
+        c.cache_status(p1).await.contains("fwd=miss")
+    })
+    .await;
+    eventually(Duration::from_secs(20), "c's journaled invalidation reaches a", || async {
+        a.cache_status(p2).await.contains("fwd=miss")
+    })
+    .await;
+    let cluster = wait_members(&a, 2).await;
+    assert_eq!(cluster["invalidations_journaled"], 0, "{cluster}");
+    let m = get(&c.f().admin("/metrics")).await.1;
+    assert!(m.contains("flotilla_cluster_invalidations_journaled 0"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_across_nodes_and_falls_back_to_shares_without_redis() {
+    let Some(mut redis) = Redis::start("ratelimit") else { return };
+    let app = DemoApp::start("origin");
+    // Ten requests, then one a minute: nothing refills during the test.
+    let route = "[[routes]]\npath = \"/*\"\ntarget_group = \"web\"\nrate_limit = { rate = \"1/min\", burst = 9, key = \"header:X-Api-Key\" }\n\n";
+    let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| Node::new(n, &redis.url(), &[&app], "", route)).collect();
+    for n in &mut nodes {
+        n.up(&[&app]).await;
+    }
+    wait_members(&nodes[0], 3).await;
+    let http = client();
+    let mut passed = 0;
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let n = &nodes[i % 3];
+        let (s, _, _) = request(&http, "GET", &n.f().url("/whoami"), &[("x-api-key", "k1")], "").await.unwrap();
+        statuses.push(s);
+        passed += usize::from(s == 200);
+    }
+    assert_eq!(passed, 9, "one burst of 9 across all three nodes: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+
+    // Redis gone: every node keeps answering, enforcing a third of the limit on its own.
+    redis.stop();
+    let mut per_node = Vec::new();
+    for n in &nodes {
+        let mut ok = 0;
+        for _ in 0..10 {
+            let (s, _, _) = request(&http, "GET", &n.f().url("/whoami"), &[("x-api-key", "k2")], "").await.unwrap();
+            assert!(s == 200 || s == 429, "{s}");
+            ok += usize::from(s == 200);
+        }
+        per_node.push(ok);
+    }
+    assert_eq!(per_node, [3, 3, 3], "each node allows its share of the burst of 9");
+    let m = get(&nodes[0].f().admin("/metrics")).await.1;
+    let fallbacks = m
+        .lines()
+        .find(|l| l.starts_with("flotilla_cluster_ratelimit_fallbacks_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap();
+    assert!(fallbacks >= 10, "{m}");
+    assert!(nodes[0].f().log().contains("rate limits fall back to this node's share"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_cookie_set_by_one_node_is_honoured_by_another() {
+    let Some(redis) = Redis::start("sticky") else { return };
+    let apps = [DemoApp::start("s1"), DemoApp::start("s2"), DemoApp::start("s3")];
+    let refs: Vec<&DemoApp> = apps.iter().collect();
+    let route = "[[routes]]\npath = \"/*\"\ntarget_group = \"web\"\n\n";
+    let sticky = "stickiness = { enabled = true, cookie = \"lb\", duration = \"1h\" }\n";
+    let make = |name: &str| {
+        let mut n = Node::new(name, &redis.url(), &refs, "", route);
+        n.text = n.text.replace("[target_groups.web]\n", &format!("[target_groups.web]\n{sticky}"));
+        assert!(n.text.contains("stickiness"), "{}", n.text);
+        n
+    };
+    let (mut a, mut b) = (make("a"), make("b"));
+    a.up(&refs).await;
+    b.up(&refs).await;
+    let http = client();
+    let (_, h, first) = request(&http, "GET", &a.f().url("/whoami"), &[], "").await.unwrap();
+    let set = h.get("set-cookie").expect("sticky cookie").to_str().unwrap().to_string();
+    let cookie = set.split(';').next().unwrap().to_string();
+    assert!(!cookie.contains("127.0.0.1"), "the cookie must not reveal the address: {cookie}");
+    for _ in 0..12 {
+        let (_, h, body) = request(&http, "GET", &b.f().url("/whoami"), &[("cookie", &cookie)], "").await.unwrap();
+        assert_eq!(body, first, "node b must send a's sticky client to the same target");
+        assert!(h.get("set-cookie").is_none(), "b honours the cookie, it does not replace it");
+    }
+    // A forged value is not honoured (and is replaced).
+    let (_, h, _) =
+        request(&http, "GET", &b.f().url("/whoami"), &[("cookie", "lb=0123456789abcdef01234567")], "").await.unwrap();
+    assert!(h.get("set-cookie").is_some());
+    drop(redis);
+}
+
+/// Without `[cluster]` nothing about Redis exists: the cluster endpoint says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_has_no_cluster() {
+    let app = DemoApp::start("origin");
+    let f = Flotilla::start("no-cluster", &(CACHED_ROUTE.to_string() + BEHAVIOR + &group_toml("web", &[&app], "")));
+    let (code, body) = get(&f.admin("/api/v1/cluster")).await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("not part of a cluster"));
+    let m = get(&f.admin("/metrics")).await.1;
+    assert!(!m.contains("flotilla_cluster_"), "{m}");
+}
