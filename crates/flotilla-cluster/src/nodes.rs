@@ -190,8 +190,10 @@ pub(crate) async fn leave(cluster: &Cluster) {
 }
 
 impl Cluster {
-    /// What `GET /api/v1/cluster` shows: every live node with its lag behind the stream's head,
-    /// nodes whose config differs from this one's flagged. Without Redis, this node alone.
+    /// What `GET /api/v1/cluster` shows: every live node, with the last invalidation it applied
+    /// (from its ack key, fresher than its heartbeat) and how long the oldest invalidation it
+    /// has not applied has been waiting; nodes whose config differs from this one's flagged.
+    /// Without Redis, this node alone.
     pub async fn status(&self) -> serde_json::Value {
         let (nodes, redis_error) = match self.fetch_nodes().await {
             Ok(n) => (n, None),
@@ -199,28 +201,31 @@ impl Cluster {
         };
         let head = self.stream_head().await;
         let now = now_ms();
-        let rows: Vec<serde_json::Value> = nodes
-            .iter()
-            .map(|n| {
-                let applied = crate::StreamId::parse(&n.applied).unwrap_or_default();
-                let behind = head.is_some_and(|h| applied < h);
-                serde_json::json!({
-                    "name": n.name,
-                    "address": n.address,
-                    "version": n.version,
-                    "config_hash": n.config_hash,
-                    "config_differs": n.config_hash != self.identity.config_hash,
-                    "started_ms": n.started_ms,
-                    "last_heartbeat_ms": n.heartbeat_ms,
-                    "heartbeat_age_ms": now.saturating_sub(n.heartbeat_ms),
-                    "applied": n.applied,
-                    "behind": behind,
-                    "lag_ms": match head { Some(h) if behind => h.ms.saturating_sub(applied.ms), _ => 0 },
-                    "leads": n.leads,
-                    "this": n.name == self.cfg.node,
-                })
-            })
-            .collect();
+        let mut rows = Vec::new();
+        for n in &nodes {
+            let applied = self.acked(&n.name).await.max(crate::StreamId::parse(&n.applied).unwrap_or_default());
+            let behind = head.is_some_and(|h| applied < h);
+            let lag_ms = match behind {
+                true => self.oldest_after(applied).await.map_or(0, |id| now.saturating_sub(id.ms)),
+                false => 0,
+            };
+            rows.push(serde_json::json!({
+                "name": n.name,
+                "address": n.address,
+                "version": n.version,
+                "config_hash": n.config_hash,
+                "config_differs": n.config_hash != self.identity.config_hash,
+                "started_ms": n.started_ms,
+                "last_heartbeat_ms": n.heartbeat_ms,
+                "heartbeat_age_ms": now.saturating_sub(n.heartbeat_ms),
+                "applied": applied.to_string(),
+                "behind": behind,
+                "lag_ms": lag_ms,
+                "leads": n.leads,
+                "connected": n.connected,
+                "this": n.name == self.cfg.node,
+            }));
+        }
         serde_json::json!({
             "node": self.cfg.node,
             "redis": { "url": self.cfg.redis.url, "up": redis_error.is_none(), "error": redis_error },
@@ -228,6 +233,31 @@ impl Cluster {
             "invalidations_journaled": self.invalidations.journal_len(),
             "nodes": rows,
         })
+    }
+
+    /// The last id `node` acknowledged (its ack key), or zero.
+    async fn acked(&self, node: &str) -> crate::StreamId {
+        let mut conn = self.conn.clone();
+        let key = format!("{}{node}", self.keys.ack_prefix);
+        let v: Option<String> = within(redis::cmd("GET").arg(key).query_async(&mut conn)).await.ok().flatten();
+        v.as_deref().and_then(crate::StreamId::parse).unwrap_or_default()
+    }
+
+    /// The first invalidation after `id` (the oldest one a node at `id` has not applied).
+    async fn oldest_after(&self, id: crate::StreamId) -> Option<crate::StreamId> {
+        let mut conn = self.conn.clone();
+        let next: Vec<(String, Vec<(String, String)>)> = within(
+            redis::cmd("XRANGE")
+                .arg(&self.keys.invalidations)
+                .arg(format!("({id}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn),
+        )
+        .await
+        .ok()?;
+        next.first().and_then(|(id, _)| crate::StreamId::parse(id))
     }
 
     /// The id of the newest invalidation in the stream, if Redis answers and there is one.
