@@ -217,7 +217,12 @@ pub struct CacheConfig {
     pub max_object: u64,
     /// The disk tier (`disk = { path, size }`), which survives restarts.
     pub disk: Option<DiskCacheConfig>,
+    /// Shield tier: another Flotilla node that cached routes' misses ask before the origin.
+    pub parent: Option<std::net::SocketAddr>,
 }
+
+/// The name of the target group the edge builds for `cache.parent` (reserved).
+pub const SHIELD_GROUP: &str = "flotilla-shield";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskCacheConfig {
@@ -228,7 +233,7 @@ pub struct DiskCacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { memory: 256 << 20, max_object: 8 << 20, disk: None }
+        Self { memory: 256 << 20, max_object: 8 << 20, disk: None, parent: None }
     }
 }
 

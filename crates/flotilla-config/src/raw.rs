@@ -156,6 +156,7 @@ pub(crate) struct RawCache {
     pub memory: Option<S<SizeLit>>,
     pub max_object: Option<S<SizeLit>>,
     pub disk: Option<S<RawDisk>>,
+    pub parent: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -582,3 +582,17 @@ fn cluster_errors_name_line_and_key() {
         &["flotilla.toml:1:1: [cluster] needs redis, e.g. redis = \"redis://127.0.0.1:6379/0\""],
     );
 }
+
+#[test]
+fn cache_parent_is_an_http_address_and_reserves_the_shield_group() {
+    let c = ok("[cache]\nparent = \"http://127.0.0.1:8081/\"\n");
+    assert_eq!(c.cache.parent, Some("127.0.0.1:8081".parse().unwrap()));
+    check_err(
+        "[cache]\nparent = \"https://edge:443\"\n",
+        &["flotilla.toml:2:10: cache.parent: \"https://edge:443\" must be http://host:port (another Flotilla node's edge)"],
+    );
+    check_err(
+        "[cache]\nparent = \"http://127.0.0.1:8081\"\n\n[target_groups.flotilla-shield]\ntargets = [\"127.0.0.1:1\"]\n",
+        &["flotilla.toml:4:16: target group name \"flotilla-shield\" is reserved for cache.parent"],
+    );
+}

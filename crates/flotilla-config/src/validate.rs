@@ -159,6 +159,11 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
     let budget = raw.budget.as_ref().and_then(|b| crate::validate_watch::budget(cx, b, &notifiers, &groups));
     let images = raw.images.as_ref().and_then(|i| crate::validate_images::images(cx, i, &target_groups));
     let cluster = raw.cluster.as_ref().and_then(|c| crate::validate_cluster::cluster(cx, c));
+    if let (Some(_), Some((name, _))) =
+        (cache.parent, raw.target_groups.iter().find(|(n, _)| n.get_ref() == crate::SHIELD_GROUP))
+    {
+        cx.err(name, format!("target group name {:?} is reserved for cache.parent", crate::SHIELD_GROUP));
+    }
     // Every node signs sticky cookies with the cluster's secret, so each honours the others'.
     let secret = cluster.as_ref().and_then(|c| c.secret.clone());
     for tg in target_groups.values_mut() {
@@ -604,10 +609,21 @@ fn cache(cx: &mut Ctx<'_>, raw: &S<RawCache>) -> CacheConfig {
         }
         Some(DiskCacheConfig { path: cx.base_dir.join(path.get_ref()), size })
     });
+    let parent = r.parent.as_ref().and_then(|p| match p.get_ref().strip_prefix("http://") {
+        Some(rest) => cx.socket_addr(&S::new(p.span(), rest.trim_end_matches('/').to_string()), "cache.parent"),
+        None => {
+            cx.err(
+                p,
+                format!("cache.parent: {:?} must be http://host:port (another Flotilla node's edge)", p.get_ref()),
+            );
+            None
+        }
+    });
     let c = CacheConfig {
         memory: cx.size(&r.memory, "cache.memory", d.memory),
         max_object: cx.size(&r.max_object, "cache.max_object", d.max_object),
         disk,
+        parent,
     };
     if c.memory < 1 << 20 {
         if let Some(m) = &r.memory {

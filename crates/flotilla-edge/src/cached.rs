@@ -277,7 +277,11 @@ pub(crate) async fn serve(
     let revalidating = stale.as_ref().is_some_and(|s| add_validators(req.headers_mut(), s));
     let request_time = SystemTime::now();
     let head = req.method() == Method::HEAD;
-    let resp = match origin(cx, req, out).await {
+    let fetched = match crate::shield::via_parent(&cx, &req, out).await {
+        Some(resp) => Ok(resp),
+        None => origin(cx, req, out).await,
+    };
+    let resp = match fetched {
         Ok(r) => r,
         Err(e) => {
             if let Some(s) = stale.as_ref().filter(|s| s.freshness.usable_on_error(SystemTime::now())) {

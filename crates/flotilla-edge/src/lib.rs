@@ -21,6 +21,7 @@ mod policy;
 mod pool;
 mod proxy;
 mod route;
+mod shield;
 mod target;
 mod tls;
 mod upgrade;
@@ -58,6 +59,8 @@ pub(crate) struct Runtime {
     limits: Limits,
     /// `[images]`, when configured.
     images: Option<Arc<images::ImageService>>,
+    /// The cache parent's target group (`cache.parent`), when configured.
+    shield: Option<Arc<TargetGroup>>,
 }
 
 pub(crate) struct Shared {
@@ -215,7 +218,11 @@ impl Edge {
 
     fn apply(&self, cfg: &Config, current: &HashMap<String, Arc<TargetGroup>>) {
         let mut groups = HashMap::new();
-        for (name, gcfg) in &cfg.target_groups {
+        let mut configs = cfg.target_groups.clone();
+        if let Some(parent) = cfg.cache.parent {
+            configs.insert(flotilla_config::SHIELD_GROUP.into(), shield::group_config(parent));
+        }
+        for (name, gcfg) in &configs {
             let g = match current.get(name) {
                 Some(g) => {
                     g.reconfigure(gcfg.clone());
@@ -241,6 +248,7 @@ impl Edge {
         rt.routes = route::Routes::new(&cfg.routes, &groups, &cfg.cache_behaviors, &self.shared.metrics);
         rt.images =
             cfg.images.as_ref().and_then(|i| images::ImageService::new(i, &groups, &self.shared.metrics)).map(Arc::new);
+        rt.shield = groups.get(flotilla_config::SHIELD_GROUP).cloned();
         rt.groups = groups;
         self.shared.runtime.store(Arc::new(rt));
     }
@@ -387,6 +395,7 @@ impl Runtime {
             timeouts: cfg.edge.timeouts.clone(),
             limits: cfg.edge.limits.clone(),
             images: None,
+            shield: None,
         }
     }
 }

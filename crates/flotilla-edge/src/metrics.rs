@@ -78,6 +78,9 @@ pub struct EdgeMetrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub cache: Family<CacheLabels, Counter>,
     pub cache_invalidations: Counter,
+    /// Cached-route misses the cache parent answered / skipped to the origin (parent down).
+    pub shield_parent: Counter,
+    pub shield_fallbacks: Counter,
     pub rate_limited: Family<RouteLabels, Counter>,
     pub cache_invalidation_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     pub cache_bytes_served: Family<CacheBytesLabels, Counter>,
@@ -109,6 +112,8 @@ impl EdgeMetrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let cache = Family::<CacheLabels, Counter>::default();
         let cache_invalidations = Counter::default();
+        let shield_parent = Counter::default();
+        let shield_fallbacks = Counter::default();
         let rate_limited = Family::<RouteLabels, Counter>::default();
         let cache_invalidation_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         let cache_bytes_served = Family::<CacheBytesLabels, Counter>::default();
@@ -151,6 +156,16 @@ impl EdgeMetrics {
             cache.clone(),
         );
         registry.register("cache_invalidations", "Invalidation requests applied", cache_invalidations.clone());
+        registry.register(
+            "cache_shield_parent",
+            "Cached-route misses answered by the cache parent",
+            shield_parent.clone(),
+        );
+        registry.register(
+            "cache_shield_fallbacks",
+            "Cached-route misses sent straight to the origin because the cache parent was down",
+            shield_fallbacks.clone(),
+        );
         registry.register("rate_limited", "Requests refused with 429 by a route's rate limit", rate_limited.clone());
         registry.register(
             "cache_invalidation_seconds",
@@ -208,6 +223,8 @@ impl EdgeMetrics {
             errors,
             cache,
             cache_invalidations,
+            shield_parent,
+            shield_fallbacks,
             rate_limited,
             cache_invalidation_seconds,
             cache_bytes_served,

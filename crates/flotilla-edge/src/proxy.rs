@@ -145,6 +145,13 @@ async fn forward(
         }
         None => String::new(),
     };
+    if req.uri().path() == crate::shield::HEALTH_PATH {
+        // A child edge's health check of this node as its cache parent: answered by the edge
+        // itself so checks never reach an origin.
+        let mut resp = small(StatusCode::OK, "ok\n".into());
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(resp);
+    }
     if !conn.tls {
         // ACME HTTP-01 (RFC 8555 §8.3): answered here, before the HTTPS redirect and routing,
         // so neither can send the CA elsewhere.

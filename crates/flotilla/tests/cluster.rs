@@ -448,3 +448,65 @@ async fn a_single_node_has_no_cluster() {
     let m = get(&f.admin("/metrics")).await.1;
     assert!(!m.contains("flotilla_cluster_"), "{m}");
 }
+
+/// CloudFront's Origin Shield: three edges whose cached routes ask one parent node first. A burst
+/// of misses for the same object on all three costs the origin one request; with the parent
+/// killed, the edges go straight to the origin and no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_edges_behind_a_shield_cost_the_origin_one_request_per_object() {
+    let app = DemoApp::start("origin");
+    let body = format!("{BEHAVIOR}{CACHED_ROUTE}{}", group_toml("web", &[&app], ""));
+    let mut parent = Flotilla::start("shield-parent", &body);
+    parent.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let child_body = format!("[cache]\nparent = \"http://127.0.0.1:{}\"\n\n{body}", parent.port);
+    let children: Vec<Flotilla> = (0..3).map(|i| Flotilla::start(&format!("shield-child-{i}"), &child_body)).collect();
+    let parent_addr = format!("127.0.0.1:{}", parent.port);
+    for c in &children {
+        c.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+        c.wait_target_state("flotilla-shield", &parent_addr, "healthy", Duration::from_secs(10)).await;
+    }
+    let http = client();
+    for obj in 0..3 {
+        // The origin takes 300 ms, so the 30 requests overlap: each child coalesces its ten into
+        // one request to the parent, and the parent coalesces the three into one origin fetch.
+        let path = format!("/cached?cc=max-age=600&ms=300&obj={obj}");
+        let mut burst = Vec::new();
+        for i in 0..30 {
+            let url = children[i % 3].url(&path);
+            let http = http.clone();
+            burst.push(tokio::spawn(async move { request(&http, "GET", &url, &[], "").await.unwrap() }));
+        }
+        let mut bodies = std::collections::BTreeSet::new();
+        for r in burst {
+            let (status, _, body) = r.await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            bodies.insert(body);
+        }
+        assert_eq!(bodies.len(), 1, "one origin response for object {obj}, got {bodies:?}");
+    }
+    let m = get(&parent.admin("/metrics")).await.1;
+    assert!(m.contains("flotilla_cache_requests_total{behavior=\"main\",result=\"miss\"} 3"), "{m}");
+    for c in &children {
+        let m = get(&c.admin("/metrics")).await.1;
+        assert!(m.contains("flotilla_cache_shield_parent_total 3"), "{m}");
+        assert!(m.contains("flotilla_cache_shield_fallbacks_total 0"), "{m}");
+    }
+
+    // The parent dies: misses go to the origin, nothing fails.
+    parent.proc.kill9();
+    for i in 0..30 {
+        let c = &children[i % 3];
+        let (status, _, body) =
+            request(&http, "GET", &c.url(&format!("/cached?cc=max-age=600&after={i}")), &[], "").await.unwrap();
+        assert_eq!(status, 200, "request {i} failed with the parent down: {body}");
+    }
+    for c in &children {
+        let m = get(&c.admin("/metrics")).await.1;
+        let fallbacks = m
+            .lines()
+            .find(|l| l.starts_with("flotilla_cache_shield_fallbacks_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap();
+        assert_eq!(fallbacks, 10, "{m}");
+    }
+}

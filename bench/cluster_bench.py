@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Cluster benchmark: three flotilla nodes sharing one real redis-server on loopback.
+
+1. Invalidation propagation: 1,000 invalidations, each POSTed to one of the three nodes in turn;
+   the admin API answers only once every live node has acknowledged it, so the client-side time
+   is "from the request to the last node's ack". Prints p50/p99/max (and the server-side wait).
+2. Rate-limit decisions per second: wrk against one node on a route whose limit is never reached
+   (every request is a decision, every decision an allow), once with the limit in Redis (one Lua
+   call per request) and once local (no [cluster]). flotilla on CPU 1, wrk and redis on CPU 0;
+   prints req/s, latency and flotilla's CPU per request for both.
+
+Usage: bench/cluster.sh [--invalidations 1000] [--duration 8]   (loopback only)
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proxy_bench import parse_wrk, wait_port  # noqa: E402
+
+REDIS_PORT = 18379
+EDGE_PORTS = [18181, 18182, 18183]
+ADMIN_PORTS = [18191, 18192, 18193]
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def node_config(i, d, cluster):
+    cl = (f'[cluster]\nnode = "n{i}"\nredis = "redis://127.0.0.1:{REDIS_PORT}/0"\nsecret = "bench"\n'
+          if cluster else "")
+    return f"""
+[edge]
+listen = ["127.0.0.1:{EDGE_PORTS[i]}"]
+access_log = false
+workers = 1
+[admin]
+listen = "127.0.0.1:{ADMIN_PORTS[i]}"
+token = "bench"
+{cl}
+[cache_behaviors.main]
+default_ttl = "1h"
+[[routes]]
+path = "/*"
+origin = "files:{d}/www"
+rate_limit = {{ rate = 1000000, burst = 1000000, key = "ip" }}
+"""
+
+
+def start_node(binary, d, i, cluster, cpu=None):
+    path = f"{d}/n{i}-{'c' if cluster else 'l'}.toml"
+    open(path, "w").write(node_config(i, d, cluster))
+    cmd = ([ "taskset", "-c", str(cpu)] if cpu is not None else []) + [binary, "up", "--config", path]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(f"{d}/n{i}.err", "a"),
+                         env=dict(os.environ, FLOTILLA_LOG="warn"))
+    wait_port(EDGE_PORTS[i])
+    wait_port(ADMIN_PORTS[i])
+    return p
+
+
+def post(port, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/invalidations", data=body.encode(),
+                                 headers={"authorization": "Bearer bench"}, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p / 100))]
+
+
+def propagation(binary, d, n):
+    nodes = [start_node(binary, d, i, True) for i in range(3)]
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORTS[0]}/api/v1/cluster") as r:
+                if len(json.loads(r.read())["nodes"]) == 3:
+                    break
+            time.sleep(0.1)
+        for i in range(20):  # warm connections
+            post(ADMIN_PORTS[i % 3], json.dumps({"tags": [f"warm{i}"]}))
+        client, server, incomplete = [], [], 0
+        for i in range(n):
+            t0 = time.perf_counter()
+            a = post(ADMIN_PORTS[i % 3], json.dumps({"tags": [f"t{i}"]}))
+            client.append((time.perf_counter() - t0) * 1000)
+            server.append(a["cluster"]["wait_ms"])
+            if a["status"] != "completed" or len(a["cluster"]["applied"]) != 3:
+                incomplete += 1
+        print(f"\n## Invalidation propagation, 3 nodes, {n} invalidations (request -> last node's ack)\n")
+        print("| measure | p50 ms | p99 ms | max ms |")
+        print("|---|---:|---:|---:|")
+        print(f"| client: request to answer | {pct(client, 50):.2f} | {pct(client, 99):.2f} | {max(client):.2f} |")
+        print(f"| server: publish to last ack | {pct(server, 50):.2f} | {pct(server, 99):.2f} | {max(server):.2f} |")
+        print(f"\nnot acknowledged by all three: {incomplete}")
+    finally:
+        for p in nodes:
+            p.terminate()
+            p.wait()
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def decisions(binary, d, duration):
+    rows = []
+    for cluster in (True, False):
+        p = start_node(binary, d, 0, cluster, cpu=1)
+        try:
+            time.sleep(1.0)
+            url = f"http://127.0.0.1:{EDGE_PORTS[0]}/small.txt"
+            subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c32", "-d2s", url], capture_output=True)
+            pid = int(subprocess.run(["pgrep", "-f", f"n0-{'c' if cluster else 'l'}.toml"], capture_output=True,
+                                     text=True).stdout.split()[-1])
+            c0 = cpu_ticks(pid)
+            out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c32", f"-d{duration}s", "--latency", url],
+                                 capture_output=True, text=True).stdout
+            c1 = cpu_ticks(pid)
+            rps, total, p50, p99, non2xx, sock = parse_wrk(out)
+            cpu_us = (c1 - c0) / TICK / max(total, 1) * 1e6
+            rows.append(("Redis (cluster)" if cluster else "local (no cluster)", rps, p50, p99, cpu_us, non2xx))
+        finally:
+            p.terminate()
+            p.wait()
+    print(f"\n## Rate-limit decisions per second (every request a decision; flotilla on CPU 1, {duration}s)\n")
+    print("| limiter | req/s | p50 ms | p99 ms | flotilla CPU µs/req | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, rps, p50, p99, cpu, bad in rows:
+        print(f"| {name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:.1f} | {bad} |")
+    print(f"\nRedis / local: {rows[0][1] / rows[1][1]:.2f}x req/s, {rows[0][4] / rows[1][4]:.2f}x CPU per request")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--invalidations", type=int, default=1000)
+    ap.add_argument("--duration", type=int, default=8)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        os.makedirs(f"{d}/www")
+        open(f"{d}/www/small.txt", "w").write("x" * 100)
+        redis = subprocess.Popen(["taskset", "-c", "0", "redis-server", "--port", str(REDIS_PORT), "--bind",
+                                  "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d],
+                                 stdout=subprocess.DEVNULL)
+        wait_port(REDIS_PORT)
+        try:
+            propagation(args.binary, d, args.invalidations)
+            decisions(args.binary, d, args.duration)
+        finally:
+            redis.terminate()
+            redis.wait()
+
+
+if __name__ == "__main__":
+    main()
