@@ -82,8 +82,24 @@ pub enum LaunchDriver {
     /// every argument; a leading `flotilla` means this very binary.
     Process { command: Vec<String>, workdir: Option<PathBuf> },
     /// A container from a local image, its `port` published on 127.0.0.1 only. `command`
-    /// overrides the image's CMD (same placeholders).
-    Docker { image: String, port: u16, command: Option<Vec<String>>, cpus: Option<f64>, memory: Option<u64> },
+    /// overrides the image's CMD (same placeholders). With `swarm`, each instance is a Docker
+    /// Swarm service of one task instead (`driver = "swarm"`), placed by Swarm anywhere in the
+    /// swarm that the constraints allow, its port published in host mode.
+    Docker {
+        image: String,
+        port: u16,
+        command: Option<Vec<String>>,
+        cpus: Option<f64>,
+        memory: Option<u64>,
+        swarm: Option<SwarmPlacement>,
+    },
+}
+
+/// Where Swarm may place a `driver = "swarm"` group's tasks.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SwarmPlacement {
+    /// Swarm placement constraints, e.g. `node.labels.zone==a`.
+    pub constraints: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

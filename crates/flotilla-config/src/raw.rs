@@ -445,6 +445,7 @@ pub(crate) struct RawLaunch {
     pub port: Option<S<i64>>,
     pub cpus: Option<S<Num>>,
     pub memory: Option<S<SizeLit>>,
+    pub constraints: Option<S<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

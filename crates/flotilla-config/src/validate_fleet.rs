@@ -152,9 +152,10 @@ fn launch(cx: &mut Ctx<'_>, name: &str, raw: &S<RawLaunch>) -> Option<LaunchConf
                 ("port", r.port.is_some()),
                 ("cpus", r.cpus.is_some()),
                 ("memory", r.memory.is_some()),
+                ("constraints", r.constraints.is_some()),
             ] {
                 if present {
-                    cx.err(raw, format!("{}: only the docker driver takes {field}", key(field)));
+                    cx.err(raw, format!("{}: only the docker and swarm drivers take {field}", key(field)));
                 }
             }
             LaunchDriver::Process {
@@ -162,14 +163,32 @@ fn launch(cx: &mut Ctx<'_>, name: &str, raw: &S<RawLaunch>) -> Option<LaunchConf
                 workdir: r.workdir.as_ref().map(|w| cx.base_dir.join(w.get_ref())),
             }
         }
-        Some((_, "docker")) => {
+        Some((_, driver @ ("docker" | "swarm"))) => {
             let Some(image) = &r.image else {
                 cx.err(
                     raw,
-                    format!("{} is required for driver = \"docker\" (a local image, e.g. \"app:1.4\")", key("image")),
+                    format!("{} is required for driver = \"{driver}\" (a local image, e.g. \"app:1.4\")", key("image")),
                 );
                 return None;
             };
+            let swarm = (driver == "swarm").then(|| SwarmPlacement {
+                constraints: r.constraints.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default(),
+            });
+            if let (None, Some(c)) = (&swarm, &r.constraints) {
+                cx.err(c, format!("{}: only the swarm driver takes constraints", key("constraints")));
+            }
+            if let Some(c) = r.constraints.as_ref().and_then(|c| {
+                c.get_ref().iter().find(|c| !c.contains("==") && !c.contains("!=")).map(|bad| (c, bad.clone()))
+            }) {
+                cx.err(
+                    c.0,
+                    format!(
+                        "{}: {:?} must be a Swarm constraint such as \"node.labels.zone==a\"",
+                        key("constraints"),
+                        c.1
+                    ),
+                );
+            }
             if let Some(w) = &r.workdir {
                 cx.err(w, format!("{}: only the process driver takes workdir", key("workdir")));
             }
@@ -194,10 +213,11 @@ fn launch(cx: &mut Ctx<'_>, name: &str, raw: &S<RawLaunch>) -> Option<LaunchConf
                 command: r.command.as_ref().map(|c| c.get_ref().clone()),
                 cpus,
                 memory,
+                swarm,
             }
         }
         Some((d, other)) => {
-            cx.err(d, format!("{}: unknown driver {other:?} (process, docker)", key("driver")));
+            cx.err(d, format!("{}: unknown driver {other:?} (process, docker, swarm)", key("driver")));
             return None;
         }
     };

@@ -82,7 +82,7 @@ impl Docker {
     }
 
     /// One call with a bounded answer; non-2xx becomes an error carrying Docker's message.
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, DockerError> {
+    pub(crate) async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, DockerError> {
         let fut = async {
             let resp = self.send(method, path, body).await?;
             let status = resp.status();
@@ -126,7 +126,7 @@ fn api(what: &str, message: String) -> DockerError {
     DockerError::Api { what: what.to_string(), message }
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
@@ -148,6 +148,8 @@ pub struct Spec {
     pub memory: Option<u64>,
     pub stop_timeout: Duration,
     pub stats_every: Duration,
+    /// `driver = "swarm"`: run as a Swarm service with these placement constraints.
+    pub swarm: Option<Vec<String>>,
 }
 
 /// A container instance as the reconcile loop sees it; the work happens in its task.
@@ -156,20 +158,25 @@ pub struct Container {
 }
 
 #[derive(Default)]
-struct Shared {
-    id: Mutex<Option<String>>,
-    exit: Mutex<Option<String>>,
-    stopping: AtomicBool,
-    stop: Notify,
+pub(crate) struct Shared {
+    pub id: Mutex<Option<String>>,
+    pub exit: Mutex<Option<String>>,
+    pub stopping: AtomicBool,
+    pub stop: Notify,
     /// Latest (cpu % of one core, memory bytes).
-    usage: Mutex<Option<(Option<f64>, u64)>>,
+    pub usage: Mutex<Option<(Option<f64>, u64)>>,
 }
 
 impl Container {
     /// Starts the container's task; failures show up as an exit with the reason.
     pub fn launch(docker: Docker, spec: Spec, instance: String) -> Self {
         let shared = Arc::new(Shared::default());
-        tokio::spawn(lifecycle(docker, spec, instance, shared.clone()));
+        match spec.swarm.clone() {
+            Some(constraints) => {
+                tokio::spawn(crate::swarm::lifecycle(docker, spec, constraints, instance, shared.clone()))
+            }
+            None => tokio::spawn(lifecycle(docker, spec, instance, shared.clone())),
+        };
         Self { shared }
     }
 
@@ -193,7 +200,7 @@ impl Container {
     }
 }
 
-fn set(slot: &Mutex<Option<String>>, v: String) {
+pub(crate) fn set(slot: &Mutex<Option<String>>, v: String) {
     *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
 }
 
@@ -225,17 +232,8 @@ async fn lifecycle(docker: Docker, spec: Spec, instance: String, shared: Arc<Sha
         }
         if Instant::now() >= next_stats {
             next_stats = Instant::now() + spec.stats_every;
-            if let Ok(s) = docker.call("GET", &format!("/containers/{id}/stats?stream=false&one-shot=true"), None).await
-            {
-                let total = s["cpu_stats"]["cpu_usage"]["total_usage"].as_u64().unwrap_or(0);
-                let mem = s["memory_stats"]["usage"].as_u64().unwrap_or(0);
-                let now = Instant::now();
-                let cpu = last_cpu.and_then(|(t, prev)| {
-                    let wall = now.duration_since(t).as_secs_f64();
-                    (wall > 0.0).then(|| total.saturating_sub(prev) as f64 / 1e9 / wall * 100.0)
-                });
-                last_cpu = Some((now, total));
-                *shared.usage.lock().unwrap_or_else(|e| e.into_inner()) = Some((cpu, mem));
+            if let Some(u) = sample_stats(&docker, &id, &mut last_cpu).await {
+                *shared.usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(u);
             }
         }
     };
@@ -249,6 +247,24 @@ async fn lifecycle(docker: Docker, spec: Spec, instance: String, shared: Arc<Sha
         tracing::warn!(instance = %instance, error = %e, "removing the container failed");
     }
     set(&shared.exit, ended.unwrap_or_else(|| "stopped".into()));
+}
+
+/// One stats sample: (cpu % of one core since the previous sample, memory bytes).
+pub(crate) async fn sample_stats(
+    docker: &Docker,
+    id: &str,
+    last_cpu: &mut Option<(Instant, u64)>,
+) -> Option<(Option<f64>, u64)> {
+    let s = docker.call("GET", &format!("/containers/{id}/stats?stream=false&one-shot=true"), None).await.ok()?;
+    let total = s["cpu_stats"]["cpu_usage"]["total_usage"].as_u64().unwrap_or(0);
+    let mem = s["memory_stats"]["usage"].as_u64().unwrap_or(0);
+    let now = Instant::now();
+    let cpu = last_cpu.and_then(|(t, prev)| {
+        let wall = now.duration_since(t).as_secs_f64();
+        (wall > 0.0).then(|| total.saturating_sub(prev) as f64 / 1e9 / wall * 100.0)
+    });
+    *last_cpu = Some((now, total));
+    Some((cpu, mem))
 }
 
 async fn create_and_start(docker: &Docker, spec: &Spec) -> Result<String, DockerError> {

@@ -258,14 +258,27 @@ pub(crate) async fn run(
             s.cfg.metrics_interval,
         )
     };
-    let (name, docker) = {
+    let (name, docker, swarm) = {
         let s = handle.lock();
-        (s.cfg.name.clone(), matches!(s.cfg.launch.driver, flotilla_config::LaunchDriver::Docker { .. }))
+        match &s.cfg.launch.driver {
+            flotilla_config::LaunchDriver::Docker { swarm, .. } => (s.cfg.name.clone(), true, swarm.is_some()),
+            _ => (s.cfg.name.clone(), false, false),
+        }
     };
     if docker {
         let d = crate::docker::Docker::default();
         if d.available().await {
             d.remove_stale(&name).await;
+            if swarm {
+                crate::swarm::remove_stale(&d, &name).await;
+                if !crate::swarm::is_manager(&d).await {
+                    handle.lock().record(
+                        "This Docker engine is not a Swarm manager".into(),
+                        "driver = \"swarm\" needs `docker swarm init` (or a manager's socket); launches fail and back off until it is one".into(),
+                        "failed",
+                    );
+                }
+            }
         } else {
             handle.lock().record(
                 "The Docker daemon is not reachable".into(),

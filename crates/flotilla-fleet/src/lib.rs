@@ -15,6 +15,7 @@ mod registrar;
 mod runner;
 mod schedule;
 pub mod simulate;
+mod swarm;
 mod termination;
 mod time;
 

@@ -30,7 +30,7 @@ impl Runner {
             LaunchDriver::Process { command, workdir } => process::spawn(command, workdir.as_deref(), &launch.env, p)
                 .map(|child| Runner::Process { child: Box::new(child), usage: Usage::default() })
                 .map_err(|e| format!("could not start the command: {e}")),
-            LaunchDriver::Docker { image, port, command, cpus, memory } => {
+            LaunchDriver::Docker { image, port, command, cpus, memory, swarm } => {
                 let mut env: std::collections::BTreeMap<String, String> =
                     launch.env.iter().map(|(k, v)| (k.clone(), p.apply(v))).collect();
                 env.insert("PORT".into(), port.to_string());
@@ -60,6 +60,7 @@ impl Runner {
                     memory: *memory,
                     stop_timeout: cx.stop_timeout,
                     stats_every: cx.stats_every,
+                    swarm: swarm.as_ref().map(|s| s.constraints.clone()),
                 };
                 Ok(Runner::Docker(Container::launch(Docker::default(), spec, p.instance.to_string())))
             }

@@ -13,7 +13,15 @@ pub async fn run(config: &Path, watch: bool) -> anyhow::Result<()> {
     loop {
         let text = admin_client::call_authorized(config, http::Method::GET, "/api/v1/dashboard", None).await?;
         let v: Value = serde_json::from_str(&text)?;
-        let out = render(&v);
+        let mut out = render(&v);
+        // A single node answers 404 here: no cluster section then.
+        let has_cluster = flotilla_config::load(config).is_ok_and(|c| c.cluster.is_some());
+        if has_cluster {
+            match admin_client::call(config, http::Method::GET, "/api/v1/cluster", None).await {
+                Ok(text) => out.push_str(&render_cluster(&serde_json::from_str(&text)?)),
+                Err(e) => out.push_str(&format!("\ncluster: {e}\n")),
+            }
+        }
         if watch {
             // Clear the screen and home the cursor, then draw.
             print!("\x1b[2J\x1b[H{out}");
@@ -25,6 +33,40 @@ pub async fn run(config: &Path, watch: bool) -> anyhow::Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
+}
+
+/// The cluster as `GET /api/v1/cluster` shows it: nodes, what they lead, how far behind the
+/// invalidation stream each is.
+fn render_cluster(v: &Value) -> String {
+    let mut o = String::new();
+    let redis = if v["redis"]["up"] == true {
+        "up".to_string()
+    } else {
+        format!("DOWN ({})", v["redis"]["error"].as_str().unwrap_or("?"))
+    };
+    let _ = writeln!(
+        o,
+        "\ncluster   redis {} {}   invalidations journaled {}",
+        v["redis"]["url"].as_str().unwrap_or("?"),
+        redis,
+        v["invalidations_journaled"]
+    );
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let leads: Vec<&str> = n["leads"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let _ = writeln!(
+            o,
+            "  {}{:<12} {:<22} applied {:<18} {}  heartbeat {} ms ago{}{}",
+            if n["this"] == true { "*" } else { " " },
+            n["name"].as_str().unwrap_or("?"),
+            n["address"].as_str().unwrap_or("?"),
+            n["applied"].as_str().unwrap_or("?"),
+            if n["behind"] == true { format!("lag {} ms", n["lag_ms"]) } else { "in step".into() },
+            n["heartbeat_age_ms"],
+            if leads.is_empty() { String::new() } else { format!("  leads {}", leads.join(", ")) },
+            if n["config_differs"] == true { "  CONFIG DIFFERS" } else { "" },
+        );
+    }
+    o
 }
 
 fn last(series: &Value) -> Option<f64> {
@@ -113,4 +155,27 @@ fn render(v: &Value) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_lines_name_lag_and_config_drift() {
+        let v = serde_json::json!({
+            "redis": { "url": "redis://127.0.0.1:6379/0", "up": true },
+            "invalidations_journaled": 0,
+            "nodes": [
+                { "name": "edge-1", "address": "127.0.0.1:9091", "applied": "5-0", "behind": false, "lag_ms": 0,
+                  "heartbeat_age_ms": 120, "leads": [], "config_differs": false, "this": true },
+                { "name": "edge-2", "address": "127.0.0.1:9092", "applied": "3-0", "behind": true, "lag_ms": 2500,
+                  "heartbeat_age_ms": 900, "leads": ["web"], "config_differs": true, "this": false },
+            ],
+        });
+        let out = render_cluster(&v);
+        assert!(out.contains("redis redis://127.0.0.1:6379/0 up"), "{out}");
+        assert!(out.contains("*edge-1") && out.contains("in step"), "{out}");
+        assert!(out.contains("lag 2500 ms") && out.contains("leads web") && out.contains("CONFIG DIFFERS"), "{out}");
+    }
 }

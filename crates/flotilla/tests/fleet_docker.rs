@@ -48,6 +48,11 @@ fn image() -> Option<&'static str> {
 
 /// A docker-driven group named `group` feeding the `web` target group behind `/*`.
 fn start(group: &str, keys: &str) -> Flotilla {
+    start_driver(group, keys, "docker")
+}
+
+/// Like `start`, with another container driver (`swarm`).
+fn start_driver(group: &str, keys: &str, driver: &str) -> Flotilla {
     let body = format!(
         r#"{ROUTE_ALL}{tg}
 [groups.{group}]
@@ -56,14 +61,44 @@ instance_warmup = "0s"
 stop_timeout = "3s"
 {keys}
 [groups.{group}.launch]
-driver = "docker"
+driver = "{driver}"
 image = "{IMAGE}"
 port = 8080
 command = ["demo-app", "--port", "{{port}}", "--bind", "0.0.0.0", "--id", "{{instance}}"]
 "#,
         tg = group_toml("web", &[], "deregistration_delay = \"3s\"")
     );
-    Flotilla::start(&format!("docker-{group}"), &body)
+    Flotilla::start(&format!("{driver}-{group}"), &body)
+}
+
+/// The image, on an engine that is a Swarm manager (`.ci/run` runs `docker swarm init`).
+fn swarm_image() -> Option<&'static str> {
+    let image = image()?;
+    let out = Command::new("docker").args(["info", "--format", "{{.Swarm.ControlAvailable}}"]).output().ok()?;
+    if String::from_utf8_lossy(&out.stdout).trim() != "true" {
+        eprintln!(
+            "skipping: this Docker engine is not a Swarm manager (run `docker swarm init --advertise-addr 127.0.0.1`)"
+        );
+        return None;
+    }
+    Some(image)
+}
+
+/// The Swarm services labelled with `group`.
+fn services(group: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["service", "ls", "-q", "--filter", &format!("label=flotilla.group={group}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
+}
+
+async fn wait_services(group: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while services(group).len() != n {
+        assert!(Instant::now() < deadline, "expected {n} Swarm services for {group}, have {:?}", services(group));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn group(f: &Flotilla, name: &str) -> Value {
@@ -256,4 +291,73 @@ async fn docker_unhealthy_container_is_replaced_and_cpu_load_scales_out() {
     load.stop().await;
     let act = get(&f.admin("/api/v1/groups/dcpu/activity")).await.1;
     assert!(act.contains("alarm: cpu > 40"), "{act}");
+}
+
+/// The swarm driver: a service of one task per instance (so Flotilla, not Swarm, chooses which
+/// instance a scale-in removes, and drains it first), scaled out, scaled in under load with no
+/// failed request, refreshed to a new launch template and rolled back from a broken image.
+#[tokio::test]
+async fn swarm_group_scales_refreshes_and_rolls_back() {
+    if swarm_image().is_none() {
+        return;
+    }
+    let mut f = start_driver("sw", "min = 1\ndesired = 2\nmax = 3\nhealth_check_grace = \"10s\"\n", "swarm");
+    let g = wait_group(&f, "sw", "2 Swarm tasks in service", |g| count(g, "in_service") == 2).await;
+    assert_eq!(services("sw").len(), 2, "one service per instance");
+    assert!(g["instances"][0]["container"].as_str().is_some_and(|c| c.len() == 12), "{g}");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let (status, body) = get(&f.url("/whoami")).await;
+        assert_eq!(status, 200);
+        seen.insert(body);
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["sw-0001", "sw-0002"]);
+
+    // Out to three, then in to one under load: the victims are drained before their services go.
+    let (status, body) = f.admin_call("PUT", "/api/v1/groups/sw/desired", "{\"desired\": 3}").await;
+    assert_eq!(status, 200, "{body}");
+    wait_group(&f, "sw", "3 in service", |g| count(g, "in_service") == 3).await;
+    wait_services("sw", 3).await;
+    let load = Load::start(&f.url("/slow?ms=200"), 2);
+    let (status, body) = f.admin_call("PUT", "/api/v1/groups/sw/desired", "{\"desired\": 1}").await;
+    assert_eq!(status, 200, "{body}");
+    wait_group(&f, "sw", "one instance left", |g| g["instances"].as_array().unwrap().len() == 1).await;
+    let (requests, failures) = load.stop().await;
+    assert!(requests > 0);
+    assert_eq!(failures, Vec::<String>::new(), "scale-in under load failed requests");
+    wait_services("sw", 1).await;
+
+    // A new launch template (v2), rolled out by Flotilla's refresh.
+    reload_replacing(&f, "\"--id\", \"{instance}\"", "\"--id\", \"v2-{instance}\"").await;
+    let (status, body) = f.admin_call("POST", "/api/v1/groups/sw/refresh", "{\"min_healthy_percentage\": 0}").await;
+    assert_eq!(status, 202, "{body}");
+    let g = wait_group(&f, "sw", "refresh to v2", |g| {
+        g["refresh"]["status"] == "successful" && count(g, "in_service") == 1
+    })
+    .await;
+    assert!(g["instances"].as_array().unwrap().iter().all(|i| i["launch_version"] == 2), "{g}");
+    assert!(get(&f.url("/whoami")).await.1.starts_with("v2-sw-"));
+    let labels = Command::new("docker")
+        .args(["service", "ls", "--filter", "label=flotilla.group=sw", "--format", "{{.Name}}"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&labels.stdout).lines().count(), 1);
+
+    // v3: an image no node has. Swarm rejects the task; the refresh rolls back to v2.
+    reload_replacing(&f, &format!("image = \"{IMAGE}\""), "image = \"flotilla-no-such-image:1\"").await;
+    let (status, body) = f.admin_call("POST", "/api/v1/groups/sw/refresh", "").await;
+    assert_eq!(status, 202, "{body}");
+    let g = wait_group(&f, "sw", "rollback to v2", |g| {
+        g["refresh"]["status"] == "rolled_back" && count(g, "in_service") == 1
+    })
+    .await;
+    assert_eq!(g["launch_version"], 2, "{g}");
+    assert_eq!(get(&f.url("/whoami")).await.0, 200);
+    let act = get(&f.admin("/api/v1/groups/sw/activity")).await.1;
+    assert!(act.contains("Swarm task") || act.contains("not running"), "{act}");
+
+    // SIGTERM: flotilla removes its services before exiting.
+    f.proc.signal("TERM");
+    assert_eq!(f.proc.wait_exit(Duration::from_secs(60)), Some(0));
+    assert_eq!(services("sw"), Vec::<String>::new());
 }

@@ -1,0 +1,215 @@
+//! The `swarm` driver: each instance is a Docker Swarm service of exactly one task.
+//!
+//! One service per instance, rather than one service scaled up and down, because Swarm picks its
+//! own victims when a service's replica count drops (the highest slots, by design arbitrary).
+//! With a service per instance Flotilla chooses the victim by its termination policy, drains it
+//! at the edge, and only then removes that service — scale-in costs no failed request. Refresh
+//! and rollback are Flotilla's, as with the other drivers. A service is created once and never
+//! updated, so no write ever races a stale version (Swarm's "update out of sequence").
+//!
+//! The task's port is published in host mode on the port Flotilla allocated, and the task is
+//! read back from Swarm (`/tasks`), the source of truth for what runs: its state, its error, its
+//! container (for stats). `Init` is set so a PID 1 that ignores SIGTERM does not hold each stop
+//! for the whole grace period. The daemon must run with `DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1`
+//! to start tasks from local-only images.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::docker::{set, urlencode, Docker, Shared, Spec};
+
+/// A task not running after this long (no node fits, image missing) counts as failed.
+const START_LIMIT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(500);
+
+/// Task states after which a task never runs again.
+const FINAL: [&str; 6] = ["complete", "shutdown", "failed", "rejected", "orphaned", "remove"];
+
+fn service_body(spec: &Spec, constraints: &[String]) -> Value {
+    let mut container = json!({
+        "Image": spec.image,
+        "Env": spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        "Labels": spec.labels,
+        "Init": true,
+        "StopGracePeriod": spec.stop_timeout.as_nanos() as u64,
+    });
+    if let Some(cmd) = &spec.command {
+        container["Args"] = json!(cmd);
+    }
+    let mut limits = json!({});
+    if let Some(c) = spec.cpus {
+        limits["NanoCPUs"] = json!((c * 1e9) as u64);
+    }
+    if let Some(m) = spec.memory {
+        limits["MemoryBytes"] = json!(m);
+    }
+    json!({
+        "Name": spec.name,
+        "Labels": spec.labels,
+        "TaskTemplate": {
+            "ContainerSpec": container,
+            "Resources": { "Limits": limits },
+            // Flotilla replaces failed instances itself (and counts them); Swarm must not.
+            "RestartPolicy": { "Condition": "none" },
+            "Placement": { "Constraints": constraints },
+        },
+        "Mode": { "Replicated": { "Replicas": 1 } },
+        "EndpointSpec": { "Ports": [{
+            "Protocol": "tcp",
+            "TargetPort": spec.container_port,
+            "PublishedPort": spec.host_port,
+            "PublishMode": "host",
+        }] },
+    })
+}
+
+/// The service's newest task: (state, error message, container id).
+async fn task(docker: &Docker, service: &str) -> Result<Option<(String, String, Option<String>)>, String> {
+    let filters = json!({ "service": [service] }).to_string();
+    let list = docker
+        .call("GET", &format!("/tasks?filters={}", urlencode(&filters)), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let newest = list.as_array().into_iter().flatten().max_by_key(|t| t["Version"]["Index"].as_u64().unwrap_or(0));
+    Ok(newest.map(|t| {
+        let s = &t["Status"];
+        (
+            s["State"].as_str().unwrap_or("").to_string(),
+            s["Err"].as_str().unwrap_or("").to_string(),
+            s["ContainerStatus"]["ContainerID"].as_str().filter(|c| !c.is_empty()).map(String::from),
+        )
+    }))
+}
+
+pub(crate) async fn lifecycle(
+    docker: Docker,
+    spec: Spec,
+    constraints: Vec<String>,
+    instance: String,
+    shared: Arc<Shared>,
+) {
+    let created = match docker.call("POST", "/services/create", Some(service_body(&spec, &constraints))).await {
+        Ok(v) => v,
+        Err(e) => {
+            set(&shared.exit, format!("could not create the Swarm service: {e}"));
+            return;
+        }
+    };
+    let Some(service) = created["ID"].as_str().map(String::from) else {
+        set(&shared.exit, "Swarm answered without a service id".into());
+        return;
+    };
+    tracing::info!(instance = %instance, service = %&service[..12.min(service.len())], "Swarm service created");
+    let started = Instant::now();
+    let mut last_cpu: Option<(Instant, u64)> = None;
+    let mut next_stats = Instant::now();
+    let ended = loop {
+        if shared.stopping.load(Ordering::Acquire) {
+            break None;
+        }
+        tokio::select! {
+            _ = shared.stop.notified() => continue,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        let container = match task(&docker, &service).await {
+            Ok(Some((state, err, _))) if FINAL.contains(&state.as_str()) => {
+                break Some(format!(
+                    "Swarm task {state}{}",
+                    if err.is_empty() { String::new() } else { format!(": {err}") }
+                ))
+            }
+            Ok(Some((state, _, container))) if state == "running" => container,
+            Ok(other) => {
+                if started.elapsed() > START_LIMIT {
+                    let why = other.map(|(s, e, _)| format!("{s} {e}")).unwrap_or_else(|| "no task".into());
+                    break Some(format!("Swarm task not running after {START_LIMIT:?}: {why}"));
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(instance = %instance, error = %e, "reading the Swarm task failed");
+                continue;
+            }
+        };
+        let Some(id) = container else { continue };
+        if shared.id.lock().unwrap_or_else(|e| e.into_inner()).as_deref() != Some(id.as_str()) {
+            set(&shared.id, id.clone());
+        }
+        if Instant::now() >= next_stats {
+            next_stats = Instant::now() + spec.stats_every;
+            // The container is on this host in a one-machine swarm; on another host stats are
+            // simply unavailable here (CPU policies then see no sample for this instance).
+            if let Some(u) = crate::docker::sample_stats(&docker, &id, &mut last_cpu).await {
+                *shared.usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(u);
+            }
+        }
+    };
+    // Removing the service stops its task (SIGTERM, SIGKILL after StopGracePeriod); wait until
+    // the task is gone so "exited" means the port is free again.
+    if let Err(e) = docker.call("DELETE", &format!("/services/{service}"), None).await {
+        tracing::warn!(instance = %instance, error = %e, "removing the Swarm service failed");
+    }
+    let deadline = Instant::now() + spec.stop_timeout + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match task(&docker, &service).await {
+            Ok(Some((state, _, _))) if !FINAL.contains(&state.as_str()) => tokio::time::sleep(POLL).await,
+            _ => break,
+        }
+    }
+    set(&shared.exit, ended.unwrap_or_else(|| "stopped".into()));
+}
+
+/// Removes services a previous run of this group left behind (after a crash).
+pub(crate) async fn remove_stale(docker: &Docker, group: &str) {
+    let filters = json!({ "label": [format!("flotilla.group={group}")] }).to_string();
+    let Ok(list) = docker.call("GET", &format!("/services?filters={}", urlencode(&filters)), None).await else {
+        return;
+    };
+    for s in list.as_array().into_iter().flatten() {
+        if let Some(id) = s["ID"].as_str() {
+            tracing::info!(group, service = %&id[..12.min(id.len())], "removing a Swarm service left by a previous run");
+            let _ = docker.call("DELETE", &format!("/services/{id}"), None).await;
+        }
+    }
+}
+
+/// Whether the daemon is a Swarm manager (services can be created).
+pub(crate) async fn is_manager(docker: &Docker) -> bool {
+    docker.call("GET", "/info", None).await.is_ok_and(|v| v["Swarm"]["ControlAvailable"] == true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_task_in_host_mode_with_no_restarts() {
+        let spec = Spec {
+            name: "flotilla-web-1".into(),
+            image: "demo:1".into(),
+            command: Some(vec!["demo-app".into()]),
+            env: [("A".to_string(), "1".to_string())].into(),
+            labels: [("flotilla.group".to_string(), "web".to_string())].into(),
+            container_port: 8080,
+            host_port: 21000,
+            cpus: Some(0.5),
+            memory: None,
+            stop_timeout: Duration::from_secs(3),
+            stats_every: Duration::from_secs(5),
+            swarm: Some(vec![]),
+        };
+        let b = service_body(&spec, &["node.labels.zone==a".into()]);
+        assert_eq!(b["Mode"]["Replicated"]["Replicas"], 1);
+        assert_eq!(b["EndpointSpec"]["Ports"][0]["PublishMode"], "host");
+        assert_eq!(b["EndpointSpec"]["Ports"][0]["PublishedPort"], 21000);
+        assert_eq!(b["TaskTemplate"]["RestartPolicy"]["Condition"], "none");
+        assert_eq!(b["TaskTemplate"]["Placement"]["Constraints"][0], "node.labels.zone==a");
+        assert_eq!(b["TaskTemplate"]["ContainerSpec"]["Init"], true);
+        assert_eq!(b["TaskTemplate"]["ContainerSpec"]["Args"][0], "demo-app");
+        assert_eq!(b["TaskTemplate"]["ContainerSpec"]["StopGracePeriod"], 3_000_000_000u64);
+        assert_eq!(b["TaskTemplate"]["Resources"]["Limits"]["NanoCPUs"], 500_000_000u64);
+    }
+}
