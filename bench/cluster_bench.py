@@ -10,6 +10,10 @@
    [cluster]). flotilla on CPU 1, wrk and redis on CPU 0; prints decisions/s, latency and
    flotilla's CPU per decision for both.
 
+3. Origin requests with and without the shield: three edges, a burst of 60 concurrent requests
+   (20 per edge) for each of 20 objects from a slow origin (100 ms), counted at the origin;
+   once with the edges' misses going straight to the origin, once behind a parent node.
+
 Usage: bench/cluster.sh [--invalidations 1000] [--duration 8]   (loopback only)
 """
 
@@ -140,12 +144,97 @@ def decisions(binary, d, duration):
     print(f"\nRedis / local: {rows[0][1] / rows[1][1]:.2f}x decisions/s, {rows[0][4] / rows[1][4]:.2f}x CPU per decision")
 
 
+ORIGIN_PORT = 18170
+PARENT_PORT = 18180
+
+
+def shield_config(port, admin, parent):
+    p = f'[cache]\nparent = "http://127.0.0.1:{parent}"\n' if parent else ""
+    return f"""
+[edge]
+listen = ["127.0.0.1:{port}"]
+access_log = false
+[admin]
+listen = "127.0.0.1:{admin}"
+token = "bench"
+{p}
+[cache_behaviors.main]
+default_ttl = "1h"
+[[routes]]
+path = "/*"
+target_group = "web"
+cache = "main"
+[target_groups.web]
+targets = ["127.0.0.1:{ORIGIN_PORT}"]
+"""
+
+
+def origin_count():
+    with urllib.request.urlopen(f"http://127.0.0.1:{ORIGIN_PORT}/cached?count={time.time()}") as r:
+        return int(r.read().split()[2]) - 1
+
+
+def shield(binary, d, objects=20, per_edge=20):
+    import concurrent.futures
+    rows = []
+    for with_parent in (False, True):
+        origin = subprocess.Popen([binary, "demo-app", "--port", str(ORIGIN_PORT), "--id", "origin"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env=dict(os.environ, FLOTILLA_LOG="warn"))
+        wait_port(ORIGIN_PORT)
+        procs = []
+        try:
+            if with_parent:
+                path = f"{d}/parent.toml"
+                open(path, "w").write(shield_config(PARENT_PORT, PARENT_PORT + 9, None))
+                procs.append(subprocess.Popen([binary, "up", "--config", path], stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL, env=dict(os.environ, FLOTILLA_LOG="warn")))
+                wait_port(PARENT_PORT)
+            for i in range(3):
+                path = f"{d}/edge{i}-{with_parent}.toml"
+                open(path, "w").write(shield_config(EDGE_PORTS[i], ADMIN_PORTS[i], PARENT_PORT if with_parent else None))
+                procs.append(subprocess.Popen([binary, "up", "--config", path], stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL, env=dict(os.environ, FLOTILLA_LOG="warn")))
+                wait_port(EDGE_PORTS[i])
+            time.sleep(2.5)  # health checks: the origin, and the parent
+            before = origin_count()
+            failed = 0
+
+            def fetch(url):
+                try:
+                    with urllib.request.urlopen(url, timeout=30) as r:
+                        return r.status
+                except Exception:  # noqa: BLE001
+                    return 0
+
+            t0 = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(max_workers=60) as pool:
+                for obj in range(objects):
+                    urls = [f"http://127.0.0.1:{EDGE_PORTS[i % 3]}/cached?cc=max-age=600&ms=100&obj={obj}-{with_parent}"
+                            for i in range(3 * per_edge)]
+                    failed += sum(1 for s in pool.map(fetch, urls) if s != 200)
+            elapsed = time.perf_counter() - t0
+            fetched = origin_count() - before - 1  # the first count request itself
+            rows.append(("behind a parent (shield)" if with_parent else "edges alone", fetched, failed, elapsed))
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait()
+            origin.terminate()
+            origin.wait()
+    print(f"\n## Origin requests under a burst: 3 edges, {objects} objects x {3 * per_edge} concurrent requests\n")
+    print("| setup | origin requests | per object | failed | seconds |")
+    print("|---|---:|---:|---:|---:|")
+    for name, fetched, failed, elapsed in rows:
+        print(f"| {name} | {fetched} | {fetched / objects:.2f} | {failed} | {elapsed:.1f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
     ap.add_argument("--invalidations", type=int, default=1000)
     ap.add_argument("--duration", type=int, default=8)
-    ap.add_argument("--only", choices=["propagation", "decisions"])
+    ap.add_argument("--only", choices=["propagation", "decisions", "shield"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         os.makedirs(f"{d}/www")
@@ -155,10 +244,12 @@ def main():
                                  stdout=subprocess.DEVNULL)
         wait_port(REDIS_PORT)
         try:
-            if args.only != "decisions":
+            if args.only in (None, "propagation"):
                 propagation(args.binary, d, args.invalidations)
-            if args.only != "propagation":
+            if args.only in (None, "decisions"):
                 decisions(args.binary, d, args.duration)
+            if args.only in (None, "shield"):
+                shield(args.binary, d)
         finally:
             redis.terminate()
             redis.wait()

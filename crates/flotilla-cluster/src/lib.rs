@@ -12,6 +12,7 @@
 
 mod id;
 mod invalidations;
+mod lease;
 mod limiter;
 mod metrics;
 mod nodes;
@@ -95,6 +96,7 @@ pub struct Cluster {
     pub(crate) invalidations: invalidations::State,
     pub(crate) limiter: limiter::Limiter,
     pub(crate) nodes: nodes::Live,
+    pub(crate) leases: lease::Leases,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -146,6 +148,7 @@ impl Cluster {
             invalidations,
             limiter,
             nodes: nodes::Live::default(),
+            leases: lease::Leases::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         let mut synced = cluster.invalidations.synced.subscribe();
@@ -175,6 +178,7 @@ impl Cluster {
 
     /// Stops the loops and removes this node from the member list (its keys expire anyway).
     pub async fn stop(&self) {
+        self.release_all().await;
         for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             t.abort();
         }

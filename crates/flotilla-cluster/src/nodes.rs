@@ -59,7 +59,7 @@ impl Cluster {
             heartbeat_ms: now_ms(),
             started_ms,
             applied: self.invalidations.applied().to_string(),
-            leads: Vec::new(),
+            leads: self.leases.leading(),
             connected: true,
         }
     }

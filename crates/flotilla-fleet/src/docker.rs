@@ -162,6 +162,8 @@ pub(crate) struct Shared {
     pub id: Mutex<Option<String>>,
     pub exit: Mutex<Option<String>>,
     pub stopping: AtomicBool,
+    /// Let go without stopping (a Swarm service handed to another leader).
+    pub detached: AtomicBool,
     pub stop: Notify,
     /// Latest (cpu % of one core, memory bytes).
     pub usage: Mutex<Option<(Option<f64>, u64)>>,
@@ -178,6 +180,19 @@ impl Container {
             None => tokio::spawn(lifecycle(docker, spec, instance, shared.clone())),
         };
         Self { shared }
+    }
+
+    /// Follows a Swarm service that already runs (a new leader adopting it).
+    pub(crate) fn adopt(docker: Docker, spec: Spec, service: String, instance: String) -> Self {
+        let shared = Arc::new(Shared::default());
+        tokio::spawn(crate::swarm::follow(docker, spec, service, instance, shared.clone()));
+        Self { shared }
+    }
+
+    /// Lets go of the instance without stopping it (another node leads its group now).
+    pub(crate) fn detach(&self) {
+        self.shared.detached.store(true, Ordering::Release);
+        self.terminate();
     }
 
     /// Why it ended, once it has (and, after a stop, once it is removed).

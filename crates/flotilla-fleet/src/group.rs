@@ -23,6 +23,8 @@ use crate::schedule::{self, Scheduler};
 use crate::termination::{self, Candidate};
 use crate::time::rfc3339;
 
+mod coordinate;
+
 /// Activity records kept per group (oldest dropped first).
 const MAX_ACTIVITY: usize = 500;
 /// How often the loop looks at its instances (policies run on `metrics_interval`).
@@ -249,6 +251,7 @@ pub(crate) async fn run(
     handle: Arc<GroupHandle>,
     registrar: Arc<dyn Registrar>,
     policies_version: Arc<std::sync::atomic::AtomicU64>,
+    coordinator: Option<Arc<dyn crate::Coordinator>>,
 ) {
     let (scaler, scheduler, interval) = {
         let s = handle.lock();
@@ -265,12 +268,22 @@ pub(crate) async fn run(
             _ => (s.cfg.name.clone(), false, false),
         }
     };
+    // A swarm group in a cluster: its services belong to whichever node leads; they are adopted,
+    // never removed as stale.
+    let mut lead = coordinator.filter(|_| swarm).map(|c| {
+        let rx = c.leadership(&name);
+        (c, rx)
+    });
     if docker {
         let d = crate::docker::Docker::default();
         if d.available().await {
-            d.remove_stale(&name).await;
+            if lead.is_none() {
+                d.remove_stale(&name).await;
+            }
             if swarm {
-                crate::swarm::remove_stale(&d, &name).await;
+                if lead.is_none() {
+                    crate::swarm::remove_stale(&d, &name).await;
+                }
                 if !crate::swarm::is_manager(&d).await {
                     handle.lock().record(
                         "This Docker engine is not a Swarm manager".into(),
@@ -300,7 +313,44 @@ pub(crate) async fn run(
         launch_failures: 0,
         next_launch: now,
     };
+    let mut leading: Option<u64> = None;
+    let mut followed = std::collections::HashSet::new();
+    let mut last_saved = String::new();
     loop {
+        if let Some((c, rx)) = &mut lead {
+            let token = *rx.borrow_and_update();
+            match (token, leading) {
+                (Some(t), l) if l != Some(t) => {
+                    let saved = c.load(&name).await;
+                    coordinate::take_over(&handle, &*registrar, &mut local, saved, t).await;
+                    followed.clear();
+                    last_saved.clear();
+                    leading = Some(t);
+                }
+                (None, Some(_)) => {
+                    coordinate::step_down(&handle, &mut local);
+                    leading = None;
+                }
+                _ => {}
+            }
+            if handle.lock().stopping {
+                // Shutting down a node must not stop the group's services: the next leader
+                // adopts them.
+                if leading.is_some() {
+                    coordinate::step_down(&handle, &mut local);
+                }
+                return;
+            }
+            if leading.is_none() {
+                coordinate::follow(&handle, &*registrar, &mut followed).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+                    _ = rx.changed() => {}
+                    _ = handle.wake.notified() => {}
+                }
+                continue;
+            }
+        }
         let current = policies_version.load(std::sync::atomic::Ordering::Acquire);
         if current != local.policies_version {
             let s = handle.lock();
@@ -319,6 +369,20 @@ pub(crate) async fn run(
         step_refresh(&handle, &*registrar);
         if resize(&handle, &*registrar, &mut local) {
             return;
+        }
+        if let (Some((c, _)), Some(token)) = (&lead, leading) {
+            let snapshot = handle.lock().snapshot();
+            if snapshot != last_saved {
+                match c.save(&name, token, snapshot.clone()).await {
+                    Ok(true) => last_saved = snapshot,
+                    Ok(false) => {
+                        tracing::warn!(group = %name, token, "the group's state save was refused: another node leads now");
+                        coordinate::step_down(&handle, &mut local);
+                        leading = None;
+                    }
+                    Err(e) => tracing::debug!(group = %name, error = %e, "saving the group's state failed; retrying"),
+                }
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}

@@ -38,6 +38,23 @@ use group::GroupHandle;
 /// window's datapoints. The binary answers it from the watch.
 pub type MetricSource = Arc<dyn Fn(&str, &BTreeMap<String, String>, f64) -> Option<f64> + Send + Sync>;
 
+/// Cluster-wide coordination for groups whose instances are cluster-wide (`driver = "swarm"`):
+/// which node leads each group's control loop, and the state the next leader carries on from.
+/// The binary implements it over Redis; without it every node runs its groups itself.
+pub trait Coordinator: Send + Sync + 'static {
+    /// `Some(fencing token)` while this node leads `group`'s loop.
+    fn leadership(&self, group: &str) -> tokio::sync::watch::Receiver<Option<u64>>;
+    /// The state the last leader saved, if any.
+    fn load(&self, group: &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + '_>>;
+    /// Saves `state` only if `token` still leads: `Ok(false)` means this node was deposed.
+    fn save(
+        &self,
+        group: &str,
+        token: u64,
+        state: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + '_>>;
+}
+
 /// Asked before any scale-out; Some(reason) refuses it.
 pub type ScaleOutGuard = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
@@ -70,12 +87,26 @@ impl Fleet {
     /// Starts a reconcile task per group on the current tokio runtime. Instances are launched
     /// from there, so that runtime's threads should live as long as the fleet.
     pub fn start(cfg: &Config, registrar: Arc<dyn Registrar>) -> Self {
+        Self::start_coordinated(cfg, registrar, None)
+    }
+
+    /// Like `start`; swarm groups run their loop only while `coordinator` says this node leads.
+    pub fn start_coordinated(
+        cfg: &Config,
+        registrar: Arc<dyn Registrar>,
+        coordinator: Option<Arc<dyn Coordinator>>,
+    ) -> Self {
         let mut groups = BTreeMap::new();
         let mut tasks = Vec::new();
         for g in cfg.groups.values() {
             let handle = GroupHandle::new(g.clone());
             let policies_version = Arc::new(AtomicU64::new(1));
-            tasks.push(tokio::spawn(group::run(handle.clone(), registrar.clone(), policies_version.clone())));
+            tasks.push(tokio::spawn(group::run(
+                handle.clone(),
+                registrar.clone(),
+                policies_version.clone(),
+                coordinator.clone(),
+            )));
             groups.insert(g.name.clone(), Running { handle, policies_version });
         }
         Self { groups, tasks: Mutex::new(tasks) }

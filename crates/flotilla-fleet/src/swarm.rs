@@ -103,6 +103,12 @@ pub(crate) async fn lifecycle(
         return;
     };
     tracing::info!(instance = %instance, service = %&service[..12.min(service.len())], "Swarm service created");
+    follow(docker, spec, service, instance, shared).await;
+}
+
+/// Watches one service's task until it ends or is stopped; on stop removes the service, unless
+/// this node is handing the instance over to another leader (`detached`): then it only lets go.
+pub(crate) async fn follow(docker: Docker, spec: Spec, service: String, instance: String, shared: Arc<Shared>) {
     let started = Instant::now();
     let mut last_cpu: Option<(Instant, u64)> = None;
     let mut next_stats = Instant::now();
@@ -147,6 +153,10 @@ pub(crate) async fn lifecycle(
             }
         }
     };
+    if shared.detached.load(Ordering::Acquire) {
+        set(&shared.exit, "handed over".into());
+        return;
+    }
     // Removing the service stops its task (SIGTERM, SIGKILL after StopGracePeriod); wait until
     // the task is gone so "exited" means the port is free again.
     if let Err(e) = docker.call("DELETE", &format!("/services/{service}"), None).await {
@@ -174,6 +184,38 @@ pub(crate) async fn remove_stale(docker: &Docker, group: &str) {
             let _ = docker.call("DELETE", &format!("/services/{id}"), None).await;
         }
     }
+}
+
+/// A service of `group` that exists in the swarm (what a new leader adopts).
+#[derive(Debug, Clone)]
+pub(crate) struct Existing {
+    pub service: String,
+    pub instance: String,
+    pub launch_version: u32,
+    pub port: u16,
+}
+
+/// Every service labelled with `group`, read from Swarm (the source of truth for what runs).
+pub(crate) async fn existing(docker: &Docker, group: &str) -> Result<Vec<Existing>, String> {
+    let filters = json!({ "label": [format!("flotilla.group={group}")] }).to_string();
+    let list = docker
+        .call("GET", &format!("/services?filters={}", urlencode(&filters)), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let labels = &s["Spec"]["Labels"];
+            Some(Existing {
+                service: s["ID"].as_str()?.to_string(),
+                instance: labels["flotilla.instance"].as_str()?.to_string(),
+                launch_version: labels["flotilla.launch_version"].as_str()?.parse().ok()?,
+                port: s["Spec"]["EndpointSpec"]["Ports"][0]["PublishedPort"].as_u64()? as u16,
+            })
+        })
+        .collect())
 }
 
 /// Whether the daemon is a Swarm manager (services can be created).

@@ -56,3 +56,31 @@ pub fn config_hash(cfg: &flotilla_config::Config) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, shared.as_bytes());
     digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Leadership of swarm groups' control loops, and the state a new leader carries on from.
+pub struct FleetCoordinator(pub Arc<Cluster>);
+
+fn state_key(group: &str) -> String {
+    format!("group:{group}:state")
+}
+
+impl flotilla_fleet::Coordinator for FleetCoordinator {
+    fn leadership(&self, group: &str) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.0.lead(&format!("group:{group}"))
+    }
+
+    fn load(&self, group: &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + '_>> {
+        let key = state_key(group);
+        Box::pin(async move { self.0.get_state(&key).await.ok().flatten() })
+    }
+
+    fn save(
+        &self,
+        group: &str,
+        token: u64,
+        state: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + '_>> {
+        let (lease, key) = (format!("group:{group}"), state_key(group));
+        Box::pin(async move { self.0.fenced_set(&lease, token, &key, &state).await.map_err(|e| e.to_string()) })
+    }
+}

@@ -62,7 +62,10 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let certs = Arc::new(crate::certs::Certificates::start(&cfg, edge.managed_tls()));
     // Instances are launched from this (current-thread) runtime, so they are children of the
     // main thread and get SIGTERM if flotilla dies (see flotilla-fleet's process.rs).
-    let fleet = Arc::new(Fleet::start(&cfg, Arc::new(EdgeRegistrar(edge.clone()))));
+    let coordinator = cluster
+        .clone()
+        .map(|c| Arc::new(crate::cluster_bridge::FleetCoordinator(c)) as Arc<dyn flotilla_fleet::Coordinator>);
+    let fleet = Arc::new(Fleet::start_coordinated(&cfg, Arc::new(EdgeRegistrar(edge.clone())), coordinator));
     let reloader = Arc::new(Reloader {
         path: path.clone(),
         edge: edge.clone(),

@@ -361,3 +361,119 @@ async fn swarm_group_scales_refreshes_and_rolls_back() {
     assert_eq!(f.proc.wait_exit(Duration::from_secs(60)), Some(0));
     assert_eq!(services("sw"), Vec::<String>::new());
 }
+
+/// Two nodes of a cluster configured with the same swarm group: one leads its control loop (a
+/// Redis lease), the other follows and serves the same services. Killing the leader with -9
+/// hands the loop to the other within the lease; it adopts the running services (none launched
+/// twice, none lost) and carries on from the saved desired capacity and activity history.
+#[tokio::test]
+async fn killing_the_swarm_groups_leader_hands_its_loop_to_another_node() {
+    if swarm_image().is_none() {
+        return;
+    }
+    if Command::new("redis-server").arg("--version").output().is_err() {
+        eprintln!("skipping: redis-server is not installed");
+        return;
+    }
+    let redis_port = free_port();
+    let redis_dir = scratch_dir("lead-redis");
+    let _redis = Proc {
+        child: Command::new("redis-server")
+            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&redis_dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    wait_for_port(redis_port);
+    let body = |node: &str| {
+        format!(
+            r#"[cluster]
+node = "{node}"
+redis = "redis://127.0.0.1:{redis_port}/0"
+lease = "2s"
+heartbeat = "300ms"
+
+{ROUTE_ALL}{tg}
+[groups.lead]
+target_group = "web"
+min = 1
+desired = 2
+max = 4
+instance_warmup = "0s"
+stop_timeout = "3s"
+health_check_grace = "10s"
+
+[groups.lead.launch]
+driver = "swarm"
+image = "{IMAGE}"
+port = 8080
+command = ["demo-app", "--port", "{{port}}", "--bind", "0.0.0.0", "--id", "{{instance}}"]
+"#,
+            tg = group_toml("web", &[], "deregistration_delay = \"2s\"")
+        )
+    };
+    let mut a = Flotilla::start("lead-a", &body("a"));
+    wait_group(&a, "lead", "a leads with 2 in service", |g| count(g, "in_service") == 2).await;
+    let b = Flotilla::start("lead-b", &body("b"));
+    // b follows: it serves the same two services and launches nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..10 {
+            let (status, body) = get(&b.url("/whoami")).await;
+            if status == 200 {
+                seen.insert(body);
+            }
+        }
+        if seen.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never served both services: {seen:?}\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(services("lead").len(), 2, "the follower launched nothing");
+    let cluster: Value = serde_json::from_str(&get(&a.admin("/api/v1/cluster")).await.1).unwrap();
+    let leads = |c: &Value, node: &str| {
+        c["nodes"].as_array().unwrap().iter().any(|n| n["name"] == node && n["leads"][0] == "group:lead")
+    };
+    assert!(leads(&cluster, "a"), "{cluster}");
+    let (status, body) = a.admin_call("PUT", "/api/v1/groups/lead/desired", "{\"desired\": 3}").await;
+    assert_eq!(status, 200, "{body}");
+    wait_group(&a, "lead", "3 in service", |g| count(g, "in_service") == 3).await;
+    wait_services("lead", 3).await;
+
+    // The leader dies without a word: b takes over within the lease and adopts all three.
+    let killed = Instant::now();
+    a.proc.kill9();
+    let g = wait_group(&b, "lead", "b adopts the three services", |g| count(g, "in_service") == 3).await;
+    let failover = killed.elapsed();
+    eprintln!("leader failover: {failover:?}");
+    assert_eq!(g["desired"], 3, "the new leader carries on from the saved desired capacity: {g}");
+    assert_eq!(services("lead").len(), 3, "no service launched twice, none lost");
+    let act: Value = serde_json::from_str(&get(&b.admin("/api/v1/groups/lead/activity")).await.1).unwrap();
+    let text = act.to_string();
+    assert!(text.contains("Took over the group's control loop"), "{act:#}");
+    assert!(text.contains("adopted 3 running Swarm services"), "{act:#}");
+    let launches: Vec<String> = act
+        .as_array()
+        .or(act["activity"].as_array())
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["description"].as_str())
+        .filter(|d| d.starts_with("Launching instance"))
+        .map(String::from)
+        .collect();
+    assert_eq!(launches.len(), 3, "the old leader's three launches, carried over, and no new one: {launches:?}");
+    // b leads now and scales on: the fourth instance gets the next number.
+    let (status, body) = b.admin_call("PUT", "/api/v1/groups/lead/desired", "{\"desired\": 4}").await;
+    assert_eq!(status, 200, "{body}");
+    let g = wait_group(&b, "lead", "4 in service", |g| count(g, "in_service") == 4).await;
+    assert!(g.to_string().contains("lead-0004"), "{g}");
+    wait_services("lead", 4).await;
+    drop(b);
+    for s in services("lead") {
+        let _ = Command::new("docker").args(["service", "rm", &s]).output();
+    }
+}

@@ -1,0 +1,225 @@
+//! A swarm group in a cluster: one node leads its control loop (a Redis lease, through the
+//! binary's [`crate::Coordinator`]), the others follow.
+//!
+//! The leader reconciles, scales and refreshes as a single node would, and after every change
+//! saves the group's decisions — desired capacity, the next instance number, the launch template
+//! version and the activity history — with its fencing token, so a deposed leader's late save is
+//! refused. A node that becomes leader loads that state and adopts the services that exist in
+//! Swarm (the source of truth for what runs) instead of launching new ones, so failover neither
+//! doubles nor loses an instance. Followers register the services' ports in their own edge, so
+//! every node serves the group.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::{GroupHandle, GroupState, Instance, Local};
+use crate::docker::{Container, Docker, Spec};
+use crate::runner::Runner;
+use crate::{InstanceState, InstanceView, Registrar};
+
+/// What the next leader needs to carry on.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Saved {
+    pub desired: u32,
+    pub next_seq: u64,
+    pub launch_version: u32,
+    pub next_activity: u64,
+    pub activity: Vec<SavedActivity>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct SavedActivity {
+    pub id: u64,
+    pub time: String,
+    pub description: String,
+    pub cause: String,
+    pub status: String,
+}
+
+fn static_status(s: &str) -> &'static str {
+    match s {
+        "successful" => "successful",
+        "failed" => "failed",
+        "in_progress" => "in_progress",
+        "cancelled" => "cancelled",
+        _ => "successful",
+    }
+}
+
+impl GroupState {
+    pub(crate) fn snapshot(&self) -> String {
+        let saved = Saved {
+            desired: self.desired,
+            next_seq: self.next_seq,
+            launch_version: self.launch_version,
+            next_activity: self.next_activity,
+            activity: self
+                .activity
+                .iter()
+                .map(|a| SavedActivity {
+                    id: a.id,
+                    time: a.time.clone(),
+                    description: a.description.clone(),
+                    cause: a.cause.clone(),
+                    status: a.status.to_string(),
+                })
+                .collect(),
+        };
+        serde_json::to_string(&saved).unwrap_or_default()
+    }
+
+    fn restore(&mut self, text: &str) {
+        let Ok(saved) = serde_json::from_str::<Saved>(text) else {
+            tracing::warn!(group = %self.cfg.name, "saved group state unreadable; starting from the config");
+            return;
+        };
+        self.desired = saved.desired.clamp(self.cfg.min, self.cfg.max);
+        self.next_seq = self.next_seq.max(saved.next_seq);
+        self.next_activity = self.next_activity.max(saved.next_activity);
+        if saved.launch_version > self.launch_version && self.templates.contains_key(&saved.launch_version) {
+            self.launch_version = saved.launch_version;
+        }
+        self.activity = saved
+            .activity
+            .into_iter()
+            .map(|a| super::Activity {
+                id: a.id,
+                time: a.time,
+                description: a.description,
+                cause: a.cause,
+                status: static_status(&a.status),
+            })
+            .collect();
+    }
+}
+
+/// Becoming leader: load the previous leader's decisions, then adopt every service of the group
+/// that exists in Swarm.
+pub(super) async fn take_over(
+    handle: &GroupHandle,
+    registrar: &dyn Registrar,
+    local: &mut Local,
+    saved: Option<String>,
+    token: u64,
+) {
+    let name = handle.lock().cfg.name.clone();
+    let existing = match crate::swarm::existing(&Docker::default(), &name).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(group = %name, error = %e, "cannot list the group's Swarm services; adopting none");
+            Vec::new()
+        }
+    };
+    let mut s = handle.lock();
+    if let Some(text) = saved {
+        s.restore(&text);
+    }
+    let tg = s.cfg.target_group.clone();
+    let mut adopted = 0;
+    for e in existing {
+        if local.runners.contains_key(&e.instance) {
+            continue;
+        }
+        let seq = e.instance.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        s.next_seq = s.next_seq.max(seq + 1);
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, e.port));
+        let spec = Spec {
+            name: String::new(),
+            image: String::new(),
+            command: None,
+            env: Default::default(),
+            labels: Default::default(),
+            container_port: 0,
+            host_port: e.port,
+            cpus: None,
+            memory: None,
+            stop_timeout: s.cfg.stop_timeout,
+            stats_every: s.cfg.metrics_interval,
+            swarm: Some(Vec::new()),
+        };
+        let runner = Runner::Docker(Container::adopt(Docker::default(), spec, e.service.clone(), e.instance.clone()));
+        if let Err(err) = registrar.register(&tg, addr, None) {
+            tracing::warn!(instance = %e.instance, error = %err, "registering an adopted instance failed");
+        }
+        local.runners.insert(e.instance.clone(), runner);
+        let now = Instant::now();
+        s.instances.push(Instance {
+            view: InstanceView {
+                id: e.instance.clone(),
+                state: InstanceState::Pending,
+                addr,
+                zone: None,
+                launch_version: e.launch_version,
+                launched_at: crate::time::rfc3339(SystemTime::now()),
+                pid: None,
+                cpu: None,
+                memory_bytes: 0,
+                in_flight: 0,
+                container: None,
+            },
+            seq,
+            launched: now,
+            state_since: now,
+        });
+        adopted += 1;
+    }
+    let desired = s.desired;
+    s.record(
+        format!("Took over the group's control loop (lease token {token})"),
+        format!("adopted {adopted} running Swarm services; desired capacity {desired}"),
+        "successful",
+    );
+}
+
+/// Another node leads now: let go of the instances (their services keep running) and forget them.
+pub(super) fn step_down(handle: &GroupHandle, local: &mut Local) {
+    for runner in local.runners.values() {
+        if let Runner::Docker(c) = runner {
+            c.detach();
+        }
+    }
+    local.runners.clear();
+    local.requests.clear();
+    local.term_deadline.clear();
+    let mut s = handle.lock();
+    s.instances.clear();
+    s.record("Stepped down from the group's control loop".into(), "another node holds the lease".into(), "successful");
+}
+
+/// A follower registers the group's services in its own edge (and drops the ones gone), so
+/// every node of the cluster serves the group.
+pub(super) async fn follow(handle: &GroupHandle, registrar: &dyn Registrar, followed: &mut HashSet<SocketAddr>) {
+    let (name, tg) = {
+        let s = handle.lock();
+        (s.cfg.name.clone(), s.cfg.target_group.clone())
+    };
+    let Ok(existing) = crate::swarm::existing(&Docker::default(), &name).await else { return };
+    let now: HashSet<SocketAddr> = existing.iter().map(|e| SocketAddr::from((Ipv4Addr::LOCALHOST, e.port))).collect();
+    for addr in now.difference(followed) {
+        if let Err(e) = registrar.register(&tg, *addr, None) {
+            tracing::warn!(group = %name, %addr, error = %e, "registering a followed instance failed");
+        }
+    }
+    for addr in followed.difference(&now) {
+        registrar.deregister(&tg, *addr);
+    }
+    *followed = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activity_statuses_survive_the_round_trip() {
+        assert_eq!(static_status("failed"), "failed");
+        assert_eq!(static_status("in_progress"), "in_progress");
+        assert_eq!(static_status("weird"), "successful");
+        let saved = Saved { desired: 3, next_seq: 7, launch_version: 2, next_activity: 9, activity: vec![] };
+        let text = serde_json::to_string(&saved).unwrap();
+        assert_eq!(serde_json::from_str::<Saved>(&text).unwrap(), saved);
+    }
+}
