@@ -277,3 +277,27 @@ impl Cluster {
         last.first().and_then(|(id, _)| crate::StreamId::parse(id))
     }
 }
+
+impl Cluster {
+    /// Publishes this node's per-period aggregates (opaque JSON for the caller) with a TTL, so
+    /// a node that stops stops counting.
+    pub async fn publish_stats(&self, json: String) -> Result<(), ClusterError> {
+        let mut conn = self.conn.clone();
+        let ttl = (self.cfg.heartbeat * 3).max(std::time::Duration::from_secs(3));
+        let key = format!("{}:stats:{}", self.cfg.prefix, self.cfg.node);
+        within(redis::cmd("SET").arg(key).arg(json).arg("PX").arg(ttl.as_millis() as u64).query_async::<()>(&mut conn))
+            .await
+    }
+
+    /// The other live nodes' latest aggregates, as (node, JSON).
+    pub async fn read_stats(&self) -> Result<Vec<(String, String)>, ClusterError> {
+        let others: Vec<String> = self.live_names().into_iter().filter(|n| *n != self.cfg.node).collect();
+        if others.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = others.iter().map(|n| format!("{}:stats:{n}", self.cfg.prefix)).collect();
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<String>> = within(redis::cmd("MGET").arg(&keys).query_async(&mut conn)).await?;
+        Ok(others.into_iter().zip(values).filter_map(|(n, v)| Some((n, v?))).collect())
+    }
+}

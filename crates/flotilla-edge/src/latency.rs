@@ -40,6 +40,12 @@ fn index(us: u64) -> usize {
     (((shift + 1) * SUB + sub) as usize).min(BUCKETS - 1)
 }
 
+/// Bucket `i`'s bounds in seconds, `[lower, upper)`, for quantiles over merged buckets.
+pub fn bucket_bounds(i: usize) -> (f64, f64) {
+    let lower = if i == 0 { 0 } else { upper_micros(i - 1) };
+    (lower as f64 / 1e6, upper_micros(i) as f64 / 1e6)
+}
+
 /// Exclusive upper bound of bucket `i`, in microseconds.
 fn upper_micros(i: usize) -> u64 {
     let i = i as u64;
@@ -91,6 +97,19 @@ impl Latencies {
 
     fn each(&self) -> Vec<(String, Arc<LatencyHistogram>)> {
         self.by_group.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Every group's non-empty fine buckets as (index, cumulative-over-time count): the exact
+    /// form other nodes sum, bucket by bucket, to get a cluster's histogram.
+    pub fn sparse(&self) -> Vec<(String, Vec<(u32, u64)>)> {
+        self.each()
+            .into_iter()
+            .map(|(group, h)| {
+                let (b, _, _) = h.snapshot();
+                let nz = b.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| (i as u32, *c)).collect();
+                (group, nz)
+            })
+            .collect()
     }
 
     /// The classic histogram family (OpenMetrics text), as prometheus-client would write it.

@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 pub use cached::Invalidation;
 pub use error::EdgeError;
+pub use latency::bucket_bounds;
 pub use policy::{SharedLimiter, SharedVerdict};
 pub use proxy::Body;
 pub use target::TargetState;
@@ -161,6 +162,11 @@ impl Edge {
             },
         };
         Ok(edge)
+    }
+
+    /// Each target group's fine latency buckets, sparse (see `latency::Latencies::sparse`).
+    pub fn latency_buckets(&self) -> Vec<(String, Vec<(u32, u64)>)> {
+        self.shared.metrics.latency.sparse()
     }
 
     /// Makes every route's rate limit cluster-wide (set once, before `start`).

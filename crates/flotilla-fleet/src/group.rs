@@ -29,6 +29,8 @@ mod coordinate;
 const MAX_ACTIVITY: usize = 500;
 /// How often the loop looks at its instances (policies run on `metrics_interval`).
 const RECONCILE_EVERY: Duration = Duration::from_millis(250);
+/// How often a swarm group's leader compares its instances with the services Swarm runs.
+const SWARM_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// A draining instance the edge never lets go of is stopped anyway after this.
 const MAX_DRAIN: Duration = Duration::from_secs(3600);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -315,6 +317,7 @@ pub(crate) async fn run(
     };
     let mut leading: Option<u64> = None;
     let mut followed = std::collections::HashSet::new();
+    let mut next_swarm_check = Instant::now();
     let mut last_saved = String::new();
     loop {
         if let Some((c, rx)) = &mut lead {
@@ -350,6 +353,10 @@ pub(crate) async fn run(
                 }
                 continue;
             }
+        }
+        if leading.is_some() && Instant::now() >= next_swarm_check {
+            next_swarm_check = Instant::now() + SWARM_CHECK_EVERY;
+            coordinate::reconcile(&handle, &*registrar, &mut local).await;
         }
         let current = policies_version.load(std::sync::atomic::Ordering::Acquire);
         if current != local.policies_version {

@@ -25,6 +25,9 @@ use crate::docker::{set, urlencode, Docker, Shared, Spec};
 const START_LIMIT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(500);
 
+/// How long other nodes get to stop routing to a service marked draining before it is removed.
+const FOLLOWER_GRACE: Duration = Duration::from_millis(1500);
+
 /// Task states after which a task never runs again.
 const FINAL: [&str; 6] = ["complete", "shutdown", "failed", "rejected", "orphaned", "remove"];
 
@@ -157,6 +160,14 @@ pub(crate) async fn follow(docker: Docker, spec: Spec, service: String, instance
         set(&shared.exit, "handed over".into());
         return;
     }
+    // Tell the other nodes first: they stop sending new requests to a service marked draining
+    // (they poll four times a second), then the service goes.
+    if ended.is_none() {
+        match mark_draining(&docker, &service).await {
+            Ok(()) => tokio::time::sleep(FOLLOWER_GRACE).await,
+            Err(e) => tracing::warn!(instance = %instance, error = %e, "marking the Swarm service draining failed"),
+        }
+    }
     // Removing the service stops its task (SIGTERM, SIGKILL after StopGracePeriod); wait until
     // the task is gone so "exited" means the port is free again.
     if let Err(e) = docker.call("DELETE", &format!("/services/{service}"), None).await {
@@ -170,6 +181,28 @@ pub(crate) async fn follow(docker: Docker, spec: Spec, service: String, instance
         }
     }
     set(&shared.exit, ended.unwrap_or_else(|| "stopped".into()));
+}
+
+/// Labels the service `flotilla.draining=1` with a version-checked update: Swarm refuses an
+/// update carrying a stale `version` ("update out of sequence"), so the spec is re-read and the
+/// update retried, never applied over someone else's change.
+pub(crate) async fn mark_draining(docker: &Docker, service: &str) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let current = docker.call("GET", &format!("/services/{service}"), None).await.map_err(|e| e.to_string())?;
+        let version = current["Version"]["Index"].as_u64().ok_or("the service has no version")?;
+        let mut spec = current["Spec"].clone();
+        if spec["Labels"]["flotilla.draining"] == "1" {
+            return Ok(());
+        }
+        spec["Labels"]["flotilla.draining"] = json!("1");
+        match docker.call("POST", &format!("/services/{service}/update?version={version}"), Some(spec)).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.to_string().contains("out of sequence") => last = e.to_string(),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(last)
 }
 
 /// Removes services a previous run of this group left behind (after a crash).
@@ -193,6 +226,8 @@ pub(crate) struct Existing {
     pub instance: String,
     pub launch_version: u32,
     pub port: u16,
+    /// Marked by the leader before it removes the service: followers stop routing to it.
+    pub draining: bool,
 }
 
 /// Every service labelled with `group`, read from Swarm (the source of truth for what runs).
@@ -213,6 +248,7 @@ pub(crate) async fn existing(docker: &Docker, group: &str) -> Result<Vec<Existin
                 instance: labels["flotilla.instance"].as_str()?.to_string(),
                 launch_version: labels["flotilla.launch_version"].as_str()?.parse().ok()?,
                 port: s["Spec"]["EndpointSpec"]["Ports"][0]["PublishedPort"].as_u64()? as u16,
+                draining: labels["flotilla.draining"] == "1",
             })
         })
         .collect())

@@ -65,7 +65,17 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let coordinator = cluster
         .clone()
         .map(|c| Arc::new(crate::cluster_bridge::FleetCoordinator(c)) as Arc<dyn flotilla_fleet::Coordinator>);
-    let fleet = Arc::new(Fleet::start_coordinated(&cfg, Arc::new(EdgeRegistrar(edge.clone())), coordinator));
+    let local_registrar: Arc<dyn flotilla_fleet::Registrar> = Arc::new(EdgeRegistrar(edge.clone()));
+    let (registrar, stats) = match &cluster {
+        Some(c) => {
+            let stats = crate::cluster_stats::ClusterStats::start(c.clone(), edge.clone());
+            let shared = swarm_target_groups(&cfg);
+            let r = crate::cluster_stats::ClusterRegistrar { inner: local_registrar, stats: stats.clone(), shared };
+            (Arc::new(r) as Arc<dyn flotilla_fleet::Registrar>, Some((stats, swarm_target_groups(&cfg))))
+        }
+        None => (local_registrar, None),
+    };
+    let fleet = Arc::new(Fleet::start_coordinated(&cfg, registrar, coordinator));
     let reloader = Arc::new(Reloader {
         path: path.clone(),
         edge: edge.clone(),
@@ -78,7 +88,18 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let w = watch.clone();
     fleet.set_scale_out_guard(Arc::new(move || w.budget_cap()));
     let w = watch.clone();
-    fleet.set_metric_source(Arc::new(move |name, labels, window| w.recent(name, labels, window)));
+    fleet.set_metric_source(Arc::new(move |name, labels, window| {
+        // A swarm group's latency in a cluster: every edge's requests, merged bucket by bucket.
+        if let (Some((stats, shared)), "http_latency_p95", Some(tg)) = (&stats, name, labels.get("target_group")) {
+            if shared.contains(tg) {
+                let w = std::time::Duration::from_secs_f64(window.max(1.0));
+                if let Some(p95) = stats.latency_quantile(tg, w, 0.95) {
+                    return Some(p95);
+                }
+            }
+        }
+        w.recent(name, labels, window)
+    }));
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_task = match &cfg.admin {
@@ -161,4 +182,13 @@ async fn join_cluster(
     edge.set_shared_limiter(Arc::new(crate::cluster_bridge::RedisLimits(started.clone())));
     tracing::info!(node = %cluster.node, redis = %cluster.redis.url, "joined the cluster");
     Ok(started)
+}
+
+/// Target groups fed by swarm groups: their targets are the same services on every node.
+fn swarm_target_groups(cfg: &flotilla_config::Config) -> std::collections::HashSet<String> {
+    cfg.groups
+        .values()
+        .filter(|g| matches!(&g.launch.driver, flotilla_config::LaunchDriver::Docker { swarm: Some(_), .. }))
+        .map(|g| g.target_group.clone())
+        .collect()
 }

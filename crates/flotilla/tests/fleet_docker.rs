@@ -331,8 +331,10 @@ async fn swarm_group_scales_refreshes_and_rolls_back() {
     reload_replacing(&f, "\"--id\", \"{instance}\"", "\"--id\", \"v2-{instance}\"").await;
     let (status, body) = f.admin_call("POST", "/api/v1/groups/sw/refresh", "{\"min_healthy_percentage\": 0}").await;
     assert_eq!(status, 202, "{body}");
-    let g = wait_group(&f, "sw", "refresh to v2", |g| {
-        g["refresh"]["status"] == "successful" && count(g, "in_service") == 1
+    let g = wait_group(&f, "sw", "refresh to v2, the old instance gone", |g| {
+        g["refresh"]["status"] == "successful"
+            && count(g, "in_service") == 1
+            && g["instances"].as_array().unwrap().len() == 1
     })
     .await;
     assert!(g["instances"].as_array().unwrap().iter().all(|i| i["launch_version"] == 2), "{g}");
@@ -444,18 +446,30 @@ command = ["demo-app", "--port", "{{port}}", "--bind", "0.0.0.0", "--id", "{{ins
     wait_group(&a, "lead", "3 in service", |g| count(g, "in_service") == 3).await;
     wait_services("lead", 3).await;
 
-    // The leader dies without a word: b takes over within the lease and adopts all three.
+    // Scale-in by the leader while clients use the follower: the leader marks the victim's
+    // service draining (a version-checked update) and b stops routing to it before it goes.
+    let load = Load::start(&b.url("/slow?ms=100"), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = a.admin_call("PUT", "/api/v1/groups/lead/desired", "{\"desired\": 2}").await;
+    assert_eq!(status, 200, "{body}");
+    wait_services("lead", 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (requests, failures) = load.stop().await;
+    assert!(requests > 0);
+    assert_eq!(failures, Vec::<String>::new(), "requests through the follower failed during the leader's scale-in");
+
+    // The leader dies without a word: b takes over within the lease and adopts both services.
     let killed = Instant::now();
     a.proc.kill9();
-    let g = wait_group(&b, "lead", "b adopts the three services", |g| count(g, "in_service") == 3).await;
+    let g = wait_group(&b, "lead", "b adopts the two services", |g| count(g, "in_service") == 2).await;
     let failover = killed.elapsed();
     eprintln!("leader failover: {failover:?}");
-    assert_eq!(g["desired"], 3, "the new leader carries on from the saved desired capacity: {g}");
-    assert_eq!(services("lead").len(), 3, "no service launched twice, none lost");
+    assert_eq!(g["desired"], 2, "the new leader carries on from the saved desired capacity: {g}");
+    assert_eq!(services("lead").len(), 2, "no service launched twice, none lost");
     let act: Value = serde_json::from_str(&get(&b.admin("/api/v1/groups/lead/activity")).await.1).unwrap();
     let text = act.to_string();
     assert!(text.contains("Took over the group's control loop"), "{act:#}");
-    assert!(text.contains("adopted 3 running Swarm services"), "{act:#}");
+    assert!(text.contains("adopted 2 running Swarm services"), "{act:#}");
     let launches: Vec<String> = act
         .as_array()
         .or(act["activity"].as_array())
@@ -466,12 +480,12 @@ command = ["demo-app", "--port", "{{port}}", "--bind", "0.0.0.0", "--id", "{{ins
         .map(String::from)
         .collect();
     assert_eq!(launches.len(), 3, "the old leader's three launches, carried over, and no new one: {launches:?}");
-    // b leads now and scales on: the fourth instance gets the next number.
-    let (status, body) = b.admin_call("PUT", "/api/v1/groups/lead/desired", "{\"desired\": 4}").await;
+    // b leads now and scales on: the new instance gets the next number.
+    let (status, body) = b.admin_call("PUT", "/api/v1/groups/lead/desired", "{\"desired\": 3}").await;
     assert_eq!(status, 200, "{body}");
-    let g = wait_group(&b, "lead", "4 in service", |g| count(g, "in_service") == 4).await;
+    let g = wait_group(&b, "lead", "3 in service", |g| count(g, "in_service") == 3).await;
     assert!(g.to_string().contains("lead-0004"), "{g}");
-    wait_services("lead", 4).await;
+    wait_services("lead", 3).await;
     drop(b);
     for s in services("lead") {
         let _ = Command::new("docker").args(["service", "rm", &s]).output();

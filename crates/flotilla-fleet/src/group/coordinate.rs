@@ -113,10 +113,53 @@ pub(super) async fn take_over(
             Vec::new()
         }
     };
+    // Services the previous leader had marked draining were on their way out: finish the job.
+    let (draining, existing): (Vec<_>, Vec<_>) = existing.into_iter().partition(|e| e.draining);
+    for e in draining {
+        let _ = Docker::default().call("DELETE", &format!("/services/{}", e.service), None).await;
+    }
     let mut s = handle.lock();
     if let Some(text) = saved {
         s.restore(&text);
     }
+    let adopted = adopt(&mut s, registrar, local, existing);
+    let desired = s.desired;
+    s.record(
+        format!("Took over the group's control loop (lease token {token})"),
+        format!("adopted {adopted} running Swarm services; desired capacity {desired}"),
+        "successful",
+    );
+}
+
+/// While leading: services of the group this node does not know (a deposed leader's late
+/// launch) are adopted, so none runs unmanaged; scale-in then retires any beyond desired.
+pub(super) async fn reconcile(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Local) {
+    let name = handle.lock().cfg.name.clone();
+    let Ok(existing) = crate::swarm::existing(&Docker::default(), &name).await else { return };
+    let unknown: Vec<_> =
+        existing.into_iter().filter(|e| !e.draining && !local.runners.contains_key(&e.instance)).collect();
+    if unknown.is_empty() {
+        return;
+    }
+    let mut s = handle.lock();
+    let ids: Vec<String> = unknown.iter().map(|e| e.instance.clone()).collect();
+    let n = adopt(&mut s, registrar, local, unknown);
+    if n > 0 {
+        s.record(
+            format!("Adopted {n} Swarm services this leader did not launch ({})", ids.join(", ")),
+            "found in Swarm, not in this node's state (a deposed leader's late launch?)".into(),
+            "successful",
+        );
+    }
+}
+
+/// Takes the services into the group's state and this node's edge.
+fn adopt(
+    s: &mut GroupState,
+    registrar: &dyn Registrar,
+    local: &mut Local,
+    existing: Vec<crate::swarm::Existing>,
+) -> usize {
     let tg = s.cfg.target_group.clone();
     let mut adopted = 0;
     for e in existing {
@@ -166,12 +209,7 @@ pub(super) async fn take_over(
         });
         adopted += 1;
     }
-    let desired = s.desired;
-    s.record(
-        format!("Took over the group's control loop (lease token {token})"),
-        format!("adopted {adopted} running Swarm services; desired capacity {desired}"),
-        "successful",
-    );
+    adopted
 }
 
 /// Another node leads now: let go of the instances (their services keep running) and forget them.
