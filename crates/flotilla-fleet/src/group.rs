@@ -246,6 +246,8 @@ struct Local {
     next_metrics: Instant,
     launch_failures: u32,
     next_launch: Instant,
+    /// Unix milliseconds of the last step-policy action, saved for the next leader's cooldown.
+    last_step_unix_ms: Option<u64>,
 }
 
 /// Runs until the group is stopping and every instance has exited.
@@ -314,6 +316,7 @@ pub(crate) async fn run(
         next_metrics: now + interval,
         launch_failures: 0,
         next_launch: now,
+        last_step_unix_ms: None,
     };
     let mut leading: Option<u64> = None;
     let mut followed = std::collections::HashSet::new();
@@ -378,7 +381,7 @@ pub(crate) async fn run(
             return;
         }
         if let (Some((c, _)), Some(token)) = (&lead, leading) {
-            let snapshot = handle.lock().snapshot();
+            let snapshot = handle.lock().snapshot(local.last_step_unix_ms);
             if snapshot != last_saved {
                 match c.save(&name, token, snapshot.clone()).await {
                     Ok(true) => last_saved = snapshot,
@@ -635,7 +638,12 @@ fn evaluate_policies(handle: &GroupHandle, registrar: &dyn Registrar, local: &mu
         other => from_watch(other, &[]),
     };
     let obs = Observation { now: local.started.elapsed(), capacity: s.desired, ready, metric: &metric };
-    let Some(decision) = local.scaler.evaluate(&obs) else { return };
+    let before = local.scaler.last_step_action();
+    let decision = local.scaler.evaluate(&obs);
+    if local.scaler.last_step_action() != before {
+        local.last_step_unix_ms = Some(crate::group::coordinate::unix_ms(SystemTime::now()));
+    }
+    let Some(decision) = decision else { return };
     let mut desired = decision.desired.clamp(s.cfg.min, s.cfg.max);
     if desired > s.desired {
         if let Some(reason) = s.scale_out_blocked() {

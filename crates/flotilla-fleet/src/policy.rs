@@ -67,6 +67,17 @@ impl Scaler {
         Self { policies, cooldown, last_step_action: None }
     }
 
+    /// When the last step-policy action was taken (on `Observation::now`'s clock), for the
+    /// cooldown a new leader of the group must honour.
+    pub fn last_step_action(&self) -> Option<Duration> {
+        self.last_step_action
+    }
+
+    /// Carries a previous leader's last step action over (its cooldown still applies).
+    pub fn set_last_step_action(&mut self, at: Option<Duration>) {
+        self.last_step_action = at;
+    }
+
     /// Evaluates every policy; returns a new desired capacity (not yet clamped to the group's
     /// bounds) when one should change it.
     pub fn evaluate(&mut self, obs: &Observation<'_>) -> Option<Decision> {

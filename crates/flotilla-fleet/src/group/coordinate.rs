@@ -28,6 +28,13 @@ pub(crate) struct Saved {
     pub launch_version: u32,
     pub next_activity: u64,
     pub activity: Vec<SavedActivity>,
+    /// Unix milliseconds of the last step-policy action: the next leader honours its cooldown.
+    #[serde(default)]
+    pub last_step_unix_ms: Option<u64>,
+}
+
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -50,8 +57,9 @@ fn static_status(s: &str) -> &'static str {
 }
 
 impl GroupState {
-    pub(crate) fn snapshot(&self) -> String {
+    pub(crate) fn snapshot(&self, last_step_unix_ms: Option<u64>) -> String {
         let saved = Saved {
+            last_step_unix_ms,
             desired: self.desired,
             next_seq: self.next_seq,
             launch_version: self.launch_version,
@@ -71,10 +79,11 @@ impl GroupState {
         serde_json::to_string(&saved).unwrap_or_default()
     }
 
-    fn restore(&mut self, text: &str) {
+    /// Applies a previous leader's state; returns its last step action (unix ms).
+    fn restore(&mut self, text: &str) -> Option<u64> {
         let Ok(saved) = serde_json::from_str::<Saved>(text) else {
             tracing::warn!(group = %self.cfg.name, "saved group state unreadable; starting from the config");
-            return;
+            return None;
         };
         self.desired = saved.desired.clamp(self.cfg.min, self.cfg.max);
         self.next_seq = self.next_seq.max(saved.next_seq);
@@ -93,6 +102,7 @@ impl GroupState {
                 status: static_status(&a.status),
             })
             .collect();
+        saved.last_step_unix_ms
     }
 }
 
@@ -119,8 +129,17 @@ pub(super) async fn take_over(
         let _ = Docker::default().call("DELETE", &format!("/services/{}", e.service), None).await;
     }
     let mut s = handle.lock();
-    if let Some(text) = saved {
-        s.restore(&text);
+    if let Some(last_step) = saved.and_then(|text| s.restore(&text)) {
+        // The previous leader's cooldown still runs: place its last action on this node's
+        // policy clock.
+        let ago = std::time::Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(last_step));
+        if ago < s.cfg.cooldown {
+            // Before this node's clock began, it counts as its start: the wait is at most the
+            // whole cooldown from now, never shorter than the real one.
+            let at = local.started.elapsed().checked_sub(ago).unwrap_or_default();
+            local.scaler.set_last_step_action(Some(at));
+        }
+        local.last_step_unix_ms = Some(last_step);
     }
     let adopted = adopt(&mut s, registrar, local, existing);
     let desired = s.desired;
@@ -256,7 +275,14 @@ mod tests {
         assert_eq!(static_status("failed"), "failed");
         assert_eq!(static_status("in_progress"), "in_progress");
         assert_eq!(static_status("weird"), "successful");
-        let saved = Saved { desired: 3, next_seq: 7, launch_version: 2, next_activity: 9, activity: vec![] };
+        let saved = Saved {
+            desired: 3,
+            next_seq: 7,
+            launch_version: 2,
+            next_activity: 9,
+            activity: vec![],
+            last_step_unix_ms: Some(1_795_000_000_000),
+        };
         let text = serde_json::to_string(&saved).unwrap();
         assert_eq!(serde_json::from_str::<Saved>(&text).unwrap(), saved);
     }
