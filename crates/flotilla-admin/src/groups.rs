@@ -93,7 +93,7 @@ pub(crate) async fn cancel_refresh(State(state): State<AdminState>, Path(name): 
 fn fleet_error(e: FleetError) -> Response {
     let status = match e {
         FleetError::UnknownGroup(_) => StatusCode::NOT_FOUND,
-        FleetError::RefreshRunning(_) => StatusCode::CONFLICT,
+        FleetError::RefreshRunning(_) | FleetError::NotLeader(_) => StatusCode::CONFLICT,
         FleetError::BadRequest(_) => StatusCode::BAD_REQUEST,
         FleetError::OutOfBounds { .. } | FleetError::ScaleOutBlocked(_) => StatusCode::UNPROCESSABLE_ENTITY,
     };

@@ -98,6 +98,18 @@ pub struct GroupView {
     pub budget: Option<crate::BudgetView>,
     /// The running or last instance refresh.
     pub refresh: Option<crate::RefreshView>,
+    /// `single` (this node runs the group), or for a swarm group in a cluster `leader` or
+    /// `follower` (another node runs it; this one serves its instances).
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    Single,
+    Leader,
+    Follower,
 }
 
 struct Instance {
@@ -127,6 +139,7 @@ pub(crate) struct GroupState {
     pub next_refresh_id: u64,
     /// When a budget-blocked scale-out was last recorded (to record it once, not every tick).
     blocked_noted: Option<Instant>,
+    pub role: Role,
 }
 
 pub struct GroupHandle {
@@ -147,6 +160,7 @@ impl GroupHandle {
                 refresh: None,
                 next_refresh_id: 1,
                 blocked_noted: None,
+                role: Role::Single,
                 cfg,
                 launch_version: 1,
                 desired,
@@ -176,6 +190,7 @@ impl GroupHandle {
             instances: s.instances.iter().map(|i| i.view.clone()).collect(),
             budget: s.budget.as_ref().map(|b| b.view()),
             refresh: s.refresh.as_ref().map(|r| r.view.clone()),
+            role: s.role,
         }
     }
 
@@ -347,6 +362,7 @@ pub(crate) async fn run(
                 }
                 return;
             }
+            handle.lock().role = if leading.is_some() { Role::Leader } else { Role::Follower };
             if leading.is_none() {
                 coordinate::follow(&handle, &*registrar, &mut followed).await;
                 tokio::select! {

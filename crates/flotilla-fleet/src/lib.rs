@@ -28,7 +28,7 @@ use flotilla_config::Config;
 use tokio::task::JoinHandle;
 
 pub use budget::BudgetView;
-pub use group::{Activity, GroupView, InstanceState, InstanceView};
+pub use group::{Activity, GroupView, InstanceState, InstanceView, Role};
 pub use refresh::{RefreshOptions, RefreshStatus, RefreshView};
 pub use registrar::{Registrar, TargetHealth, TargetStatus};
 
@@ -70,11 +70,23 @@ pub enum FleetError {
     BadRequest(String),
     #[error("no scale-out: {0}")]
     ScaleOutBlocked(String),
+    #[error("this node does not lead group {0:?}'s control loop: ask the node that does (GET /api/v1/cluster shows who leads what)")]
+    NotLeader(String),
 }
 
 struct Running {
     handle: Arc<GroupHandle>,
     policies_version: Arc<AtomicU64>,
+}
+
+impl Running {
+    /// Changes go to the leader: a follower's own state is not the group's.
+    fn refuse_if_following(&self, name: &str) -> Result<(), FleetError> {
+        match self.handle.lock().role {
+            group::Role::Follower => Err(FleetError::NotLeader(name.to_string())),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Every group in the config, each driven by its own reconcile task.
@@ -165,6 +177,7 @@ impl Fleet {
     /// Sets the desired capacity (within the group's bounds), as `PUT .../desired` does.
     pub fn set_desired(&self, name: &str, desired: u32) -> Result<GroupView, FleetError> {
         let g = self.running(name)?;
+        g.refuse_if_following(name)?;
         {
             let mut s = g.handle.lock();
             let (min, max) = (s.cfg.min, s.cfg.max);
@@ -212,6 +225,7 @@ impl Fleet {
 
     /// Starts an instance refresh to the current launch template.
     pub fn start_refresh(&self, name: &str, opts: RefreshOptions) -> Result<RefreshView, FleetError> {
+        self.running(name)?.refuse_if_following(name)?;
         if opts.min_healthy_percentage > 100 {
             return Err(FleetError::BadRequest("min_healthy_percentage must be between 0 and 100".into()));
         }
@@ -257,6 +271,7 @@ impl Fleet {
     /// Stops a running refresh where it is (instances already replaced stay replaced).
     pub fn cancel_refresh(&self, name: &str) -> Result<Option<RefreshView>, FleetError> {
         let g = self.running(name)?;
+        g.refuse_if_following(name)?;
         let mut s = g.handle.lock();
         let Some(mut r) = s.refresh.take() else { return Ok(None) };
         if r.view.status.is_active() {

@@ -402,6 +402,28 @@ async fn the_rate_limit_holds_across_nodes_and_falls_back_to_shares_without_redi
         .unwrap();
     assert!(fallbacks >= 10, "{m}");
     assert!(nodes[0].f().log().contains("rate limits fall back to this node's share"));
+
+    // Redis returns (empty): the nodes notice by themselves; the limit is shared again and an
+    // invalidation is acknowledged by all three.
+    redis.run();
+    for n in &nodes {
+        eventually(Duration::from_secs(15), "Redis seen again", || async {
+            get(&n.f().admin("/metrics")).await.1.contains("flotilla_cluster_redis_up 1")
+        })
+        .await;
+    }
+    wait_members(&nodes[0], 3).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the limiter's pause after a failure
+    let mut passed = 0;
+    for i in 0..30 {
+        let n = &nodes[i % 3];
+        let (s, _, _) = request(&http, "GET", &n.f().url("/whoami"), &[("x-api-key", "k3")], "").await.unwrap();
+        passed += usize::from(s == 200);
+    }
+    assert_eq!(passed, 9, "one shared burst again once Redis is back");
+    let answer = nodes[1].invalidate("{\"paths\":[\"/*\"]}").await;
+    assert_eq!(answer["status"], "completed", "{answer}");
+    assert_eq!(names(&answer["cluster"]["applied"]), ["a", "b", "c"], "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

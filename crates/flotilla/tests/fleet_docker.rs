@@ -441,6 +441,12 @@ command = ["demo-app", "--port", "{{port}}", "--bind", "0.0.0.0", "--id", "{{ins
         c["nodes"].as_array().unwrap().iter().any(|n| n["name"] == node && n["leads"][0] == "group:lead")
     };
     assert!(leads(&cluster, "a"), "{cluster}");
+    // Changes go to the leader; the follower says so instead of acting on its own state.
+    assert_eq!(group(&b, "lead").await["role"], "follower");
+    assert_eq!(group(&a, "lead").await["role"], "leader");
+    let (status, body) = b.admin_call("PUT", "/api/v1/groups/lead/desired", "{\"desired\": 4}").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("does not lead"), "{body}");
     let (status, body) = a.admin_call("PUT", "/api/v1/groups/lead/desired", "{\"desired\": 3}").await;
     assert_eq!(status, 200, "{body}");
     wait_group(&a, "lead", "3 in service", |g| count(g, "in_service") == 3).await;
@@ -465,6 +471,7 @@ command = ["demo-app", "--port", "{{port}}", "--bind", "0.0.0.0", "--id", "{{ins
     let failover = killed.elapsed();
     eprintln!("leader failover: {failover:?}");
     assert_eq!(g["desired"], 2, "the new leader carries on from the saved desired capacity: {g}");
+    assert_eq!(g["role"], "leader");
     assert_eq!(services("lead").len(), 2, "no service launched twice, none lost");
     let act: Value = serde_json::from_str(&get(&b.admin("/api/v1/groups/lead/activity")).await.1).unwrap();
     let text = act.to_string();
