@@ -441,6 +441,24 @@ fn blocking_conn(cluster: &Cluster) -> Result<redis::aio::ConnectionManager, Clu
     Ok(cluster.client.get_connection_manager_lazy(cfg)?)
 }
 
+/// One blocking read of up to `BATCH` entries after `cursor` (returns early on a new entry).
+async fn xread(
+    conn: &mut redis::aio::ConnectionManager,
+    key: &str,
+    cursor: &str,
+) -> redis::RedisResult<Option<StreamReadReply>> {
+    redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(BATCH)
+        .arg("BLOCK")
+        .arg(BLOCK.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(cursor)
+        .query_async(conn)
+        .await
+}
+
 /// Reads the invalidation stream from this node's cursor and applies what the others published.
 pub(crate) async fn apply_loop(cluster: Arc<Cluster>) {
     let mut conn = match blocking_conn(&cluster) {
@@ -469,16 +487,7 @@ pub(crate) async fn apply_loop(cluster: Arc<Cluster>) {
             }
         }
         let cursor = state.applied();
-        let read = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(BATCH)
-            .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&cluster.keys.invalidations)
-            .arg(cursor.to_string())
-            .query_async::<Option<StreamReadReply>>(&mut conn)
-            .await;
+        let read = xread(&mut conn, &cluster.keys.invalidations, &cursor.to_string()).await;
         match read {
             Ok(reply) => {
                 let mut last = None;
@@ -517,16 +526,7 @@ pub(crate) async fn ack_loop(cluster: Arc<Cluster>) {
     let mut cursor = "$".to_string();
     let mut failures = 0u32;
     loop {
-        let read = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(BATCH)
-            .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&cluster.keys.acks)
-            .arg(&cursor)
-            .query_async::<Option<StreamReadReply>>(&mut conn)
-            .await;
+        let read = xread(&mut conn, &cluster.keys.acks, &cursor).await;
         match read {
             Ok(reply) => {
                 failures = 0;

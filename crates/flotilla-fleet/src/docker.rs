@@ -169,6 +169,19 @@ pub(crate) struct Shared {
     pub usage: Mutex<Option<(Option<f64>, u64)>>,
 }
 
+impl Shared {
+    /// Waits one poll interval, or less if a stop is requested; true once stopping.
+    pub(crate) async fn wait_tick(&self, poll: Duration) -> bool {
+        if !self.stopping.load(Ordering::Acquire) {
+            tokio::select! {
+                _ = self.stop.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
 impl Container {
     /// Starts the container's task; failures show up as an exit with the reason.
     pub fn launch(docker: Docker, spec: Spec, instance: String) -> Self {
@@ -233,12 +246,8 @@ async fn lifecycle(docker: Docker, spec: Spec, instance: String, shared: Arc<Sha
     let mut last_cpu: Option<(Instant, u64)> = None;
     let mut next_stats = Instant::now();
     let ended = loop {
-        if shared.stopping.load(Ordering::Acquire) {
+        if shared.wait_tick(POLL).await {
             break None;
-        }
-        tokio::select! {
-            _ = shared.stop.notified() => continue,
-            _ = tokio::time::sleep(POLL) => {}
         }
         match docker.call("GET", &format!("/containers/{id}/json"), None).await {
             Ok(v) if v["State"]["Running"] == true => {}

@@ -119,6 +119,38 @@ struct Instance {
     state_since: Instant,
 }
 
+impl Instance {
+    /// A just launched (or adopted) instance: pending until the edge's checks pass.
+    fn pending(
+        id: String,
+        addr: SocketAddr,
+        zone: Option<String>,
+        launch_version: u32,
+        pid: Option<u32>,
+        seq: u64,
+    ) -> Self {
+        let now = Instant::now();
+        Instance {
+            view: InstanceView {
+                id,
+                state: InstanceState::Pending,
+                addr,
+                zone,
+                launch_version,
+                launched_at: rfc3339(SystemTime::now()),
+                pid,
+                cpu: None,
+                memory_bytes: 0,
+                in_flight: 0,
+                container: None,
+            },
+            seq,
+            launched: now,
+            state_since: now,
+        }
+    }
+}
+
 pub(crate) struct GroupState {
     pub cfg: GroupConfig,
     pub launch_version: u32,
@@ -852,7 +884,6 @@ fn launch(s: &mut GroupState, registrar: &dyn Registrar, local: &mut Local, live
         s.record(format!("Launching instance {id} failed"), format!("cannot register {addr}: {e}"), "failed");
         return false; // dropping the child kills it
     }
-    let now = Instant::now();
     let pid = runner.pid();
     local.runners.insert(id.clone(), runner);
     s.record(
@@ -863,24 +894,8 @@ fn launch(s: &mut GroupState, registrar: &dyn Registrar, local: &mut Local, live
         format!("{cause} (launch template v{})", s.launch_version),
         "successful",
     );
-    s.instances.push(Instance {
-        view: InstanceView {
-            id,
-            state: InstanceState::Pending,
-            addr,
-            zone,
-            launch_version: s.launch_version,
-            launched_at: rfc3339(SystemTime::now()),
-            pid,
-            cpu: None,
-            memory_bytes: 0,
-            in_flight: 0,
-            container: None,
-        },
-        seq,
-        launched: now,
-        state_since: now,
-    });
+    let v = s.launch_version;
+    s.instances.push(Instance::pending(id, addr, zone, v, pid, seq));
     true
 }
 

@@ -116,12 +116,8 @@ pub(crate) async fn follow(docker: Docker, spec: Spec, service: String, instance
     let mut last_cpu: Option<(Instant, u64)> = None;
     let mut next_stats = Instant::now();
     let ended = loop {
-        if shared.stopping.load(Ordering::Acquire) {
+        if shared.wait_tick(POLL).await {
             break None;
-        }
-        tokio::select! {
-            _ = shared.stop.notified() => continue,
-            _ = tokio::time::sleep(POLL) => {}
         }
         let container = match task(&docker, &service).await {
             Ok(Some((state, err, _))) if FINAL.contains(&state.as_str()) => {

@@ -11,14 +11,14 @@
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use super::{GroupHandle, GroupState, Instance, Local};
 use crate::docker::{Container, Docker, Spec};
 use crate::runner::Runner;
-use crate::{InstanceState, InstanceView, Registrar};
+use crate::Registrar;
 
 /// What the next leader needs to carry on.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -207,25 +207,7 @@ fn adopt(
             tracing::warn!(instance = %e.instance, error = %err, "registering an adopted instance failed");
         }
         local.runners.insert(e.instance.clone(), runner);
-        let now = Instant::now();
-        s.instances.push(Instance {
-            view: InstanceView {
-                id: e.instance.clone(),
-                state: InstanceState::Pending,
-                addr,
-                zone: None,
-                launch_version: e.launch_version,
-                launched_at: crate::time::rfc3339(SystemTime::now()),
-                pid: None,
-                cpu: None,
-                memory_bytes: 0,
-                in_flight: 0,
-                container: None,
-            },
-            seq,
-            launched: now,
-            state_since: now,
-        });
+        s.instances.push(Instance::pending(e.instance.clone(), addr, None, e.launch_version, None, seq));
         adopted += 1;
     }
     adopted
