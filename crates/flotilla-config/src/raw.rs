@@ -114,6 +114,7 @@ pub(crate) struct RawSlo {
     pub window: Option<S<String>>,
     #[serde(default)]
     pub notify: Vec<S<String>>,
+    pub scope: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

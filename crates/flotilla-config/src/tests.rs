@@ -596,3 +596,11 @@ fn cache_parent_is_an_http_address_and_reserves_the_shield_group() {
         &["flotilla.toml:4:16: target group name \"flotilla-shield\" is reserved for cache.parent"],
     );
 }
+
+#[test]
+fn a_cluster_scoped_slo_needs_a_cluster() {
+    let slo = "[target_groups.web]\ntargets = [\"127.0.0.1:1\"]\n\n[[slos]]\nname = \"s\"\ntarget_group = \"web\"\nobjective = \"99%\"\nkind = \"availability\"\nscope = \"cluster\"\n";
+    check_err(slo, &["flotilla.toml:9:9: slos.s.scope: \"cluster\" needs a [cluster] table (nodes sharing Redis)"]);
+    let c = ok(&format!("[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\nsecret = \"x\"\n\n{slo}"));
+    assert!(c.slos[0].cluster);
+}

@@ -144,6 +144,7 @@ pub(crate) fn slos(
     raw: &[S<RawSlo>],
     notifiers: &BTreeMap<String, NotifierConfig>,
     groups: &BTreeMap<String, TargetGroupConfig>,
+    has_cluster: bool,
 ) -> Vec<SloConfig> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -210,6 +211,18 @@ pub(crate) fn slos(
             }
         };
         let window = cx.duration(&r.window, &key("window"), Duration::from_secs(30 * 86_400));
+        let cluster = match r.scope.as_ref().map(|sc| (sc, sc.get_ref().as_str())) {
+            None | Some((_, "node")) => false,
+            Some((_, "cluster")) if has_cluster => true,
+            Some((sc, "cluster")) => {
+                cx.err(sc, format!("{}: \"cluster\" needs a [cluster] table (nodes sharing Redis)", key("scope")));
+                false
+            }
+            Some((sc, other)) => {
+                cx.err(sc, format!("{}: {other:?} must be \"node\" or \"cluster\"", key("scope")));
+                false
+            }
+        };
         let notify = r
             .notify
             .iter()
@@ -221,6 +234,7 @@ pub(crate) fn slos(
             })
             .collect();
         out.push(SloConfig {
+            cluster,
             name: name.get_ref().clone(),
             target_group: tg.get_ref().clone(),
             objective,

@@ -81,6 +81,9 @@ pub struct SloConfig {
     pub kind: SloKind,
     pub window: Duration,
     pub notify: Vec<String>,
+    /// `scope = "cluster"`: judged on every node's requests (merged through Redis), not this
+    /// node's alone. Needs `[cluster]`.
+    pub cluster: bool,
 }
 
 /// `[budget]`: a monthly budget for all groups' instance-hours (AWS Budgets), with alerts on

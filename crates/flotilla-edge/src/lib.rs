@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 pub use cached::Invalidation;
 pub use error::EdgeError;
-pub use latency::bucket_bounds;
+pub use latency::{bucket_bounds, CLASSIC as LATENCY_BOUNDS};
 pub use policy::{SharedLimiter, SharedVerdict};
 pub use proxy::Body;
 pub use target::TargetState;
@@ -105,6 +105,8 @@ pub struct TargetView {
     pub state: TargetState,
     pub in_flight: u32,
     pub requests: u64,
+    /// Responses by status class, 1xx to 5xx (what `flotilla_http_requests_total` counts).
+    pub classes: [u64; 5],
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +124,7 @@ fn target_view(t: &target::Target) -> TargetView {
         state: t.state(),
         in_flight: t.outstanding(),
         requests: t.requests(),
+        classes: std::array::from_fn(|i| t.by_class[i].get()),
     }
 }
 

@@ -26,6 +26,10 @@ pub const WINDOWS: [(&str, f64); 7] = [
 
 const REQUESTS: &str = "flotilla_http_requests_rate";
 const DURATION: &str = "flotilla_http_request_duration_seconds";
+/// The same series summed over every node of a cluster (the binary feeds them to the watch, not
+/// to `/metrics`), for `scope = "cluster"`.
+const CLUSTER_REQUESTS: &str = "flotilla_cluster_http_requests_rate";
+const CLUSTER_DURATION: &str = "flotilla_cluster_http_request_duration_seconds";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SloView {
@@ -65,27 +69,29 @@ impl Slo {
     /// Recomputes at `now` from the store; returns the alerts that changed.
     pub fn evaluate(&mut self, store: &Store, now: f64) -> Vec<BurnChange> {
         let tg = BTreeMap::from([("target_group".to_string(), self.cfg.target_group.clone())]);
+        let (requests, duration) =
+            if self.cfg.cluster { (CLUSTER_REQUESTS, CLUSTER_DURATION) } else { (REQUESTS, DURATION) };
         let bound = match self.cfg.kind {
             SloKind::Availability => None,
-            SloKind::Latency(d) => Some(latency_bound(store, d.as_secs_f64())),
+            SloKind::Latency(d) => Some(latency_bound(store, duration, d.as_secs_f64())),
         };
         let ratio = |secs: f64| -> Option<f64> {
             let from = now - secs;
             let sum = |name: &str, f: &BTreeMap<String, String>| {
                 store.query(name, f, from, now).iter().map(|p| p.v).sum::<f64>()
             };
-            let total = sum(REQUESTS, &tg);
+            let total = sum(requests, &tg);
             if total <= 0.0 {
                 return None;
             }
             let mut with_class = tg.clone();
             with_class.insert("class".into(), "5xx".into());
-            let mut bad = sum(REQUESTS, &with_class);
+            let mut bad = sum(requests, &with_class);
             if let Some(Some(le)) = &bound {
                 let mut with_le = tg.clone();
                 with_le.insert("le".into(), le.clone());
                 let slow =
-                    sum(&format!("{DURATION}_count_rate"), &tg) - sum(&format!("{DURATION}_bucket_rate"), &with_le);
+                    sum(&format!("{duration}_count_rate"), &tg) - sum(&format!("{duration}_bucket_rate"), &with_le);
                 bad += slow.max(0.0);
             }
             Some((bad / total).clamp(0.0, 1.0))
@@ -129,9 +135,9 @@ impl Slo {
 
 /// The largest bucket bound of the edge's latency histogram not above `secs` (None before the
 /// first request). A request "within 200 ms" is one counted in that bucket.
-fn latency_bound(store: &Store, secs: f64) -> Option<String> {
+fn latency_bound(store: &Store, duration: &str, secs: f64) -> Option<String> {
     store
-        .label_values(&format!("{DURATION}_bucket_rate"), "le")
+        .label_values(&format!("{duration}_bucket_rate"), "le")
         .into_iter()
         .filter_map(|v| v.parse::<f64>().ok().map(|f| (f, v)))
         .filter(|(f, _)| *f <= secs + 1e-12)
@@ -168,6 +174,7 @@ mod tests {
             kind,
             window: Duration::from_secs(30 * 86_400),
             notify: vec![],
+            cluster: false,
         })
     }
 

@@ -19,11 +19,20 @@ const EVERY: Duration = Duration::from_secs(1);
 /// Merged latency snapshots kept (one a second): the longest window a policy may ask for.
 const HISTORY: usize = 900;
 
+/// One target as one node sees it.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct TargetStat {
+    pub requests: u64,
+    pub in_flight: u32,
+    /// Responses by status class, 1xx to 5xx, so far.
+    pub classes: [u64; 5],
+}
+
 /// What one node publishes.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Published {
-    /// target group → target address → (requests so far, in flight now).
-    pub targets: BTreeMap<String, BTreeMap<String, (u64, u32)>>,
+    /// target group → target address → counts.
+    pub targets: BTreeMap<String, BTreeMap<String, TargetStat>>,
     /// target group → (bucket index, count so far), non-empty buckets only.
     pub latency: BTreeMap<String, Vec<(u32, u64)>>,
 }
@@ -38,6 +47,9 @@ pub struct Remote {
     in_flight: HashMap<(String, SocketAddr), u32>,
     last_latency: HashMap<(String, String, u32), u64>,
     latency: HashMap<String, Buckets>,
+    last_class: HashMap<(String, String, String, usize), u64>,
+    /// (target group, status class index) → responses.
+    classes: HashMap<(String, usize), u64>,
 }
 
 /// How much a counter grew since `last` (a smaller value means its node restarted). A node seen
@@ -56,13 +68,19 @@ impl Remote {
         self.in_flight.clear();
         for (node, p) in round {
             for (tg, targets) in &p.targets {
-                for (addr, (requests, in_flight)) in targets {
+                for (addr, t) in targets {
                     let Ok(sa) = addr.parse::<SocketAddr>() else { continue };
                     let key = (node.clone(), tg.clone(), addr.clone());
-                    let grew = growth(self.last.get(&key).copied(), *requests);
-                    self.last.insert(key, *requests);
+                    let grew = growth(self.last.get(&key).copied(), t.requests);
+                    self.last.insert(key, t.requests);
                     *self.requests.entry((tg.clone(), sa)).or_default() += grew;
-                    *self.in_flight.entry((tg.clone(), sa)).or_default() += in_flight;
+                    *self.in_flight.entry((tg.clone(), sa)).or_default() += t.in_flight;
+                    for (class, n) in t.classes.iter().enumerate() {
+                        let key = (node.clone(), tg.clone(), addr.clone(), class);
+                        let grew = growth(self.last_class.get(&key).copied(), *n);
+                        self.last_class.insert(key, *n);
+                        *self.classes.entry((tg.clone(), class)).or_default() += grew;
+                    }
                 }
             }
             for (tg, buckets) in &p.latency {
@@ -75,6 +93,10 @@ impl Remote {
             }
         }
     }
+}
+
+fn local_copy(p: &Published) -> Published {
+    Published { targets: p.targets.clone(), latency: p.latency.clone() }
 }
 
 /// A quantile of the latency observed between two cumulative snapshots, interpolated inside the
@@ -105,6 +127,9 @@ pub struct ClusterStats {
     cluster: Arc<Cluster>,
     edge: Arc<Edge>,
     remote: Mutex<Remote>,
+    /// This node's own publications folded the same way, so cluster totals stay monotonic when
+    /// a local target goes away.
+    own: Mutex<Remote>,
     /// (when, target group → merged cumulative buckets), newest last.
     history: Mutex<VecDeque<(Instant, HashMap<String, Buckets>)>>,
 }
@@ -115,6 +140,7 @@ impl ClusterStats {
             cluster,
             edge,
             remote: Mutex::new(Remote::default()),
+            own: Mutex::new(Remote::default()),
             history: Mutex::new(VecDeque::new()),
         });
         let s = stats.clone();
@@ -132,7 +158,9 @@ impl ClusterStats {
         for g in self.edge.target_groups() {
             let t = p.targets.entry(g.name.clone()).or_default();
             for target in g.targets {
-                t.insert(target.addr.to_string(), (target.requests, target.in_flight));
+                let stat =
+                    TargetStat { requests: target.requests, in_flight: target.in_flight, classes: target.classes };
+                t.insert(target.addr.to_string(), stat);
             }
         }
         p.latency = self.edge.latency_buckets().into_iter().collect();
@@ -146,6 +174,11 @@ impl ClusterStats {
                 tracing::debug!(error = %e, "cluster: cannot publish this node's aggregates");
             }
         }
+        // Our own first sighting counts from zero too: joining never shows as a burst.
+        self.own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .absorb(&[(self.cluster.node().to_string(), local_copy(&local))]);
         let round: Vec<(String, Published)> = match self.cluster.read_stats().await {
             Ok(r) => r.into_iter().filter_map(|(n, j)| Some((n, serde_json::from_str(&j).ok()?))).collect(),
             Err(_) => Vec::new(), // Redis away: the others' totals stand still, ours keep counting
@@ -177,6 +210,51 @@ impl ClusterStats {
         let older = h.iter().rev().find(|(t, _)| *t <= since).or(h.front()).map(|(_, m)| m)?;
         let empty = Buckets::new();
         quantile(older.get(group).unwrap_or(&empty), newest.get(group)?, q)
+    }
+
+    /// The cluster's request and latency series for the watch (not `/metrics`, which stays per
+    /// node): `flotilla_cluster_http_requests_total{target_group,class}` and the classic
+    /// `flotilla_cluster_http_request_duration_seconds` histogram, from every node's counts.
+    /// `slos[].scope = "cluster"` reads them.
+    pub fn exposition(&self) -> String {
+        use std::fmt::Write as _;
+        let (own, remote) =
+            (self.own.lock().unwrap_or_else(|e| e.into_inner()), self.remote.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut classes: BTreeMap<(String, usize), u64> = BTreeMap::new();
+        for (k, v) in own.classes.iter().chain(remote.classes.iter()) {
+            *classes.entry(k.clone()).or_default() += v;
+        }
+        let mut latency: BTreeMap<String, Buckets> = BTreeMap::new();
+        for (tg, b) in own.latency.iter().chain(remote.latency.iter()) {
+            let m = latency.entry(tg.clone()).or_default();
+            for (i, c) in b {
+                *m.entry(*i).or_default() += c;
+            }
+        }
+        let mut out = String::from("# TYPE flotilla_cluster_http_requests counter\n");
+        for ((tg, class), n) in &classes {
+            let _ = writeln!(
+                out,
+                "flotilla_cluster_http_requests_total{{target_group=\"{tg}\",class=\"{}xx\"}} {n}",
+                class + 1
+            );
+        }
+        out.push_str("# TYPE flotilla_cluster_http_request_duration_seconds histogram\n");
+        let name = "flotilla_cluster_http_request_duration_seconds";
+        for (tg, b) in &latency {
+            let count: u64 = b.values().sum();
+            for bound in flotilla_edge::LATENCY_BOUNDS {
+                let cum: u64 = b
+                    .iter()
+                    .filter(|(i, _)| flotilla_edge::bucket_bounds(**i as usize).1 <= bound + 1e-9)
+                    .map(|(_, c)| c)
+                    .sum();
+                let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\",target_group=\"{tg}\"}} {cum}");
+            }
+            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\",target_group=\"{tg}\"}} {count}");
+            let _ = writeln!(out, "{name}_count{{target_group=\"{tg}\"}} {count}");
+        }
+        out
     }
 
     fn remote_counts(&self, group: &str, addr: SocketAddr) -> (u64, u32) {
@@ -222,7 +300,8 @@ mod tests {
 
     fn published(addr: &str, requests: u64, buckets: &[(u32, u64)]) -> Published {
         let mut p = Published::default();
-        p.targets.entry("web".into()).or_default().insert(addr.into(), (requests, 2));
+        let stat = TargetStat { requests, in_flight: 2, classes: [0, requests, 0, 0, 0] };
+        p.targets.entry("web".into()).or_default().insert(addr.into(), stat);
         p.latency.insert("web".into(), buckets.to_vec());
         p
     }
@@ -241,6 +320,7 @@ mod tests {
         r.absorb(&[("b".into(), published(a, 5, &[(40, 1)])), ("c".into(), published(a, 17, &[]))]);
         assert_eq!(r.requests[&("web".into(), sa)], 30 + 5 + 10);
         assert_eq!(r.latency["web"][&40], 5 + 1);
+        assert_eq!(r.classes[&("web".to_string(), 1)], 45, "classes fold like requests");
     }
 
     #[test]

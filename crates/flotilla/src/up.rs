@@ -84,7 +84,20 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         cluster: cluster.clone(),
     });
     let (e, f, c) = (edge.clone(), fleet.clone(), reloader.clone());
-    let watch = flotilla_watch::Watch::start(&cfg, Arc::new(move || flotilla_admin::exposition_for_watch(&e, &f, &*c)));
+    let cluster_series = stats.as_ref().map(|(s, _)| s.clone());
+    let watch = flotilla_watch::Watch::start(
+        &cfg,
+        Arc::new(move || {
+            let mut text = flotilla_admin::exposition_for_watch(&e, &f, &*c);
+            // The cluster's totals go to the watch (for cluster-scoped SLOs), not to /metrics.
+            if let Some(s) = &cluster_series {
+                text.truncate(text.len().saturating_sub("# EOF\n".len()));
+                text.push_str(&s.exposition());
+                text.push_str("# EOF\n");
+            }
+            text
+        }),
+    );
     let w = watch.clone();
     fleet.set_scale_out_guard(Arc::new(move || w.budget_cap()));
     let w = watch.clone();

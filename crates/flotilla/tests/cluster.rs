@@ -532,3 +532,41 @@ async fn three_edges_behind_a_shield_cost_the_origin_one_request_per_object() {
         assert_eq!(fallbacks, 10, "{m}");
     }
 }
+
+/// `scope = "cluster"`: an SLO judged on every node's requests. Traffic goes through node b
+/// only; node a's cluster-scoped SLO sees b's errors, its node-scoped one sees nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_scoped_slo_counts_every_nodes_requests() {
+    let Some(redis) = Redis::start("slo") else { return };
+    let app = DemoApp::start("origin");
+    let body = "[watch]\nresolution = \"250ms\"\n\n\
+        [[slos]]\nname = \"cluster-avail\"\ntarget_group = \"web\"\nobjective = \"99%\"\nkind = \"availability\"\nscope = \"cluster\"\n\n\
+        [[slos]]\nname = \"node-avail\"\ntarget_group = \"web\"\nobjective = \"99%\"\nkind = \"availability\"\n\n\
+        [[routes]]\npath = \"/*\"\ntarget_group = \"web\"\n\n";
+    let mut a = Node::new("a", &redis.url(), &[&app], "", body);
+    let mut b = Node::new("b", &redis.url(), &[&app], "", body);
+    a.up(&[&app]).await;
+    b.up(&[&app]).await;
+    wait_members(&a, 2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // both nodes have seen each other's counters
+    for i in 0..40 {
+        let path = if i % 4 == 3 { "/status/500" } else { "/whoami" };
+        get(&b.f().url(path)).await;
+    }
+    let slo = |v: &serde_json::Value, name: &str| {
+        v["slos"].as_array().unwrap().iter().find(|s| s["name"] == name).cloned().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&get(&a.f().admin("/api/v1/slos")).await.1).unwrap();
+        let cluster = slo(&v, "cluster-avail");
+        if cluster["attainment"].as_f64().is_some_and(|x| (0.70..=0.80).contains(&x)) {
+            assert!(slo(&v, "node-avail")["attainment"].is_null(), "node a served nothing itself: {v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node a's cluster SLO never saw b's errors: {v}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // /metrics stays per node: the cluster series feed the watch only.
+    assert!(!get(&a.f().admin("/metrics")).await.1.contains("flotilla_cluster_http_requests"));
+}
