@@ -32,7 +32,14 @@ pub(crate) struct Found {
     len: u64,
     modified: Option<SystemTime>,
     path: PathBuf,
+    /// The whole file, when it is small enough to read in the lookup's blocking call.
+    small: Option<Bytes>,
 }
+
+/// Files up to this size are read in the same blocking call that finds them and sent from
+/// memory: one trip to the blocking pool per request instead of one per read (a small static
+/// file cost ~110 µs of CPU per request, most of it in those trips).
+const SMALL_FILE: u64 = 64 * 1024;
 
 pub(crate) enum Lookup {
     Found(Found),
@@ -73,7 +80,7 @@ impl FilesOrigin {
         }
         match std::fs::File::open(&real) {
             Ok(file) if meta.is_file() => {
-                Lookup::Found(Found { file, len: meta.len(), modified: meta.modified().ok(), path: real })
+                Lookup::Found(Found { file, len: meta.len(), modified: meta.modified().ok(), path: real, small: None })
             }
             _ => Lookup::NotFound,
         }
@@ -117,7 +124,16 @@ pub(crate) async fn serve(
     }
     let lookup = {
         let (origin, p) = (origin.clone(), path.to_string());
-        tokio::task::spawn_blocking(move || origin.lookup(&p)).await.unwrap_or(Lookup::NotFound)
+        let head = method == Method::HEAD;
+        tokio::task::spawn_blocking(move || match origin.lookup(&p) {
+            Lookup::Found(mut f) if !head && f.len <= SMALL_FILE => {
+                read_small(&mut f);
+                Lookup::Found(f)
+            }
+            other => other,
+        })
+        .await
+        .unwrap_or(Lookup::NotFound)
     };
     let found = match lookup {
         Lookup::Found(f) => f,
@@ -174,12 +190,29 @@ pub(crate) async fn serve(
     if method == Method::HEAD || len == 0 {
         return with_headers(status, out, empty());
     }
+    if let Some(bytes) = &found.small {
+        let (from, to) = (start as usize, (start + len) as usize);
+        return with_headers(status, out, Full::new(bytes.slice(from..to)).map_err(|e| match e {}).boxed_unsync());
+    }
     let mut file = tokio::fs::File::from_std(found.file);
     if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "read failed\n");
     }
     let body = FileBody { file, remaining: len, buf: BytesMut::new() };
     with_headers(status, out, body.boxed_unsync())
+}
+
+/// Reads a small file whole; on any surprise (an error, a length other than its metadata said)
+/// leaves it to be streamed from the start instead.
+fn read_small(f: &mut Found) {
+    use std::io::{Read, Seek};
+    let mut buf = Vec::with_capacity(f.len as usize);
+    let ok = f.file.by_ref().take(f.len + 1).read_to_end(&mut buf).is_ok() && buf.len() as u64 == f.len;
+    if ok {
+        f.small = Some(Bytes::from(buf));
+    } else if f.file.seek(std::io::SeekFrom::Start(0)).is_err() {
+        f.small = None;
+    }
 }
 
 /// RFC 9110 §13.1.2 / §13.1.3: If-None-Match (weak comparison) wins over If-Modified-Since.

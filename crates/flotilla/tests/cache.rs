@@ -379,6 +379,9 @@ async fn files_origin_serves_a_directory_with_validators_and_ranges() {
     std::fs::write(dir.join("secret.txt"), "outside the root\n").unwrap();
     std::fs::create_dir_all(public.join("plain")).unwrap();
     std::fs::write(public.join("plain/data.txt"), "1234567890").unwrap();
+    // Larger than the small-file limit (64 KiB): streamed from disk rather than read whole.
+    let big: String = (0..20_000).map(|i| format!("{i:05}\n")).collect();
+    std::fs::write(public.join("plain/big.txt"), &big).unwrap();
     std::os::unix::fs::symlink(dir.join("secret.txt"), public.join("assets/link.txt")).unwrap();
     let body = format!(
         "{BEHAVIOR}[[routes]]\npath = \"/assets/*\"\norigin = \"files:public\"\ncache = \"main\"\n\n[[routes]]\npath = \"/plain/*\"\norigin = \"files:public\"\n"
@@ -411,6 +414,12 @@ async fn files_origin_serves_a_directory_with_validators_and_ranges() {
     assert_eq!(s, 304);
     let (s, h, b) = request(&c, "HEAD", &f.url("/plain/data.txt"), &[], "").await.unwrap();
     assert_eq!((s, b.as_str(), h["content-length"].to_str().unwrap()), (200, "", "10"));
+    let (s, _, b) = request(&c, "GET", &f.url("/plain/big.txt"), &[], "").await.unwrap();
+    assert_eq!((s, b.len()), (200, big.len()));
+    assert!(b == big, "the streamed file differs");
+    let (s, _, part) =
+        request(&c, "GET", &f.url("/plain/big.txt"), &[("range", "bytes=70000-70011")], "").await.unwrap();
+    assert_eq!((s, part.as_str()), (206, &big[70_000..70_012]));
     let (s, h, _) = request(&c, "GET", &f.url("/plain/data.txt"), &[("range", "bytes=50-")], "").await.unwrap();
     assert_eq!((s, h["content-range"].to_str().unwrap()), (416, "bytes */10"));
     let (s, h, _) = request(&c, "GET", &f.url("/assets/docs"), &[], "").await.unwrap();
