@@ -24,11 +24,27 @@ const CHUNK: usize = 64 * 1024;
 pub(crate) struct FilesOrigin {
     /// Canonical when the directory existed at load; requests fail with 404 otherwise.
     root: PathBuf,
+    /// Small files served in the last second, by URL path: answered with no syscall and no
+    /// trip to the blocking pool, whose thread hand-offs were most of a small file's cost
+    /// (nginx's `open_file_cache`, holding the bytes too). A change on disk shows within
+    /// [`RECENT_FOR`].
+    recent: moka::sync::Cache<String, std::sync::Arc<Recent>>,
 }
+
+struct Recent {
+    bytes: Bytes,
+    modified: Option<SystemTime>,
+    path: PathBuf,
+}
+
+const RECENT_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// Bytes of small files kept in `recent` at most.
+const RECENT_BYTES: u64 = 32 << 20;
 
 /// A file found under the root.
 pub(crate) struct Found {
-    file: std::fs::File,
+    /// None when the file came from `recent` (then `small` holds it).
+    file: Option<std::fs::File>,
     len: u64,
     modified: Option<SystemTime>,
     path: PathBuf,
@@ -52,7 +68,16 @@ pub(crate) enum Lookup {
 
 impl FilesOrigin {
     pub(crate) fn new(dir: &Path) -> Self {
-        FilesOrigin { root: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()) }
+        FilesOrigin {
+            root: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+            recent: moka::sync::Cache::builder()
+                .max_capacity(RECENT_BYTES)
+                .weigher(|k: &String, v: &std::sync::Arc<Recent>| {
+                    (k.len() + v.bytes.len() + 256).min(u32::MAX as usize) as u32
+                })
+                .time_to_live(RECENT_FOR)
+                .build(),
+        }
     }
 
     /// Resolves a URL path (still percent-encoded) to a file. Blocking.
@@ -79,9 +104,13 @@ impl FilesOrigin {
             return Lookup::Directory;
         }
         match std::fs::File::open(&real) {
-            Ok(file) if meta.is_file() => {
-                Lookup::Found(Found { file, len: meta.len(), modified: meta.modified().ok(), path: real, small: None })
-            }
+            Ok(file) if meta.is_file() => Lookup::Found(Found {
+                file: Some(file),
+                len: meta.len(),
+                modified: meta.modified().ok(),
+                path: real,
+                small: None,
+            }),
             _ => Lookup::NotFound,
         }
     }
@@ -90,10 +119,11 @@ impl FilesOrigin {
     pub(crate) fn read(&self, url_path: &str, limit: u64) -> Result<Bytes, ReadError> {
         match self.lookup(url_path) {
             Lookup::Found(f) if f.len > limit => Err(ReadError::TooLarge),
-            Lookup::Found(mut f) => {
+            Lookup::Found(f) => {
                 use std::io::Read;
+                let Some(mut file) = f.file else { return Err(ReadError::NotFound) };
                 let mut buf = Vec::with_capacity(f.len as usize);
-                f.file.by_ref().take(limit + 1).read_to_end(&mut buf).map_err(|_| ReadError::NotFound)?;
+                file.by_ref().take(limit + 1).read_to_end(&mut buf).map_err(|_| ReadError::NotFound)?;
                 if buf.len() as u64 > limit {
                     return Err(ReadError::TooLarge);
                 }
@@ -122,18 +152,33 @@ pub(crate) async fn serve(
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    let lookup = {
-        let (origin, p) = (origin.clone(), path.to_string());
-        let head = method == Method::HEAD;
-        tokio::task::spawn_blocking(move || match origin.lookup(&p) {
-            Lookup::Found(mut f) if !head && f.len <= SMALL_FILE => {
-                read_small(&mut f);
-                Lookup::Found(f)
+    let recent = origin.recent.get(path);
+    let lookup = match recent {
+        Some(r) => Lookup::Found(Found {
+            file: None,
+            len: r.bytes.len() as u64,
+            modified: r.modified,
+            path: r.path.clone(),
+            small: Some(r.bytes.clone()),
+        }),
+        None => {
+            let (o, p) = (origin.clone(), path.to_string());
+            let head = method == Method::HEAD;
+            let found = tokio::task::spawn_blocking(move || match o.lookup(&p) {
+                Lookup::Found(mut f) if !head && f.len <= SMALL_FILE => {
+                    read_small(&mut f);
+                    Lookup::Found(f)
+                }
+                other => other,
+            })
+            .await
+            .unwrap_or(Lookup::NotFound);
+            if let Lookup::Found(Found { small: Some(bytes), modified, path: real, .. }) = &found {
+                let r = Recent { bytes: bytes.clone(), modified: *modified, path: real.clone() };
+                origin.recent.insert(path.to_string(), std::sync::Arc::new(r));
             }
-            other => other,
-        })
-        .await
-        .unwrap_or(Lookup::NotFound)
+            found
+        }
     };
     let found = match lookup {
         Lookup::Found(f) => f,
@@ -194,7 +239,8 @@ pub(crate) async fn serve(
         let (from, to) = (start as usize, (start + len) as usize);
         return with_headers(status, out, Full::new(bytes.slice(from..to)).map_err(|e| match e {}).boxed_unsync());
     }
-    let mut file = tokio::fs::File::from_std(found.file);
+    let Some(file) = found.file else { return plain(StatusCode::INTERNAL_SERVER_ERROR, "read failed\n") };
+    let mut file = tokio::fs::File::from_std(file);
     if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "read failed\n");
     }
@@ -207,11 +253,12 @@ pub(crate) async fn serve(
 fn read_small(f: &mut Found) {
     use std::io::{Read, Seek};
     let mut buf = Vec::with_capacity(f.len as usize);
-    let ok = f.file.by_ref().take(f.len + 1).read_to_end(&mut buf).is_ok() && buf.len() as u64 == f.len;
+    let Some(file) = f.file.as_mut() else { return };
+    let ok = file.by_ref().take(f.len + 1).read_to_end(&mut buf).is_ok() && buf.len() as u64 == f.len;
     if ok {
         f.small = Some(Bytes::from(buf));
-    } else if f.file.seek(std::io::SeekFrom::Start(0)).is_err() {
-        f.small = None;
+    } else {
+        let _ = file.seek(std::io::SeekFrom::Start(0));
     }
 }
 

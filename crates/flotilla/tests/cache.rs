@@ -437,6 +437,11 @@ async fn files_origin_serves_a_directory_with_validators_and_ranges() {
     assert!(encoded.starts_with("HTTP/1.1 400"), "{encoded}");
     let (s, _, b) = request(&c, "GET", &f.url("/assets/link.txt"), &[], "").await.unwrap();
     assert_eq!(s, 404, "{b}");
+    // Small files are kept in memory for a second: a change on disk shows within it.
+    std::fs::write(public.join("plain/data.txt"), "changed").unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (s, _, b) = request(&c, "GET", &f.url("/plain/data.txt"), &[], "").await.unwrap();
+    assert_eq!((s, b.as_str()), (200, "changed"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
