@@ -337,10 +337,18 @@ async fn a_partitioned_node_catches_up_when_the_partition_heals() {
     let local = c.invalidate("{\"tags\":[\"p2\"]}").await;
     assert_eq!(local["status"], "local", "{local}");
     assert_eq!(local["cluster"]["journaled"], 1, "{local}");
+    // The CLI says so too, and fails, so a deploy script does not take it for done.
+    let cli = Command::new(BIN)
+        .args(["invalidate", "--config", c.f().config.to_str().unwrap(), "--tag", "p3"])
+        .output()
+        .unwrap();
+    assert!(!cli.status.success());
+    let err = String::from_utf8_lossy(&cli.stderr);
+    assert!(err.contains("applied on this node only"), "{err}");
     assert!(c.cache_status(p2).await.contains("fwd=miss"));
     assert!(a.cache_status(p2).await.starts_with("flotilla; hit"));
     let m = get(&c.f().admin("/metrics")).await.1;
-    assert!(m.contains("flotilla_cluster_invalidations_journaled 1"), "{m}");
+    assert!(m.contains("flotilla_cluster_invalidations_journaled 2"), "{m}");
 
     proxy.set_cut(false);
     // c catches up on p1, and a receives c's journaled p2.
