@@ -22,6 +22,7 @@ mod pool;
 mod proxy;
 mod route;
 mod shield;
+mod streams;
 mod target;
 mod tls;
 mod upgrade;

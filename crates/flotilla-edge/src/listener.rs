@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use crate::framing::{FramingFlags, Tracked, Tracker};
 use crate::proxy::{self, Conn};
+use crate::streams::{StreamExec, WithStreams};
 use crate::worker::Worker;
 use crate::{EdgeError, Shared};
 
@@ -51,11 +52,27 @@ macro_rules! drive {
     }};
 }
 
+/// `drive!` for HTTP/2: the connection with its streams polled on its own task.
+macro_rules! drive_h2 {
+    ($builders:expr, $io:expr, $svc:expr, $stop:expr) => {{
+        let exec = StreamExec::default();
+        let mut conn = WithStreams::new($builders.h2(exec.clone()).serve_connection($io, $svc), exec);
+        let mut stop = $stop;
+        tokio::select! {
+            r = &mut conn => r,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                conn.conn().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
 /// The HTTP/1.1 and HTTP/2 server settings, built once.
 #[derive(Clone)]
 pub(crate) struct ServerBuilders {
     h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
+    max_header_list_size: u32,
 }
 
 pub(crate) fn server_builders(cfg: &flotilla_config::EdgeConfig) -> ServerBuilders {
@@ -67,13 +84,20 @@ pub(crate) fn server_builders(cfg: &flotilla_config::EdgeConfig) -> ServerBuilde
         .header_read_timeout(cfg.timeouts.header_read)
         .max_buf_size(cfg.limits.max_header_bytes.max(8192))
         .max_headers(cfg.limits.max_headers);
-    let mut h2 = http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(cfg.limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    ServerBuilders { h1, h2 }
+    ServerBuilders { h1, max_header_list_size: cfg.limits.max_header_bytes as u32 }
+}
+
+impl ServerBuilders {
+    /// HTTP/2 settings for one connection, whose streams its own task polls (`streams.rs`).
+    fn h2(&self, exec: StreamExec) -> http2::Builder<StreamExec> {
+        let mut h2 = http2::Builder::new(exec);
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(self.max_header_list_size)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        h2
+    }
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -236,7 +260,7 @@ async fn serve(
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(Tracked::new(stream, tracker));
         if h2 {
-            drive!(builders.h2.serve_connection(io, h2_svc), stop)
+            drive_h2!(builders, io, h2_svc, stop)
         } else {
             drive!(builders.h1.serve_connection(io, svc).with_upgrades(), stop)
         }
@@ -247,7 +271,7 @@ async fn serve(
         };
         let io = TokioIo::new(Tracked::new(stream, tracker));
         if h2 {
-            drive!(builders.h2.serve_connection(io, h2_svc), stop)
+            drive_h2!(builders, io, h2_svc, stop)
         } else {
             drive!(builders.h1.serve_connection(io, svc).with_upgrades(), stop)
         }

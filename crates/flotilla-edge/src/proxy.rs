@@ -60,14 +60,33 @@ pub(crate) async fn handle(
     // Only the access log needs the path after the request is consumed.
     let path = if rt.access_log { req.uri().path().to_owned() } else { String::new() };
     let mut out = Outcome::default();
-    let mut resp = match forward(&shared, &rt, &conn, req, &rid, &mut out).await {
+    let result = match forward(&shared, &rt, &conn, req, &rid, &mut out).await {
+        Ok(Routed::Answered(r)) => Ok(r),
+        Ok(Routed::Group { group, host, req }) => {
+            let cx = Origin {
+                shared: &shared,
+                rt: &rt,
+                conn: &conn,
+                backend: Backend::Group(&group),
+                host: &host,
+                rid: &rid,
+            };
+            origin(cx, req, &mut out).await
+        }
+        Err(e) => Err(e),
+    };
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
             shared.metrics.error(e.kind());
             error_response(e, &rid)
         }
     };
-    resp.headers_mut().insert(rt.request_id_header.clone(), rid.clone());
+    // Never indexed by HPACK: each id is unique, so a table entry would only evict useful ones
+    // and lengthen the encoder's search for every later id (HTTP/1.1 ignores the flag).
+    let mut rid_out = rid.clone();
+    rid_out.set_sensitive(true);
+    resp.headers_mut().insert(rt.request_id_header.clone(), rid_out);
     if let Some(policy) = &out.headers {
         policy.apply(resp.headers_mut(), conn.tls);
     }
@@ -94,6 +113,15 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
+/// Where `forward` leaves a request: answered, or bound for a target group's origin phase. The
+/// origin phase is awaited by `handle` itself rather than inside `forward`, so the two largest
+/// futures of a request share one slot instead of nesting (each nesting level is a multi-KB copy
+/// into fresh memory per request).
+enum Routed {
+    Answered(Response<Body>),
+    Group { group: Arc<TargetGroup>, host: String, req: Request<Incoming> },
+}
+
 async fn forward(
     shared: &Arc<Shared>,
     rt: &Arc<Runtime>,
@@ -101,7 +129,7 @@ async fn forward(
     mut req: Request<Incoming>,
     rid: &HeaderValue,
     out: &mut Outcome,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Routed, ProxyError> {
     if req.version() != Version::HTTP_2 {
         match conn.framing.next_request() {
             Some(crate::framing::Verdict::Ambiguous) => return Err(ProxyError::BadRequest),
@@ -150,7 +178,7 @@ async fn forward(
         // itself so checks never reach an origin.
         let mut resp = small(StatusCode::OK, "ok\n".into());
         resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        return Ok(resp);
+        return Ok(Routed::Answered(resp));
     }
     if !conn.tls {
         // ACME HTTP-01 (RFC 8555 §8.3): answered here, before the HTTPS redirect and routing,
@@ -160,16 +188,16 @@ async fn forward(
                 let mut resp = small(StatusCode::OK, key_auth);
                 resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
                 resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                return Ok(resp);
+                return Ok(Routed::Answered(resp));
             }
         }
         if let Some(port) = rt.https_redirect {
-            return Ok(redirect_to_https(&host, port, req.uri()));
+            return Ok(Routed::Answered(redirect_to_https(&host, port, req.uri())));
         }
     }
     if let Some(svc) = rt.images.as_ref().filter(|s| s.rest(req.uri().path()).is_some()) {
         let cx = Origin { shared, rt, conn, backend: Backend::Images(svc), host: &host, rid };
-        return Box::pin(crate::images::serve(cx, svc, req, out)).await;
+        return Box::pin(crate::images::serve(cx, svc, req, out)).await.map(Routed::Answered);
     }
     let route = rt.routes.find(&host, req.uri().path()).ok_or(ProxyError::NoRoute)?;
     out.headers = route.headers.clone();
@@ -180,7 +208,7 @@ async fn forward(
             None => limiter.check(&key),
         };
         if let crate::policy::Verdict::Deny { retry_after } = verdict {
-            return Ok(too_many_requests(retry_after));
+            return Ok(Routed::Answered(too_many_requests(retry_after)));
         }
     }
     let group = match &route.backend {
@@ -189,22 +217,23 @@ async fn forward(
             let backend = Backend::Files(files);
             if let Some(rule) = route.cache.clone() {
                 let cx = Origin { shared, rt, conn, backend, host: &host, rid };
-                return Box::pin(crate::cached::serve(cx, &rule, req, out)).await;
+                return Box::pin(crate::cached::serve(cx, &rule, req, out)).await.map(Routed::Answered);
             }
-            return origin(Origin { shared, rt, conn, backend, host: &host, rid }, req, out).await;
+            let cx = Origin { shared, rt, conn, backend, host: &host, rid };
+            return Box::pin(origin(cx, req, out)).await.map(Routed::Answered);
         }
     };
     out.group = Some(group.clone());
     if req.version() != Version::HTTP_2 && headers::is_upgrade(req.headers()) {
         // Boxed: a rare path whose state would otherwise enlarge every request's future (which
         // tokio copies on each HTTP/2 stream spawn).
-        return Box::pin(upgrade::forward(shared, &group, conn, req, &host, rid, out)).await;
+        return Box::pin(upgrade::forward(shared, &group, conn, req, &host, rid, out)).await.map(Routed::Answered);
     }
     if let Some(rule) = route.cache.clone() {
         let cx = Origin { shared, rt, conn, backend: Backend::Group(&group), host: &host, rid };
-        return Box::pin(crate::cached::serve(cx, &rule, req, out)).await;
+        return Box::pin(crate::cached::serve(cx, &rule, req, out)).await.map(Routed::Answered);
     }
-    origin(Origin { shared, rt, conn, backend: Backend::Group(&group), host: &host, rid }, req, out).await
+    Ok(Routed::Group { group, host, req })
 }
 
 /// What answers a request that reaches the origin phase.
