@@ -295,6 +295,8 @@ struct Local {
     next_launch: Instant,
     /// Unix milliseconds of the last step-policy action, saved for the next leader's cooldown.
     last_step_unix_ms: Option<u64>,
+    /// Unix milliseconds at `started`: the policies' clock zero, for handing their state over.
+    epoch_ms: u64,
 }
 
 /// Runs until the group is stopping and every instance has exited.
@@ -364,6 +366,7 @@ pub(crate) async fn run(
         launch_failures: 0,
         next_launch: now,
         last_step_unix_ms: None,
+        epoch_ms: coordinate::unix_ms(SystemTime::now()),
     };
     let mut leading: Option<u64> = None;
     let mut followed = std::collections::HashSet::new();
@@ -429,7 +432,8 @@ pub(crate) async fn run(
             return;
         }
         if let (Some((c, _)), Some(token)) = (&lead, leading) {
-            let snapshot = handle.lock().snapshot(local.last_step_unix_ms);
+            let policies = Some(local.scaler.export(local.epoch_ms));
+            let snapshot = handle.lock().snapshot(local.last_step_unix_ms, policies);
             if snapshot != last_saved {
                 match c.save(&name, token, snapshot.clone()).await {
                     Ok(true) => last_saved = snapshot,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use flotilla_config::{AlarmConfig, AlarmStatistic, PolicyConfig, Statistic, StepPolicy, TargetTracking};
 use flotilla_watch::alarm::Alarm;
 use flotilla_watch::AlarmState;
+use serde::{Deserialize, Serialize};
 
 /// Metric names the policies understand besides any custom metric the caller supplies.
 pub const CPU: &str = "cpu";
@@ -117,6 +118,82 @@ impl Scaler {
             self.last_step_action = Some(obs.now);
         }
         Some(Decision { desired: proposal.desired, cause: proposal.cause })
+    }
+}
+
+/// A scaler's state in a form another node can load (a swarm group's next leader): alarm
+/// datapoints and states, stabilization windows; times as Unix milliseconds. The partial period
+/// in progress is not kept: the next leader starts a fresh one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScalerSaved {
+    pub policies: Vec<PolicySaved>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PolicySaved {
+    Step {
+        metric: String,
+        state: AlarmState,
+        datapoints: Vec<Option<f64>>,
+    },
+    Tracking {
+        metric: String,
+        /// (Unix ms, recommendation) of the stabilization window.
+        history: Vec<(u64, u32)>,
+        last_scale_in_ms: Option<u64>,
+        first_ms: Option<u64>,
+    },
+}
+
+impl Scaler {
+    /// The state to hand over. `epoch_ms` is the Unix time (ms) of this scaler's clock zero,
+    /// fixed per loop, so the same state always serializes the same way.
+    pub fn export(&self, epoch_ms: u64) -> ScalerSaved {
+        let at = |d: Duration| epoch_ms + d.as_millis() as u64;
+        let policies = self
+            .policies
+            .iter()
+            .map(|p| match p {
+                PolicyState::Step(s) => PolicySaved::Step {
+                    metric: s.cfg.metric.clone(),
+                    state: s.alarm.state,
+                    datapoints: s.alarm.datapoints.iter().copied().collect(),
+                },
+                PolicyState::Tracking(t) => PolicySaved::Tracking {
+                    metric: t.cfg.metric.clone(),
+                    history: t.history.iter().map(|(d, r)| (at(*d), *r)).collect(),
+                    last_scale_in_ms: t.last_scale_in.map(at),
+                    first_ms: t.first.map(at),
+                },
+            })
+            .collect();
+        ScalerSaved { policies }
+    }
+
+    /// Loads a previous leader's state into policies of the same kind and metric, in order
+    /// (a policy the config changed starts fresh). Times before this scaler's clock began count
+    /// as its start: windows then hold at least as long as they really would.
+    pub fn import(&mut self, saved: &ScalerSaved, epoch_ms: u64) {
+        let local = |ms: u64| Duration::from_millis(ms.saturating_sub(epoch_ms));
+        for (p, saved) in self.policies.iter_mut().zip(&saved.policies) {
+            match (p, saved) {
+                (PolicyState::Step(s), PolicySaved::Step { metric, state, datapoints }) if *metric == s.cfg.metric => {
+                    let keep = s.cfg.evaluation_periods as usize;
+                    let skip = datapoints.len().saturating_sub(keep);
+                    s.alarm.datapoints = datapoints.iter().skip(skip).copied().collect();
+                    s.alarm.state = *state;
+                }
+                (PolicyState::Tracking(t), PolicySaved::Tracking { metric, history, last_scale_in_ms, first_ms })
+                    if *metric == t.cfg.metric =>
+                {
+                    t.history = history.iter().map(|(ms, r)| (local(*ms), *r)).collect();
+                    t.last_scale_in = last_scale_in_ms.map(local);
+                    t.first = first_ms.map(local);
+                }
+                _ => {}
+            }
+        }
     }
 }
 
@@ -459,6 +536,52 @@ mod tests {
         // Load stops: the low alarm needs four fresh periods below 30 %, and the cooldown.
         let acts = run(&mut s, &mut cap, 600, 1200, 10.0);
         assert_eq!(acts, vec![(840, 5), (1140, 4)]);
+    }
+
+    #[test]
+    fn a_new_leader_carries_on_from_the_saved_alarm_and_windows() {
+        let policies = [step(70.0, Comparison::Greater, Adjustment::Change(2)), tracking(50.0)];
+        let mut old = Scaler::new(&policies[..1], Duration::ZERO);
+        let mut cap = 2;
+        // Three breaching periods: the 4-of-4 alarm is one period short.
+        assert_eq!(run(&mut old, &mut cap, 0, 190, 90.0), vec![]);
+        let epoch = 1_800_000_000_000;
+        let saved = old.export(epoch);
+        let text = serde_json::to_string(&saved).unwrap();
+        let saved: ScalerSaved = serde_json::from_str(&text).unwrap();
+        // The next leader's clock starts 190 s later; one more breaching period is enough.
+        let mut new = Scaler::new(&policies[..1], Duration::ZERO);
+        new.import(&saved, epoch + 190_000);
+        assert_eq!(run(&mut new, &mut cap, 0, 70, 90.0), vec![(60, 4)]);
+        // A fresh scaler would need all four periods.
+        let mut fresh = Scaler::new(&policies[..1], Duration::ZERO);
+        let mut cap2 = 2;
+        assert_eq!(run(&mut fresh, &mut cap2, 0, 70, 90.0), vec![]);
+
+        // Target tracking: the scale-in stabilization window carries over too. The old leader
+        // saw 50 % (4 needed) for 100 s, then 25 % (2 needed): its window still holds 4.
+        let mut old = Scaler::new(&policies[1..], Duration::ZERO);
+        let mut cap = 4;
+        assert_eq!(run(&mut old, &mut cap, 0, 100, 50.0), vec![]);
+        assert_eq!(run(&mut old, &mut cap, 105, 390, 25.0), vec![]);
+        let saved = old.export(epoch);
+        // The next leader's loop clock began 1,000 s before the old one's.
+        let mut new = Scaler::new(&policies[1..], Duration::ZERO);
+        new.import(&saved, epoch - 1_000_000);
+        let acts = run(&mut new, &mut cap, 1390, 1800, 25.0);
+        assert_eq!(acts.first(), Some(&(1405, 2)), "scales in once the 4s leave the window: {acts:?}");
+        // A fresh tracker would first watch a whole window of its own.
+        let mut fresh = Scaler::new(&policies[1..], Duration::ZERO);
+        let mut cap = 4;
+        let acts = run(&mut fresh, &mut cap, 1390, 1800, 25.0);
+        assert!(acts.first().is_some_and(|a| a.0 >= 1690), "{acts:?}");
+        // A policy whose metric changed starts fresh.
+        let mut other = Scaler::new(&[tracking(60.0)], Duration::ZERO);
+        if let Some(PolicyState::Tracking(t)) = other.policies.first_mut() {
+            t.cfg.metric = "memory".into();
+        }
+        other.import(&saved, epoch);
+        assert!(matches!(other.policies.first(), Some(PolicyState::Tracking(t)) if t.history.is_empty()));
     }
 
     #[test]

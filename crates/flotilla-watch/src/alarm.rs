@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::store::Point;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum AlarmState {
     #[serde(rename = "OK")]
     Ok,

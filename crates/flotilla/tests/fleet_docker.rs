@@ -95,6 +95,24 @@ fn services(group: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
 }
 
+/// Each of `group`'s services with its Swarm version index (bumped by every write to it).
+fn service_versions(group: &str) -> std::collections::BTreeMap<String, u64> {
+    let ids = services(group);
+    if ids.is_empty() {
+        return Default::default();
+    }
+    let out = Command::new("docker")
+        .args(["service", "inspect", "--format", "{{.ID}} {{.Version.Index}}"])
+        .args(&ids)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(id, v)| (id.to_string(), v.trim().parse().unwrap()))
+        .collect()
+}
+
 async fn wait_services(group: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while services(group).len() != n {
@@ -467,6 +485,8 @@ command = ["demo-app", "--port", "{{port}}", "--bind", "0.0.0.0", "--id", "{{ins
     assert_eq!(failures, Vec::<String>::new(), "requests through the follower failed during the leader's scale-in");
 
     // The leader dies without a word: b takes over within the lease and adopts both services.
+    let versions = service_versions("lead");
+    assert_eq!(versions.len(), 2, "{versions:?}");
     let killed = Instant::now();
     a.proc.kill9();
     let g = wait_group(&b, "lead", "b adopts the two services", |g| count(g, "in_service") == 2).await;
@@ -475,6 +495,8 @@ command = ["demo-app", "--port", "{{port}}", "--bind", "0.0.0.0", "--id", "{{ins
     assert_eq!(g["desired"], 2, "the new leader carries on from the saved desired capacity: {g}");
     assert_eq!(g["role"], "leader");
     assert_eq!(services("lead").len(), 2, "no service launched twice, none lost");
+    // Adopting writes nothing: the same services at the same versions (no update applied twice).
+    assert_eq!(service_versions("lead"), versions, "the new leader adopted the services as they were");
     let act: Value = serde_json::from_str(&get(&b.admin("/api/v1/groups/lead/activity")).await.1).unwrap();
     let text = act.to_string();
     assert!(text.contains("Took over the group's control loop"), "{act:#}");

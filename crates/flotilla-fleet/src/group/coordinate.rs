@@ -3,8 +3,9 @@
 //!
 //! The leader reconciles, scales and refreshes as a single node would, and after every change
 //! saves the group's decisions — desired capacity, the next instance number, the launch template
-//! version and the activity history — with its fencing token, so a deposed leader's late save is
-//! refused. A node that becomes leader loads that state and adopts the services that exist in
+//! version, the activity history, the last step action (cooldown) and its scaling policies' alarm
+//! datapoints and stabilization windows — with its fencing token, so a deposed leader's late save
+//! is refused. A node that becomes leader loads that state and adopts the services that exist in
 //! Swarm (the source of truth for what runs) instead of launching new ones, so failover neither
 //! doubles nor loses an instance. Followers register the services' ports in their own edge, so
 //! every node serves the group.
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{GroupHandle, GroupState, Instance, Local};
 use crate::docker::{Container, Docker, Spec};
+use crate::policy::ScalerSaved;
 use crate::runner::Runner;
 use crate::Registrar;
 
@@ -31,6 +33,9 @@ pub(crate) struct Saved {
     /// Unix milliseconds of the last step-policy action: the next leader honours its cooldown.
     #[serde(default)]
     pub last_step_unix_ms: Option<u64>,
+    /// The scaling policies' alarm datapoints and states and their stabilization windows.
+    #[serde(default)]
+    pub policies: Option<ScalerSaved>,
 }
 
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
@@ -57,9 +62,10 @@ fn static_status(s: &str) -> &'static str {
 }
 
 impl GroupState {
-    pub(crate) fn snapshot(&self, last_step_unix_ms: Option<u64>) -> String {
+    pub(crate) fn snapshot(&self, last_step_unix_ms: Option<u64>, policies: Option<ScalerSaved>) -> String {
         let saved = Saved {
             last_step_unix_ms,
+            policies,
             desired: self.desired,
             next_seq: self.next_seq,
             launch_version: self.launch_version,
@@ -79,8 +85,9 @@ impl GroupState {
         serde_json::to_string(&saved).unwrap_or_default()
     }
 
-    /// Applies a previous leader's state; returns its last step action (unix ms).
-    fn restore(&mut self, text: &str) -> Option<u64> {
+    /// Applies a previous leader's state; returns its last step action (unix ms) and its
+    /// policies' state, which live beside the group state in the loop.
+    fn restore(&mut self, text: &str) -> Option<(Option<u64>, Option<ScalerSaved>)> {
         let Ok(saved) = serde_json::from_str::<Saved>(text) else {
             tracing::warn!(group = %self.cfg.name, "saved group state unreadable; starting from the config");
             return None;
@@ -102,7 +109,7 @@ impl GroupState {
                 status: static_status(&a.status),
             })
             .collect();
-        saved.last_step_unix_ms
+        Some((saved.last_step_unix_ms, saved.policies))
     }
 }
 
@@ -129,17 +136,24 @@ pub(super) async fn take_over(
         let _ = Docker::default().call("DELETE", &format!("/services/{}", e.service), None).await;
     }
     let mut s = handle.lock();
-    if let Some(last_step) = saved.and_then(|text| s.restore(&text)) {
-        // The previous leader's cooldown still runs: place its last action on this node's
-        // policy clock.
-        let ago = std::time::Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(last_step));
-        if ago < s.cfg.cooldown {
-            // Before this node's clock began, it counts as its start: the wait is at most the
-            // whole cooldown from now, never shorter than the real one.
-            let at = local.started.elapsed().checked_sub(ago).unwrap_or_default();
-            local.scaler.set_last_step_action(Some(at));
+    if let Some((last_step, policies)) = saved.and_then(|text| s.restore(&text)) {
+        if let Some(last_step) = last_step {
+            // The previous leader's cooldown still runs: place its last action on this node's
+            // policy clock.
+            let ago = std::time::Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(last_step));
+            if ago < s.cfg.cooldown {
+                // Before this node's clock began, it counts as its start: the wait is at most the
+                // whole cooldown from now, never shorter than the real one.
+                let at = local.started.elapsed().checked_sub(ago).unwrap_or_default();
+                local.scaler.set_last_step_action(Some(at));
+            }
+            local.last_step_unix_ms = Some(last_step);
         }
-        local.last_step_unix_ms = Some(last_step);
+        // Alarms keep their datapoints (a breach three periods old still counts toward four)
+        // and target tracking its stabilization window.
+        if let Some(p) = policies {
+            local.scaler.import(&p, local.epoch_ms);
+        }
     }
     let adopted = adopt(&mut s, registrar, local, existing);
     let desired = s.desired;
@@ -264,6 +278,13 @@ mod tests {
             next_activity: 9,
             activity: vec![],
             last_step_unix_ms: Some(1_795_000_000_000),
+            policies: Some(ScalerSaved {
+                policies: vec![crate::policy::PolicySaved::Step {
+                    metric: "cpu".into(),
+                    state: flotilla_watch::AlarmState::Alarm,
+                    datapoints: vec![Some(91.0), None, Some(88.5)],
+                }],
+            }),
         };
         let text = serde_json::to_string(&saved).unwrap();
         assert_eq!(serde_json::from_str::<Saved>(&text).unwrap(), saved);
