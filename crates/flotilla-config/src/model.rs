@@ -219,6 +219,10 @@ pub struct CacheConfig {
     pub disk: Option<DiskCacheConfig>,
     /// Shield tier: another Flotilla node that cached routes' misses ask before the origin.
     pub parent: Option<std::net::SocketAddr>,
+    /// How long a miss waits for the parent's response head before asking the origin itself
+    /// (a parent that accepts connections but stalls must not hold requests for the whole
+    /// `timeouts.target_response`).
+    pub parent_timeout: std::time::Duration,
 }
 
 /// The name of the target group the edge builds for `cache.parent` (reserved).
@@ -233,7 +237,13 @@ pub struct DiskCacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { memory: 256 << 20, max_object: 8 << 20, disk: None, parent: None }
+        Self {
+            memory: 256 << 20,
+            max_object: 8 << 20,
+            disk: None,
+            parent: None,
+            parent_timeout: std::time::Duration::from_secs(5),
+        }
     }
 }
 

@@ -158,6 +158,7 @@ pub(crate) struct RawCache {
     pub max_object: Option<S<SizeLit>>,
     pub disk: Option<S<RawDisk>>,
     pub parent: Option<S<String>>,
+    pub parent_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

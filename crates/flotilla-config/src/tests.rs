@@ -587,6 +587,10 @@ fn cluster_errors_name_line_and_key() {
 fn cache_parent_is_an_http_address_and_reserves_the_shield_group() {
     let c = ok("[cache]\nparent = \"http://127.0.0.1:8081/\"\n");
     assert_eq!(c.cache.parent, Some("127.0.0.1:8081".parse().unwrap()));
+    assert_eq!(c.cache.parent_timeout, Duration::from_secs(5));
+    let c = ok("[cache]\nparent = \"http://127.0.0.1:8081\"\nparent_timeout = \"750ms\"\n");
+    assert_eq!(c.cache.parent_timeout, Duration::from_millis(750));
+    check_err("[cache]\nparent_timeout = \"0s\"\n", &["flotilla.toml:2:18: cache.parent_timeout must be more than 0"]);
     check_err(
         "[cache]\nparent = \"https://edge:443\"\n",
         &["flotilla.toml:2:10: cache.parent: \"https://edge:443\" must be http://host:port (another Flotilla node's edge)"],

@@ -625,7 +625,13 @@ fn cache(cx: &mut Ctx<'_>, raw: &S<RawCache>) -> CacheConfig {
         max_object: cx.size(&r.max_object, "cache.max_object", d.max_object),
         disk,
         parent,
+        parent_timeout: cx.duration(&r.parent_timeout, "cache.parent_timeout", d.parent_timeout),
     };
+    if c.parent_timeout.is_zero() {
+        if let Some(t) = &r.parent_timeout {
+            cx.err(t, "cache.parent_timeout must be more than 0");
+        }
+    }
     if c.memory < 1 << 20 {
         if let Some(m) = &r.memory {
             cx.err(m, "cache.memory must be at least 1MiB");

@@ -63,6 +63,8 @@ pub(crate) struct Runtime {
     images: Option<Arc<images::ImageService>>,
     /// The cache parent's target group (`cache.parent`), when configured.
     shield: Option<Arc<TargetGroup>>,
+    /// `cache.parent_timeout`: how long a miss waits for the parent's response head.
+    cache_parent_timeout: Duration,
 }
 
 pub(crate) struct Shared {
@@ -406,6 +408,7 @@ impl Runtime {
             limits: cfg.edge.limits.clone(),
             images: None,
             shield: None,
+            cache_parent_timeout: cfg.cache.parent_timeout,
         }
     }
 }

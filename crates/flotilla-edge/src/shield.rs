@@ -80,16 +80,24 @@ pub(crate) async fn via_parent<B>(cx: &Origin<'_>, req: &Request<B>, out: &mut O
         host: cx.host,
         rid: cx.rid,
     };
-    match origin(parent, ask, out).await {
-        Ok(resp) => {
+    let limit = cx.rt.cache_parent_timeout;
+    let failed = match tokio::time::timeout(limit, origin(parent, ask, out)).await {
+        Ok(Ok(resp)) => {
             metrics.shield_parent.inc();
-            Some(resp)
+            return Some(resp);
         }
-        Err(e) => {
-            tracing::debug!(error = ?e, "cache parent failed; asking the origin");
-            metrics.shield_fallbacks.inc();
-            *out = Outcome { headers: out.headers.take(), ..Outcome::default() };
-            None
+        Ok(Err(e)) => format!("{e:?}"),
+        Err(_) => {
+            // Accepting connections but not answering (paused, overloaded): eject it now, as a
+            // failed connect would; its health checks bring it back once it answers again.
+            for t in shield.targets().iter() {
+                shield.report_connect_failure(t);
+            }
+            format!("no response head within {limit:?}")
         }
-    }
+    };
+    tracing::debug!(error = %failed, "cache parent failed; asking the origin");
+    metrics.shield_fallbacks.inc();
+    *out = Outcome { headers: out.headers.take(), ..Outcome::default() };
+    None
 }

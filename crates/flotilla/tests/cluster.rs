@@ -488,7 +488,8 @@ async fn three_edges_behind_a_shield_cost_the_origin_one_request_per_object() {
     let body = format!("{BEHAVIOR}{CACHED_ROUTE}{}", group_toml("web", &[&app], ""));
     let mut parent = Flotilla::start("shield-parent", &body);
     parent.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
-    let child_body = format!("[cache]\nparent = \"http://127.0.0.1:{}\"\n\n{body}", parent.port);
+    let child_body =
+        format!("[cache]\nparent = \"http://127.0.0.1:{}\"\nparent_timeout = \"1s\"\n\n{body}", parent.port);
     let children: Vec<Flotilla> = (0..3).map(|i| Flotilla::start(&format!("shield-child-{i}"), &child_body)).collect();
     let parent_addr = format!("127.0.0.1:{}", parent.port);
     for c in &children {
@@ -522,6 +523,27 @@ async fn three_edges_behind_a_shield_cost_the_origin_one_request_per_object() {
         assert!(m.contains("flotilla_cache_shield_fallbacks_total 0"), "{m}");
     }
 
+    // The parent stalls (stopped: the kernel still accepts its connections, nothing answers).
+    // A miss waits `parent_timeout` at most, then asks the origin; nothing fails.
+    let pid = parent.proc.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let mut stalled = Vec::new();
+    for (i, c) in children.iter().enumerate() {
+        let (http, url) = (http.clone(), c.url(&format!("/cached?cc=max-age=600&stalled={i}")));
+        stalled.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let r = request(&http, "GET", &url, &[], "").await.unwrap();
+            (r, started.elapsed())
+        }));
+    }
+    for r in stalled {
+        let ((status, _, body), took) = r.await.unwrap();
+        assert_eq!(status, 200, "a miss failed while the parent stalled: {body}");
+        eprintln!("miss during the stall answered in {took:?}");
+        // Without the bound it would wait for `timeouts.target_response` (60 s).
+        assert!(took < Duration::from_secs(15), "a miss waited {took:?} on a stalled parent");
+    }
+
     // The parent dies: misses go to the origin, nothing fails.
     parent.proc.kill9();
     for i in 0..30 {
@@ -537,7 +559,7 @@ async fn three_edges_behind_a_shield_cost_the_origin_one_request_per_object() {
             .find(|l| l.starts_with("flotilla_cache_shield_fallbacks_total"))
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .unwrap();
-        assert_eq!(fallbacks, 10, "{m}");
+        assert_eq!(fallbacks, 11, "the stalled miss and the ten after the parent died: {m}");
     }
 }
 
