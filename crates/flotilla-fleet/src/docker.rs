@@ -167,6 +167,9 @@ pub(crate) struct Shared {
     pub stop: Notify,
     /// Latest (cpu % of one core, memory bytes).
     pub usage: Mutex<Option<(Option<f64>, u64)>>,
+    /// Where a Swarm task answers (its node's address and the host port Swarm published),
+    /// once it runs; plain containers are reached where they were launched.
+    pub addr: Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl Shared {
@@ -225,6 +228,11 @@ impl Container {
 
     pub fn id(&self) -> Option<String> {
         self.shared.id.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A Swarm task's address, once Swarm has placed it and published its port.
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        *self.shared.addr.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -421,6 +421,7 @@ pub(crate) async fn run(
         }
         reap(&handle, &*registrar, &mut local);
         note_container_ids(&handle, &local);
+        note_addresses(&handle, &*registrar, &local);
         watch_health(&handle, &*registrar, &mut local);
         advance_stops(&handle, &*registrar, &mut local);
         run_schedules(&handle, &mut local);
@@ -500,6 +501,38 @@ fn note_container_ids(handle: &GroupHandle, local: &Local) {
     }
 }
 
+/// An address not known yet: a Swarm task's node and port are Swarm's choice.
+pub(crate) const UNPLACED: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+/// Registers instances whose engine chose where they run (Swarm) once it says where, and moves
+/// the registration if that changes.
+fn note_addresses(handle: &GroupHandle, registrar: &dyn Registrar, local: &Local) {
+    let mut s = handle.lock();
+    let tg = s.cfg.target_group.clone();
+    let mut placed = Vec::new();
+    let live = |i: &&mut Instance| {
+        matches!(i.view.state, InstanceState::Pending | InstanceState::InService | InstanceState::Unhealthy)
+    };
+    for i in s.instances.iter_mut().filter(live) {
+        let Some(addr) = local.runners.get(&i.view.id).and_then(Runner::addr) else { continue };
+        if addr == i.view.addr {
+            continue;
+        }
+        if i.view.addr != UNPLACED {
+            registrar.deregister(&tg, i.view.addr);
+        }
+        if let Err(e) = registrar.register(&tg, addr, i.view.zone.as_deref()) {
+            tracing::warn!(instance = %i.view.id, %addr, error = %e, "registering a placed instance failed");
+            continue;
+        }
+        i.view.addr = addr;
+        placed.push((i.view.id.clone(), addr));
+    }
+    for (id, addr) in placed {
+        tracing::info!(group = %s.cfg.name, instance = %id, %addr, "instance placed");
+    }
+}
+
 fn note_launch_failure(local: &mut Local) {
     local.launch_failures += 1;
     let backoff = Duration::from_secs(1u64 << local.launch_failures.min(6)).min(MAX_BACKOFF);
@@ -515,6 +548,13 @@ fn watch_health(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Loc
     let mut replace = Vec::new();
     let mut changes = Vec::new();
     for i in s.live() {
+        if i.view.addr == UNPLACED {
+            // Not placed yet: it cannot be checked; past the grace period it counts as failed.
+            if since(i.launched) >= grace {
+                replace.push((i.view.id.clone(), i.view.addr, true, i.view.launch_version));
+            }
+            continue;
+        }
         let Some(status) = registrar.status(&tg, i.view.addr) else {
             // The edge lost it (a reload recreated the group): register it again.
             if let Err(e) = registrar.register(&tg, i.view.addr, i.view.zone.as_deref()) {
@@ -857,7 +897,13 @@ fn launch(s: &mut GroupState, registrar: &dyn Registrar, local: &mut Local, live
     let zone = pick_zone(s);
     let taken: Vec<u16> = s.instances.iter().map(|i| i.view.addr.port()).collect();
     let cause = format!("desired capacity {} but {live} instances running", s.desired);
-    let port = match process::free_port(&|p| taken.contains(&p)) {
+    // Swarm publishes each task on a port of whichever node runs it: nothing to pick here.
+    let placed_by_swarm = matches!(&s.cfg.launch.driver, flotilla_config::LaunchDriver::Docker { swarm: Some(_), .. });
+    let port = match placed_by_swarm {
+        true => Ok(0),
+        false => process::free_port(&|p| taken.contains(&p)),
+    };
+    let port = match port {
         Ok(p) => p,
         Err(e) => {
             note_launch_failure(local);
@@ -882,17 +928,20 @@ fn launch(s: &mut GroupState, registrar: &dyn Registrar, local: &mut Local, live
             return false;
         }
     };
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    if let Err(e) = registrar.register(&s.cfg.target_group, addr, zone.as_deref()) {
-        note_launch_failure(local);
-        s.record(format!("Launching instance {id} failed"), format!("cannot register {addr}: {e}"), "failed");
-        return false; // dropping the child kills it
+    let addr = if placed_by_swarm { UNPLACED } else { SocketAddr::from((Ipv4Addr::LOCALHOST, port)) };
+    if !placed_by_swarm {
+        if let Err(e) = registrar.register(&s.cfg.target_group, addr, zone.as_deref()) {
+            note_launch_failure(local);
+            s.record(format!("Launching instance {id} failed"), format!("cannot register {addr}: {e}"), "failed");
+            return false; // dropping the child kills it
+        }
     }
     let pid = runner.pid();
     local.runners.insert(id.clone(), runner);
+    let place = if placed_by_swarm { "as a Swarm service".to_string() } else { format!("on {addr}") };
     s.record(
         format!(
-            "Launching instance {id} on {addr}{}",
+            "Launching instance {id} {place}{}",
             zone.as_deref().map(|z| format!(" in zone {z}")).unwrap_or_default()
         ),
         format!("{cause} (launch template v{})", s.launch_version),

@@ -106,6 +106,14 @@ impl Runner {
         }
     }
 
+    /// Where the instance answers when the engine chose it (Swarm); None: where it was launched.
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Runner::Process { .. } => None,
+            Runner::Docker(c) => c.addr(),
+        }
+    }
+
     pub fn container_id(&self) -> Option<String> {
         match self {
             Runner::Process { .. } => None,

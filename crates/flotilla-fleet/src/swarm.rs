@@ -7,12 +7,16 @@
 //! and rollback are Flotilla's, as with the other drivers. A service is created once and never
 //! updated, so no write ever races a stale version (Swarm's "update out of sequence").
 //!
-//! The task's port is published in host mode on the port Flotilla allocated, and the task is
-//! read back from Swarm (`/tasks`), the source of truth for what runs: its state, its error, its
-//! container (for stats). `Init` is set so a PID 1 that ignores SIGTERM does not hold each stop
+//! The task's port is published in host mode with no fixed host port: Swarm gives each task its
+//! own, read back from the task's `Status.PortStatus` with the address of the node it runs on
+//! (`/nodes/{id}`, `Status.Addr`), so instances on other hosts are reached where they run. The
+//! task is read back from Swarm (`/tasks`), the source of truth for what runs: its state, its
+//! error, its container (for stats), its address. `Init` is set so a PID 1 that ignores SIGTERM does not hold each stop
 //! for the whole grace period. The daemon must run with `DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1`
 //! to start tasks from local-only images.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,31 +64,90 @@ fn service_body(spec: &Spec, constraints: &[String]) -> Value {
             "Placement": { "Constraints": constraints },
         },
         "Mode": { "Replicated": { "Replicas": 1 } },
-        "EndpointSpec": { "Ports": [{
-            "Protocol": "tcp",
-            "TargetPort": spec.container_port,
-            "PublishedPort": spec.host_port,
-            "PublishMode": "host",
-        }] },
+        // No `PublishedPort`: in host mode each task gets a free port of its node.
+        "EndpointSpec": { "Ports": [port_spec(spec)] },
     })
 }
 
-/// The service's newest task: (state, error message, container id).
-async fn task(docker: &Docker, service: &str) -> Result<Option<(String, String, Option<String>)>, String> {
-    let filters = json!({ "service": [service] }).to_string();
+fn port_spec(spec: &Spec) -> Value {
+    let mut port = json!({ "Protocol": "tcp", "TargetPort": spec.container_port, "PublishMode": "host" });
+    if spec.host_port != 0 {
+        port["PublishedPort"] = json!(spec.host_port);
+    }
+    port
+}
+
+/// What Swarm says of a service's newest task.
+struct TaskInfo {
+    state: String,
+    err: String,
+    container: Option<String>,
+    node: Option<String>,
+    /// The host port Swarm published for it (host mode), once it runs.
+    port: Option<u16>,
+}
+
+fn task_info(t: &Value) -> TaskInfo {
+    let s = &t["Status"];
+    TaskInfo {
+        state: s["State"].as_str().unwrap_or("").to_string(),
+        err: s["Err"].as_str().unwrap_or("").to_string(),
+        container: s["ContainerStatus"]["ContainerID"].as_str().filter(|c| !c.is_empty()).map(String::from),
+        node: t["NodeID"].as_str().filter(|n| !n.is_empty()).map(String::from),
+        port: s["PortStatus"]["Ports"][0]["PublishedPort"].as_u64().and_then(|p| u16::try_from(p).ok()),
+    }
+}
+
+/// The address other hosts reach `node` at (`Status.Addr`, cached per node). A node that
+/// reports none, or an unspecified one, is this host.
+async fn node_ip(docker: &Docker, node: &str, known: &mut HashMap<String, IpAddr>) -> IpAddr {
+    if let Some(ip) = known.get(node) {
+        return *ip;
+    }
+    let ip = match docker.call("GET", &format!("/nodes/{node}"), None).await {
+        Ok(v) => v["Status"]["Addr"].as_str().and_then(|a| a.parse::<IpAddr>().ok()).filter(|ip| !ip.is_unspecified()),
+        Err(e) => {
+            tracing::debug!(node, error = %e, "reading the Swarm node failed");
+            return IpAddr::V4(Ipv4Addr::LOCALHOST);
+        }
+    };
+    let ip = ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    known.insert(node.to_string(), ip);
+    ip
+}
+
+/// Where a running task answers: its node's address and its published port.
+async fn task_addr(docker: &Docker, t: &TaskInfo, known: &mut HashMap<String, IpAddr>) -> Option<SocketAddr> {
+    let port = t.port?;
+    let ip = match &t.node {
+        Some(n) => node_ip(docker, n, known).await,
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The newest task of each of `services` (by service id).
+async fn newest_tasks(docker: &Docker, services: &[&str]) -> Result<HashMap<String, TaskInfo>, String> {
+    let filters = json!({ "service": services }).to_string();
     let list = docker
         .call("GET", &format!("/tasks?filters={}", urlencode(&filters)), None)
         .await
         .map_err(|e| e.to_string())?;
-    let newest = list.as_array().into_iter().flatten().max_by_key(|t| t["Version"]["Index"].as_u64().unwrap_or(0));
-    Ok(newest.map(|t| {
-        let s = &t["Status"];
-        (
-            s["State"].as_str().unwrap_or("").to_string(),
-            s["Err"].as_str().unwrap_or("").to_string(),
-            s["ContainerStatus"]["ContainerID"].as_str().filter(|c| !c.is_empty()).map(String::from),
-        )
-    }))
+    let mut newest: HashMap<String, (u64, &Value)> = HashMap::new();
+    for t in list.as_array().into_iter().flatten() {
+        let (Some(service), version) = (t["ServiceID"].as_str(), t["Version"]["Index"].as_u64().unwrap_or(0)) else {
+            continue;
+        };
+        if newest.get(service).is_none_or(|(v, _)| version > *v) {
+            newest.insert(service.to_string(), (version, t));
+        }
+    }
+    Ok(newest.into_iter().map(|(s, (_, t))| (s, task_info(t))).collect())
+}
+
+/// The service's newest task.
+async fn task(docker: &Docker, service: &str) -> Result<Option<TaskInfo>, String> {
+    Ok(newest_tasks(docker, &[service]).await?.remove(service))
 }
 
 pub(crate) async fn lifecycle(
@@ -115,21 +178,32 @@ pub(crate) async fn follow(docker: Docker, spec: Spec, service: String, instance
     let started = Instant::now();
     let mut last_cpu: Option<(Instant, u64)> = None;
     let mut next_stats = Instant::now();
+    let mut nodes = HashMap::new();
     let ended = loop {
         if shared.wait_tick(POLL).await {
             break None;
         }
         let container = match task(&docker, &service).await {
-            Ok(Some((state, err, _))) if FINAL.contains(&state.as_str()) => {
+            Ok(Some(t)) if FINAL.contains(&t.state.as_str()) => {
                 break Some(format!(
-                    "Swarm task {state}{}",
-                    if err.is_empty() { String::new() } else { format!(": {err}") }
+                    "Swarm task {}{}",
+                    t.state,
+                    if t.err.is_empty() { String::new() } else { format!(": {}", t.err) }
                 ))
             }
-            Ok(Some((state, _, container))) if state == "running" => container,
+            Ok(Some(t)) if t.state == "running" => {
+                // Re-read every poll: a replaced task would have another node and port.
+                let addr = task_addr(&docker, &t, &mut nodes).await;
+                let mut slot = shared.addr.lock().unwrap_or_else(|e| e.into_inner());
+                if addr.is_some() && *slot != addr {
+                    *slot = addr;
+                }
+                drop(slot);
+                t.container
+            }
             Ok(other) => {
                 if started.elapsed() > START_LIMIT {
-                    let why = other.map(|(s, e, _)| format!("{s} {e}")).unwrap_or_else(|| "no task".into());
+                    let why = other.map(|t| format!("{} {}", t.state, t.err)).unwrap_or_else(|| "no task".into());
                     break Some(format!("Swarm task not running after {START_LIMIT:?}: {why}"));
                 }
                 continue;
@@ -172,7 +246,7 @@ pub(crate) async fn follow(docker: Docker, spec: Spec, service: String, instance
     let deadline = Instant::now() + spec.stop_timeout + Duration::from_secs(10);
     while Instant::now() < deadline {
         match task(&docker, &service).await {
-            Ok(Some((state, _, _))) if !FINAL.contains(&state.as_str()) => tokio::time::sleep(POLL).await,
+            Ok(Some(t)) if !FINAL.contains(&t.state.as_str()) => tokio::time::sleep(POLL).await,
             _ => break,
         }
     }
@@ -221,7 +295,8 @@ pub(crate) struct Existing {
     pub service: String,
     pub instance: String,
     pub launch_version: u32,
-    pub port: u16,
+    /// Where its task answers, once it runs.
+    pub addr: Option<SocketAddr>,
     /// Marked by the leader before it removes the service: followers stop routing to it.
     pub draining: bool,
 }
@@ -233,7 +308,7 @@ pub(crate) async fn existing(docker: &Docker, group: &str) -> Result<Vec<Existin
         .call("GET", &format!("/services?filters={}", urlencode(&filters)), None)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(list
+    let mut found: Vec<Existing> = list
         .as_array()
         .into_iter()
         .flatten()
@@ -243,11 +318,23 @@ pub(crate) async fn existing(docker: &Docker, group: &str) -> Result<Vec<Existin
                 service: s["ID"].as_str()?.to_string(),
                 instance: labels["flotilla.instance"].as_str()?.to_string(),
                 launch_version: labels["flotilla.launch_version"].as_str()?.parse().ok()?,
-                port: s["Spec"]["EndpointSpec"]["Ports"][0]["PublishedPort"].as_u64()? as u16,
+                addr: None,
                 draining: labels["flotilla.draining"] == "1",
             })
         })
-        .collect())
+        .collect();
+    if found.is_empty() {
+        return Ok(found);
+    }
+    let ids: Vec<&str> = found.iter().map(|e| e.service.as_str()).collect();
+    let tasks = newest_tasks(docker, &ids).await?;
+    let mut nodes = HashMap::new();
+    for e in &mut found {
+        if let Some(t) = tasks.get(&e.service).filter(|t| t.state == "running") {
+            e.addr = task_addr(docker, t, &mut nodes).await;
+        }
+    }
+    Ok(found)
 }
 
 /// Whether the daemon is a Swarm manager (services can be created).
@@ -268,7 +355,7 @@ mod tests {
             env: [("A".to_string(), "1".to_string())].into(),
             labels: [("flotilla.group".to_string(), "web".to_string())].into(),
             container_port: 8080,
-            host_port: 21000,
+            host_port: 0,
             cpus: Some(0.5),
             memory: None,
             stop_timeout: Duration::from_secs(3),
@@ -278,12 +365,32 @@ mod tests {
         let b = service_body(&spec, &["node.labels.zone==a".into()]);
         assert_eq!(b["Mode"]["Replicated"]["Replicas"], 1);
         assert_eq!(b["EndpointSpec"]["Ports"][0]["PublishMode"], "host");
-        assert_eq!(b["EndpointSpec"]["Ports"][0]["PublishedPort"], 21000);
+        // No fixed host port: Swarm picks one per task (read back from PortStatus).
+        assert!(b["EndpointSpec"]["Ports"][0].get("PublishedPort").is_none(), "{b}");
+        assert_eq!(b["EndpointSpec"]["Ports"][0]["TargetPort"], 8080);
         assert_eq!(b["TaskTemplate"]["RestartPolicy"]["Condition"], "none");
         assert_eq!(b["TaskTemplate"]["Placement"]["Constraints"][0], "node.labels.zone==a");
         assert_eq!(b["TaskTemplate"]["ContainerSpec"]["Init"], true);
         assert_eq!(b["TaskTemplate"]["ContainerSpec"]["Args"][0], "demo-app");
         assert_eq!(b["TaskTemplate"]["ContainerSpec"]["StopGracePeriod"], 3_000_000_000u64);
         assert_eq!(b["TaskTemplate"]["Resources"]["Limits"]["NanoCPUs"], 500_000_000u64);
+    }
+
+    #[test]
+    fn a_tasks_port_and_node_come_from_its_status() {
+        let t = task_info(&json!({
+            "NodeID": "n1",
+            "Status": {
+                "State": "running",
+                "ContainerStatus": { "ContainerID": "c1" },
+                "PortStatus": { "Ports": [{ "Protocol": "tcp", "TargetPort": 8080, "PublishedPort": 30001, "PublishMode": "host" }] }
+            }
+        }));
+        assert_eq!(
+            (t.state.as_str(), t.node.as_deref(), t.port, t.container.as_deref()),
+            ("running", Some("n1"), Some(30001), Some("c1"))
+        );
+        let pending = task_info(&json!({ "Status": { "State": "pending" } }));
+        assert_eq!((pending.node, pending.port), (None, None));
     }
 }

@@ -95,6 +95,12 @@ fn services(group: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
 }
 
+fn docker_out(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Each of `group`'s services with its Swarm version index (bumped by every write to it).
 fn service_versions(group: &str) -> std::collections::BTreeMap<String, u64> {
     let ids = services(group);
@@ -332,6 +338,20 @@ async fn swarm_group_scales_refreshes_and_rolls_back() {
         seen.insert(body);
     }
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["sw-0001", "sw-0002"]);
+    // Swarm chose each task's host port (no fixed PublishedPort in the spec); Flotilla reads it
+    // back from the task's PortStatus, with its node's address.
+    for svc in services("sw") {
+        let spec = docker_out(&["service", "inspect", "--format", "{{json .Spec.EndpointSpec.Ports}}", &svc]);
+        assert!(!spec.contains("PublishedPort"), "{spec}");
+        let task = docker_out(&["service", "ps", "-q", "--no-trunc", &svc]);
+        let port =
+            docker_out(&["inspect", "--format", "{{(index .Status.PortStatus.Ports 0).PublishedPort}}", task.trim()]);
+        let addr = format!("127.0.0.1:{}", port.trim());
+        assert!(
+            g["instances"].as_array().unwrap().iter().any(|i| i["addr"] == addr.as_str()),
+            "no instance at {addr} (the task's PortStatus): {g}"
+        );
+    }
 
     // Out to three, then in to one under load: the victims are drained before their services go.
     let (status, body) = f.admin_call("PUT", "/api/v1/groups/sw/desired", "{\"desired\": 3}").await;

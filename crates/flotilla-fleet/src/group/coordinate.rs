@@ -11,7 +11,7 @@
 //! every node serves the group.
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -201,7 +201,7 @@ fn adopt(
         }
         let seq = e.instance.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
         s.next_seq = s.next_seq.max(seq + 1);
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, e.port));
+        let addr = e.addr.unwrap_or(super::UNPLACED);
         let spec = Spec {
             name: String::new(),
             image: String::new(),
@@ -209,7 +209,7 @@ fn adopt(
             env: Default::default(),
             labels: Default::default(),
             container_port: 0,
-            host_port: e.port,
+            host_port: 0,
             cpus: None,
             memory: None,
             stop_timeout: s.cfg.stop_timeout,
@@ -217,8 +217,11 @@ fn adopt(
             swarm: Some(Vec::new()),
         };
         let runner = Runner::Docker(Container::adopt(Docker::default(), spec, e.service.clone(), e.instance.clone()));
-        if let Err(err) = registrar.register(&tg, addr, None) {
-            tracing::warn!(instance = %e.instance, error = %err, "registering an adopted instance failed");
+        // A task not running yet is registered once Swarm says where it runs (`note_addresses`).
+        if addr != super::UNPLACED {
+            if let Err(err) = registrar.register(&tg, addr, None) {
+                tracing::warn!(instance = %e.instance, error = %err, "registering an adopted instance failed");
+            }
         }
         local.runners.insert(e.instance.clone(), runner);
         s.instances.push(Instance::pending(e.instance.clone(), addr, None, e.launch_version, None, seq));
@@ -250,7 +253,8 @@ pub(super) async fn follow(handle: &GroupHandle, registrar: &dyn Registrar, foll
         (s.cfg.name.clone(), s.cfg.target_group.clone())
     };
     let Ok(existing) = crate::swarm::existing(&Docker::default(), &name).await else { return };
-    let now: HashSet<SocketAddr> = existing.iter().map(|e| SocketAddr::from((Ipv4Addr::LOCALHOST, e.port))).collect();
+    // Services marked draining are on their way out: stop routing to them.
+    let now: HashSet<SocketAddr> = existing.iter().filter(|e| !e.draining).filter_map(|e| e.addr).collect();
     for addr in now.difference(followed) {
         if let Err(e) = registrar.register(&tg, *addr, None) {
             tracing::warn!(group = %name, %addr, error = %e, "registering a followed instance failed");
