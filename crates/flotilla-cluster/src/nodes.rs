@@ -41,8 +41,27 @@ fn yes() -> bool {
 pub(crate) struct Live {
     pub list: RwLock<Vec<NodeInfo>>,
     /// How many nodes were live when Redis last answered: while cut off, a node cannot count
-    /// its peers, so it keeps assuming the last count it saw (for rate-limit shares).
+    /// its peers, so it keeps assuming the last count it saw (for rate-limit shares). The
+    /// highest count of the last `COUNT_MEMORY`: a peer whose heartbeat came late (a busy
+    /// host) must not double this node's share of a limit.
     pub last_count: std::sync::atomic::AtomicUsize,
+    /// When `last_count` was last raised or confirmed (Unix ms).
+    pub last_count_at: std::sync::atomic::AtomicU64,
+}
+
+/// How long a higher node count outlives a lower one (for rate-limit shares).
+const COUNT_MEMORY: u64 = 10_000;
+
+impl Live {
+    /// Records a fresh count of live nodes: it replaces the remembered one if it is as high, or
+    /// once the remembered one is older than `COUNT_MEMORY` (a node really left).
+    fn note_count(&self, n: usize, now: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if n >= self.last_count.load(Relaxed) || now.saturating_sub(self.last_count_at.load(Relaxed)) > COUNT_MEMORY {
+            self.last_count.store(n, Relaxed);
+            self.last_count_at.store(now, Relaxed);
+        }
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -129,7 +148,7 @@ pub(crate) async fn heartbeat_loop(cluster: std::sync::Arc<Cluster>) {
                     list.push(me);
                 }
                 cluster.metrics.nodes.set(list.len() as i64);
-                cluster.nodes.last_count.store(list.len(), std::sync::atomic::Ordering::Relaxed);
+                cluster.nodes.note_count(list.len(), now_ms());
                 *cluster.nodes.list.write().unwrap_or_else(|e| e.into_inner()) = list;
             }
             Err(e) => {
@@ -299,5 +318,26 @@ impl Cluster {
         let mut conn = self.conn.clone();
         let values: Vec<Option<String>> = within(redis::cmd("MGET").arg(&keys).query_async(&mut conn)).await?;
         Ok(others.into_iter().zip(values).filter_map(|(n, v)| Some((n, v?))).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn a_late_heartbeat_does_not_lower_the_count_but_a_departure_does() {
+        let live = Live::default();
+        live.note_count(3, 1_000);
+        // A peer missed a heartbeat: still three for rate-limit shares.
+        live.note_count(2, 2_000);
+        assert_eq!(live.last_count.load(Relaxed), 3);
+        live.note_count(3, 5_000);
+        // Gone for longer than the memory: two it is.
+        live.note_count(2, 16_000);
+        assert_eq!(live.last_count.load(Relaxed), 2);
+        live.note_count(4, 16_500);
+        assert_eq!(live.last_count.load(Relaxed), 4);
     }
 }

@@ -141,6 +141,7 @@ pub(crate) struct RawAlarm {
     pub missing_data: Option<S<String>>,
     #[serde(default)]
     pub notify: Vec<S<String>>,
+    pub scope: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -154,8 +154,8 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
     let groups = crate::validate_fleet::groups(cx, &raw.groups, &target_groups);
     let watch = crate::validate_watch::watch(cx, raw.watch.as_ref());
     let notifiers = crate::validate_watch::notifiers(cx, &raw.notifiers);
-    let alarms = crate::validate_watch::alarms(cx, &raw.alarms, &notifiers);
     let has_cluster = raw.cluster.is_some();
+    let alarms = crate::validate_watch::alarms(cx, &raw.alarms, &notifiers, has_cluster);
     let slos = crate::validate_watch::slos(cx, &raw.slos, &notifiers, &target_groups, has_cluster);
     let budget = raw.budget.as_ref().and_then(|b| crate::validate_watch::budget(cx, b, &notifiers, &groups));
     let images = raw.images.as_ref().and_then(|i| crate::validate_images::images(cx, i, &target_groups));

@@ -211,18 +211,7 @@ pub(crate) fn slos(
             }
         };
         let window = cx.duration(&r.window, &key("window"), Duration::from_secs(30 * 86_400));
-        let cluster = match r.scope.as_ref().map(|sc| (sc, sc.get_ref().as_str())) {
-            None | Some((_, "node")) => false,
-            Some((_, "cluster")) if has_cluster => true,
-            Some((sc, "cluster")) => {
-                cx.err(sc, format!("{}: \"cluster\" needs a [cluster] table (nodes sharing Redis)", key("scope")));
-                false
-            }
-            Some((sc, other)) => {
-                cx.err(sc, format!("{}: {other:?} must be \"node\" or \"cluster\"", key("scope")));
-                false
-            }
-        };
+        let cluster = scope(cx, &r.scope, &key("scope"), has_cluster);
         let notify = r
             .notify
             .iter()
@@ -326,13 +315,30 @@ pub(crate) fn budget(
     })
 }
 
+/// `scope = "node" | "cluster"` (SLOs, alarms); "cluster" needs `[cluster]`.
+fn scope(cx: &mut Ctx<'_>, raw: &Option<S<String>>, key: &str, has_cluster: bool) -> bool {
+    match raw.as_ref().map(|sc| (sc, sc.get_ref().as_str())) {
+        None | Some((_, "node")) => false,
+        Some((_, "cluster")) if has_cluster => true,
+        Some((sc, "cluster")) => {
+            cx.err(sc, format!("{key}: \"cluster\" needs a [cluster] table (nodes sharing Redis)"));
+            false
+        }
+        Some((sc, other)) => {
+            cx.err(sc, format!("{key}: {other:?} must be \"node\" or \"cluster\""));
+            false
+        }
+    }
+}
+
 pub(crate) fn alarms(
     cx: &mut Ctx<'_>,
     raw: &[S<RawAlarm>],
     notifiers: &BTreeMap<String, NotifierConfig>,
+    has_cluster: bool,
 ) -> Vec<AlarmConfig> {
     let mut seen = HashSet::new();
-    raw.iter().filter_map(|a| alarm(cx, a, notifiers, &mut seen)).collect()
+    raw.iter().filter_map(|a| alarm(cx, a, notifiers, &mut seen, has_cluster)).collect()
 }
 
 fn alarm(
@@ -340,6 +346,7 @@ fn alarm(
     raw: &S<RawAlarm>,
     notifiers: &BTreeMap<String, NotifierConfig>,
     seen: &mut HashSet<String>,
+    has_cluster: bool,
 ) -> Option<AlarmConfig> {
     let r = raw.get_ref();
     let Some(name) = &r.name else {
@@ -428,6 +435,7 @@ fn alarm(
         comparison: ev.comparison.unwrap_or(Comparison::Greater),
         missing_data: ev.missing_data,
         notify,
+        cluster: scope(cx, &r.scope, &key("scope"), has_cluster),
     })
 }
 

@@ -48,6 +48,10 @@ pub struct AlarmConfig {
     pub comparison: Comparison,
     pub missing_data: MissingData,
     pub notify: Vec<String>,
+    /// `scope = "cluster"`: `flotilla_http_*` metrics read the cluster's totals
+    /// (`flotilla_cluster_http_*`), and only the node leading the cluster's watch notifies, so a
+    /// cluster of N nodes sends one notification, not N.
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

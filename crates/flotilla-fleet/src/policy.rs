@@ -258,6 +258,7 @@ impl StepState {
             comparison: cfg.comparison,
             missing_data: cfg.missing_data,
             notify: vec![],
+            cluster: false,
         });
         Self { cfg, period_start: Duration::ZERO, acc: Accumulator::default(), alarm }
     }

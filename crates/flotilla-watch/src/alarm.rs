@@ -27,6 +27,24 @@ pub struct Transition {
     pub reason: String,
 }
 
+/// The series an alarm reads: a cluster-scoped alarm on the edge's HTTP metrics (`http_*`
+/// aliases, `flotilla_http_*`) reads the cluster's totals (`cluster_http_*`,
+/// `flotilla_cluster_http_*`, fed by the binary from every node's counts); other metrics are
+/// this node's (only the notification is the cluster's).
+pub fn series_of(cfg: &AlarmConfig) -> std::borrow::Cow<'_, str> {
+    let m = cfg.metric.as_str();
+    if !cfg.cluster {
+        return m.into();
+    }
+    if let Some(rest) = m.strip_prefix("flotilla_http_") {
+        format!("flotilla_cluster_http_{rest}").into()
+    } else if m.starts_with("http_requests_") || m.starts_with("http_latency_") {
+        format!("cluster_{m}").into()
+    } else {
+        m.into()
+    }
+}
+
 /// Transitions kept per alarm.
 const HISTORY: usize = 100;
 
@@ -158,6 +176,7 @@ mod tests {
             comparison: Comparison::Greater,
             missing_data: missing,
             notify: vec![],
+            cluster: false,
         })
     }
 

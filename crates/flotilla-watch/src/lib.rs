@@ -47,8 +47,13 @@ pub struct AlarmView {
     pub history: Vec<Transition>,
 }
 
+/// Whether this node sends the cluster's notifications (it holds the cluster's watch lease).
+pub type ClusterGate = Arc<dyn Fn() -> bool + Send + Sync>;
+
 pub struct Watch {
     store: Mutex<Store>,
+    /// Set in a cluster: cluster-scoped alarms and SLOs notify only where this says true.
+    cluster_gate: Mutex<Option<ClusterGate>>,
     alarms: Mutex<Vec<Alarm>>,
     slos: Mutex<Vec<Slo>>,
     budget: Mutex<Option<budget::Budget>>,
@@ -88,6 +93,7 @@ impl Watch {
         let watch = Arc::new(Self {
             data_dir: w.data_dir.clone(),
             store: Mutex::new(store),
+            cluster_gate: Mutex::new(None),
             alarms: Mutex::new(cfg.alarms.iter().cloned().map(Alarm::new).collect()),
             slos: Mutex::new(cfg.slos.iter().cloned().map(Slo::new).collect()),
             budget: Mutex::new(cfg.budget.clone().map(budget::Budget::new)),
@@ -96,6 +102,25 @@ impl Watch {
         });
         tokio::spawn(sample_loop(Arc::downgrade(&watch), source));
         watch
+    }
+
+    /// In a cluster every node evaluates cluster-scoped alarms and SLOs (each shows their state),
+    /// but only the node `gate` names sends their notifications: one per change, not one per node.
+    pub fn set_cluster_gate(&self, gate: ClusterGate) {
+        *self.cluster_gate.lock().unwrap_or_else(|e| e.into_inner()) = Some(gate);
+    }
+
+    /// False when a cluster-scoped notification is another node's to send.
+    fn sends(&self, cluster_scoped: bool, what: &str) -> bool {
+        if !cluster_scoped {
+            return true;
+        }
+        let gate = self.cluster_gate.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let leads = gate.is_none_or(|g| g());
+        if !leads {
+            tracing::debug!(what, "not leading the cluster's watch: the leading node notifies");
+        }
+        leads
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {
@@ -221,7 +246,7 @@ impl Watch {
             let mut start =
                 a.evaluated_until.unwrap_or(ended - period).max(ended - period * a.cfg.evaluation_periods as f64);
             while start + period <= ended + 1e-9 {
-                let points = self.store().query(&a.cfg.metric, &a.cfg.labels, start, start + period - 1e-6);
+                let points = self.store().query(&alarm::series_of(&a.cfg), &a.cfg.labels, start, start + period - 1e-6);
                 let dp = a.datapoint(&points);
                 if let Some(tr) = a.observe(dp, rfc3339(start + period)) {
                     self.announce(a, &tr);
@@ -250,6 +275,9 @@ impl Watch {
                 } else {
                     tracing::info!(slo = %s.cfg.name, alert = c.alert, "SLO burn alert resolved");
                 }
+                if !self.sends(s.cfg.cluster, &s.cfg.name) {
+                    continue;
+                }
                 for n in &s.cfg.notify {
                     if let Some(notifier) = self.notifiers.get(n) {
                         notifier.send(payload.clone());
@@ -277,6 +305,9 @@ impl Watch {
             _ => {
                 tracing::info!(alarm = %a.cfg.name, from = ?tr.from, to = ?tr.to, reason = %tr.reason, "alarm state changed")
             }
+        }
+        if !self.sends(a.cfg.cluster, &a.cfg.name) {
+            return;
         }
         for n in &a.cfg.notify {
             if let Some(notifier) = self.notifiers.get(n) {

@@ -44,6 +44,15 @@ const ALIASES: &[Alias] = &[
     ("http_latency_p50", "flotilla_http_request_latency_fine_seconds_p50", &[]),
     ("http_latency_p95", "flotilla_http_request_latency_fine_seconds_p95", &[]),
     ("http_latency_p99", "flotilla_http_request_latency_fine_seconds_p99", &[]),
+    // The same over every node of a cluster (what cluster-scoped alarms read; `alarm::series_of`).
+    ("cluster_http_requests_rate", "flotilla_cluster_http_requests_rate", &[]),
+    ("cluster_http_requests_2xx_rate", "flotilla_cluster_http_requests_rate", &[("class", "2xx")]),
+    ("cluster_http_requests_3xx_rate", "flotilla_cluster_http_requests_rate", &[("class", "3xx")]),
+    ("cluster_http_requests_4xx_rate", "flotilla_cluster_http_requests_rate", &[("class", "4xx")]),
+    ("cluster_http_requests_5xx_rate", "flotilla_cluster_http_requests_rate", &[("class", "5xx")]),
+    ("cluster_http_latency_p50", "flotilla_cluster_http_request_duration_seconds_p50", &[]),
+    ("cluster_http_latency_p95", "flotilla_cluster_http_request_duration_seconds_p95", &[]),
+    ("cluster_http_latency_p99", "flotilla_cluster_http_request_duration_seconds_p99", &[]),
 ];
 
 pub struct Store {

@@ -98,6 +98,13 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
             text
         }),
     );
+    if let Some(c) =
+        cluster.as_ref().filter(|_| cfg.alarms.iter().any(|a| a.cluster) || cfg.slos.iter().any(|s| s.cluster))
+    {
+        // Every node evaluates cluster-scoped alarms and SLOs; the holder of this lease notifies.
+        let leads = c.lead("watch:notifications");
+        watch.set_cluster_gate(Arc::new(move || leads.borrow().is_some()));
+    }
     let w = watch.clone();
     fleet.set_scale_out_guard(Arc::new(move || w.budget_cap()));
     let w = watch.clone();

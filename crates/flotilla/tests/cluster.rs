@@ -600,3 +600,63 @@ async fn a_cluster_scoped_slo_counts_every_nodes_requests() {
     // /metrics stays per node: the cluster series feed the watch only.
     assert!(!get(&a.f().admin("/metrics")).await.1.contains("flotilla_cluster_http_requests"));
 }
+
+/// `scope = "cluster"` on an alarm: every node judges it on the cluster's 5xx rate (traffic goes
+/// through node b only, node a's alarm fires too), and the webhook gets one notification per
+/// change — from the node leading the cluster's watch — not one per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_scoped_alarm_fires_on_every_node_and_notifies_once() {
+    let Some(redis) = Redis::start("alarm") else { return };
+    let app = DemoApp::start("origin");
+    let (hook_port, mut hooks) = webhook_receiver(false).await;
+    let body = format!(
+        "[watch]\nresolution = \"250ms\"\n\n\
+        [notifiers.ops]\nwebhook = \"http://127.0.0.1:{hook_port}/hook\"\n\n\
+        [[alarms]]\nname = \"cluster-5xx\"\nmetric = \"http_requests_5xx_rate\"\nlabels = {{ target_group = \"web\" }}\n\
+        statistic = \"max\"\nperiod = \"1s\"\nevaluation_periods = 2\ndatapoints_to_alarm = 2\nthreshold = 0\n\
+        missing_data = \"not_breaching\"\nscope = \"cluster\"\nnotify = [\"ops\"]\n\n\
+        [[routes]]\npath = \"/*\"\ntarget_group = \"web\"\n\n"
+    );
+    let mut a = Node::new("a", &redis.url(), &[&app], "", &body);
+    let mut b = Node::new("b", &redis.url(), &[&app], "", &body);
+    a.up(&[&app]).await;
+    b.up(&[&app]).await;
+    wait_members(&a, 2).await;
+    let state = |f: &Flotilla| {
+        let url = f.admin("/api/v1/alarms");
+        async move {
+            let v: serde_json::Value = serde_json::from_str(&get(&url).await.1).unwrap();
+            v["alarms"][0]["state"].as_str().unwrap_or("").to_string()
+        }
+    };
+    // Errors through b only, until both nodes' alarms are in ALARM.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for _ in 0..5 {
+            get(&b.f().url("/status/500")).await;
+        }
+        if state(a.f()).await == "ALARM" && state(b.f()).await == "ALARM" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both nodes never reached ALARM on b's errors");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Two nodes changed state; one notification went out. Wait long enough for a second one.
+    let mut alarms = Vec::new();
+    let until = Instant::now() + Duration::from_secs(4);
+    while let Ok(Some(v)) = tokio::time::timeout(until.saturating_duration_since(Instant::now()), hooks.recv()).await {
+        if v["state"] == "ALARM" {
+            alarms.push(v);
+        }
+    }
+    assert_eq!(alarms.len(), 1, "one ALARM notification for the cluster: {alarms:?}");
+    assert_eq!(alarms[0]["alarm"], "cluster-5xx");
+    let c: serde_json::Value = serde_json::from_str(&get(&a.f().admin("/api/v1/cluster")).await.1).unwrap();
+    let leaders = c["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["leads"].as_array().is_some_and(|l| l.iter().any(|x| x == "watch:notifications")))
+        .count();
+    assert_eq!(leaders, 1, "exactly one node leads the cluster's notifications: {c}");
+}

@@ -8,56 +8,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-/// A webhook receiver on 127.0.0.1: answers 500 to the first request, 200 after, and hands
-/// every JSON body it got to the test.
+/// A webhook receiver that fails its first request (to show the retry).
 async fn receiver() -> (u16, mpsc::UnboundedReceiver<Value>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut first = true;
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else { return };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            // Read the head, then Content-Length bytes of body.
-            let body = loop {
-                let Ok(n) = conn.read(&mut chunk).await else { break None };
-                if n == 0 {
-                    break None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let len = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
-                        break Some(buf[end + 4..end + 4 + len].to_vec());
-                    }
-                }
-            };
-            let status = if first { "500 Internal Server Error" } else { "200 OK" };
-            let _ = conn
-                .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
-                .await;
-            if let Some(body) = body {
-                if !first {
-                    let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
-                }
-                first = false;
-            }
-        }
-    });
-    (port, rx)
+    webhook_receiver(true).await
 }
 
 /// The next notification that `alarm` entered `state` (earlier ones are skipped).
