@@ -54,9 +54,10 @@ macro_rules! drive {
 
 /// `drive!` for HTTP/2: the connection with its streams polled on its own task.
 macro_rules! drive_h2 {
-    ($builders:expr, $io:expr, $svc:expr, $stop:expr) => {{
+    ($builders:expr, $io:expr, $svc:expr, $stop:expr, $idle:expr) => {{
         let exec = StreamExec::default();
-        let mut conn = WithStreams::new($builders.h2(exec.clone()).serve_connection($io, $svc), exec);
+        let conn = $builders.h2(exec.clone()).serve_connection($io, $svc);
+        let mut conn = WithStreams::new(conn, exec, $idle, |c: std::pin::Pin<&mut _>| c.graceful_shutdown());
         let mut stop = $stop;
         tokio::select! {
             r = &mut conn => r,
@@ -238,7 +239,10 @@ async fn serve(
     // rather than the whole multi-KB state machine (memcpy was 3 % of h2 CPU under perf).
     let h2_svc = service_fn(move |req| Box::pin(proxy::handle(h2_shared.clone(), h2_conn.clone(), req)));
     let builders = &shared.server_builders;
-    let timeout = shared.runtime.load().timeouts.header_read;
+    let (timeout, idle) = {
+        let rt = shared.runtime.load();
+        (rt.timeouts.header_read, rt.timeouts.idle)
+    };
     let result = if tls {
         let Some(acceptor) = shared.tls.load_full() else { return };
         let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
@@ -260,7 +264,7 @@ async fn serve(
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(Tracked::new(stream, tracker));
         if h2 {
-            drive_h2!(builders, io, h2_svc, stop)
+            drive_h2!(builders, io, h2_svc, stop, idle)
         } else {
             drive!(builders.h1.serve_connection(io, svc).with_upgrades(), stop)
         }
@@ -271,7 +275,7 @@ async fn serve(
         };
         let io = TokioIo::new(Tracked::new(stream, tracker));
         if h2 {
-            drive_h2!(builders, io, h2_svc, stop)
+            drive_h2!(builders, io, h2_svc, stop, idle)
         } else {
             drive!(builders.h1.serve_connection(io, svc).with_upgrades(), stop)
         }

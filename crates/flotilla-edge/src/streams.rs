@@ -8,12 +8,17 @@
 //! produced it. Workers are single-threaded (`worker.rs`), so nothing is lost in parallelism.
 //!
 //! A panic in one stream is caught and ends that stream only, as a spawned task's would.
+//!
+//! It also bounds idleness: a connection with no stream for `timeouts.idle` is asked to shut
+//! down gracefully (GOAWAY), as an HTTP/1.1 keep-alive connection is closed after its idle time —
+//! otherwise a client that answers PINGs could hold a connection slot forever.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
@@ -48,27 +53,67 @@ impl StreamExec {
 /// A connection future together with the streams it started. Completes when the connection
 /// does; streams still running then are dropped (their client is gone, and dropping a request
 /// future cancels its target exchange).
-pub(crate) struct WithStreams<C> {
+pub(crate) struct WithStreams<C, F> {
     conn: Pin<Box<C>>,
     exec: StreamExec,
     running: FuturesUnordered<Stream>,
+    idle: IdleBound<F>,
 }
 
-impl<C> WithStreams<C> {
-    pub(crate) fn new(conn: C, exec: StreamExec) -> Self {
-        WithStreams { conn: Box::pin(conn), exec, running: FuturesUnordered::new() }
+/// Idle bookkeeping: one timer per connection, re-armed only when it fires (at most once per
+/// `limit`), so a busy connection pays an `Instant::now()` per transition to idle, no timer work.
+struct IdleBound<F> {
+    limit: Duration,
+    since: Option<tokio::time::Instant>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    shutdown: F,
+    shut: bool,
+}
+
+impl<C, F: FnMut(Pin<&mut C>)> WithStreams<C, F> {
+    /// `shutdown` asks the connection to finish gracefully once it has had no stream for `idle`.
+    pub(crate) fn new(conn: C, exec: StreamExec, idle: Duration, shutdown: F) -> Self {
+        let idle =
+            IdleBound { limit: idle, since: None, timer: Box::pin(tokio::time::sleep(idle)), shutdown, shut: false };
+        WithStreams { conn: Box::pin(conn), exec, running: FuturesUnordered::new(), idle }
     }
 
     /// The connection itself, e.g. to ask it for a graceful shutdown.
     pub(crate) fn conn(&mut self) -> Pin<&mut C> {
         self.conn.as_mut()
     }
+
+    /// True when the connection has had no stream for the idle limit and was asked to close.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let idle = &mut self.idle;
+        if idle.shut {
+            return false;
+        }
+        if self.running.is_empty() {
+            idle.since.get_or_insert_with(tokio::time::Instant::now);
+        } else {
+            idle.since = None;
+        }
+        while idle.timer.as_mut().poll(cx).is_ready() {
+            match idle.since {
+                Some(t) if t.elapsed() >= idle.limit => {
+                    idle.shut = true;
+                    (idle.shutdown)(self.conn.as_mut());
+                    return true;
+                }
+                Some(t) => idle.timer.as_mut().reset(t + idle.limit),
+                None => idle.timer.as_mut().reset(tokio::time::Instant::now() + idle.limit),
+            }
+        }
+        false
+    }
 }
 
-impl<C: Future> Future for WithStreams<C> {
+impl<C: Future, F: FnMut(Pin<&mut C>) + Unpin> Future for WithStreams<C, F> {
     type Output = C::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        // Every field is Unpin (the connection is boxed).
         let this = self.get_mut();
         // Bounded: each round starts only streams the connection accepted in the previous
         // round, and the connection caps concurrent streams (`max_concurrent_streams`).
@@ -81,6 +126,10 @@ impl<C: Future> Future for WithStreams<C> {
             }
             let new = this.exec.take();
             if new.is_empty() {
+                if this.idle_expired(cx) {
+                    // GOAWAY queued: let the connection send it and finish.
+                    continue;
+                }
                 return Poll::Pending;
             }
             for fut in new {
@@ -142,7 +191,7 @@ mod tests {
         let done = Arc::new(AtomicUsize::new(0));
         let conn = FakeConn { exec: exec.clone(), done: done.clone(), started: false, n: 5 };
         // The fake connection never wakes itself: progress comes from the streams' wakes.
-        let finished = WithStreams::new(conn, exec).await;
+        let finished = WithStreams::new(conn, exec, Duration::from_secs(60), |_: Pin<&mut FakeConn>| {}).await;
         assert_eq!(finished, 4, "every stream but the panicking one completed");
     }
 }

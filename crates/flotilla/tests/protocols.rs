@@ -353,3 +353,28 @@ async fn route_headers_and_rate_limits() {
     assert!(m.contains("flotilla_rate_limited_total{route=\"/whoami\"} 2"), "{m}");
     assert!(m.contains("flotilla_rate_limited_total{route=\"/health\"} 1"), "{m}");
 }
+
+/// An HTTP/2 connection with no stream for `edge.timeouts.idle` is closed (GOAWAY), as an idle
+/// HTTP/1.1 keep-alive connection is; one in use is not, however long it lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let app = DemoApp::start("h2-idle");
+    let f = started("h2-idle", &[&app], "[edge.timeouts]\nidle = \"1s\"\n\n").await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", f.port)).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+    let mut closed = tokio::spawn(conn);
+    // Busy for twice the idle limit: requests 300 ms apart on the one connection all succeed.
+    for _ in 0..7 {
+        let req =
+            http::Request::get(format!("http://127.0.0.1:{}/whoami", f.port)).body(Empty::<Bytes>::new()).unwrap();
+        let resp = send.send_request(req).await.expect("the busy connection was cut");
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!closed.is_finished(), "a connection in use was closed");
+    }
+    // Then idle: the edge says GOAWAY and the connection ends (hyper's client future returns).
+    let ended = tokio::time::timeout(Duration::from_secs(10), &mut closed).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection stayed open past edge.timeouts.idle");
+}
