@@ -98,11 +98,21 @@ fn task_info(t: &Value) -> TaskInfo {
     }
 }
 
-/// The address other hosts reach `node` at (`Status.Addr`, cached per node). A node that
-/// reports none, or an unspecified one, is this host.
-async fn node_ip(docker: &Docker, node: &str, known: &mut HashMap<String, IpAddr>) -> IpAddr {
-    if let Some(ip) = known.get(node) {
-        return *ip;
+/// How long a node's address is trusted before it is read again.
+const NODE_ADDR_TTL: Duration = Duration::from_secs(60);
+
+/// Node addresses, shared by every instance and follower of the process (followers read every
+/// task four times a second; a node's address almost never changes).
+static NODE_IPS: std::sync::Mutex<Option<HashMap<String, (IpAddr, Instant)>>> = std::sync::Mutex::new(None);
+
+/// The address other hosts reach `node` at (`Status.Addr`). A node that reports none, or an
+/// unspecified one, is this host.
+async fn node_ip(docker: &Docker, node: &str) -> IpAddr {
+    let cached = |ips: &mut Option<HashMap<String, (IpAddr, Instant)>>| {
+        ips.get_or_insert_with(HashMap::new).get(node).filter(|(_, at)| at.elapsed() < NODE_ADDR_TTL).map(|(ip, _)| *ip)
+    };
+    if let Some(ip) = cached(&mut NODE_IPS.lock().unwrap_or_else(|e| e.into_inner())) {
+        return ip;
     }
     let ip = match docker.call("GET", &format!("/nodes/{node}"), None).await {
         Ok(v) => v["Status"]["Addr"].as_str().and_then(|a| a.parse::<IpAddr>().ok()).filter(|ip| !ip.is_unspecified()),
@@ -112,15 +122,19 @@ async fn node_ip(docker: &Docker, node: &str, known: &mut HashMap<String, IpAddr
         }
     };
     let ip = ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    known.insert(node.to_string(), ip);
+    NODE_IPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(node.to_string(), (ip, Instant::now()));
     ip
 }
 
 /// Where a running task answers: its node's address and its published port.
-async fn task_addr(docker: &Docker, t: &TaskInfo, known: &mut HashMap<String, IpAddr>) -> Option<SocketAddr> {
+async fn task_addr(docker: &Docker, t: &TaskInfo) -> Option<SocketAddr> {
     let port = t.port?;
     let ip = match &t.node {
-        Some(n) => node_ip(docker, n, known).await,
+        Some(n) => node_ip(docker, n).await,
         None => IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
     Some(SocketAddr::new(ip, port))
@@ -178,7 +192,6 @@ pub(crate) async fn follow(docker: Docker, spec: Spec, service: String, instance
     let started = Instant::now();
     let mut last_cpu: Option<(Instant, u64)> = None;
     let mut next_stats = Instant::now();
-    let mut nodes = HashMap::new();
     let ended = loop {
         if shared.wait_tick(POLL).await {
             break None;
@@ -193,7 +206,7 @@ pub(crate) async fn follow(docker: Docker, spec: Spec, service: String, instance
             }
             Ok(Some(t)) if t.state == "running" => {
                 // Re-read every poll: a replaced task would have another node and port.
-                let addr = task_addr(&docker, &t, &mut nodes).await;
+                let addr = task_addr(&docker, &t).await;
                 let mut slot = shared.addr.lock().unwrap_or_else(|e| e.into_inner());
                 if addr.is_some() && *slot != addr {
                     *slot = addr;
@@ -328,10 +341,9 @@ pub(crate) async fn existing(docker: &Docker, group: &str) -> Result<Vec<Existin
     }
     let ids: Vec<&str> = found.iter().map(|e| e.service.as_str()).collect();
     let tasks = newest_tasks(docker, &ids).await?;
-    let mut nodes = HashMap::new();
     for e in &mut found {
         if let Some(t) = tasks.get(&e.service).filter(|t| t.state == "running") {
-            e.addr = task_addr(docker, t, &mut nodes).await;
+            e.addr = task_addr(docker, t).await;
         }
     }
     Ok(found)
