@@ -49,9 +49,7 @@ async fn fresh_responses_are_served_from_cache() {
     assert!(m.contains("flotilla_cache_memory_entries 2"), "{m}");
     assert!(!m.contains("flotilla_cache_memory_bytes 0\n"), "{m}");
     // Bytes answered from the cache vs fetched from the origin: one hit of b1, two fetches.
-    let line = |prefix: &str| {
-        m.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-    };
+    let line = |prefix: &str| metric_value(&m, prefix);
     assert_eq!(
         line("flotilla_cache_body_bytes_total{behavior=\"main\",source=\"cache\"}"),
         Some(b1.len() as u64),

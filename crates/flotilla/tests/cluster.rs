@@ -249,13 +249,8 @@ async fn an_invalidation_is_in_effect_on_every_node_before_the_api_answers() {
     let m = get(&nodes[1].f().admin("/metrics")).await.1;
     assert!(m.contains("flotilla_cluster_redis_up 1"), "{m}");
     assert!(m.contains("flotilla_cluster_nodes 3"), "{m}");
-    let applied = m
-        .lines()
-        .find(|l| l.starts_with("flotilla_cluster_invalidations_applied_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .unwrap();
     // Node b took 7 of the 20 itself (rounds 1, 4, …) and applied the other 13.
-    assert_eq!(applied, 13, "{m}");
+    assert_eq!(metric_value(&m, "flotilla_cluster_invalidations_applied_total"), Some(13), "{m}");
     // A deployment (invalidate everything) goes cluster-wide too.
     for n in &nodes {
         n.cache_status("/cached?cc=max-age=600&deploy=1").await;
@@ -403,11 +398,7 @@ async fn the_rate_limit_holds_across_nodes_and_falls_back_to_shares_without_redi
     }
     assert_eq!(per_node, [3, 3, 3], "each node allows its share of the burst of 9");
     let m = get(&nodes[0].f().admin("/metrics")).await.1;
-    let fallbacks = m
-        .lines()
-        .find(|l| l.starts_with("flotilla_cluster_ratelimit_fallbacks_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .unwrap();
+    let fallbacks = metric_value(&m, "flotilla_cluster_ratelimit_fallbacks_total").unwrap_or(0);
     assert!(fallbacks >= 10, "{m}");
     assert!(nodes[0].f().log().contains("rate limits fall back to this node's share"));
 
@@ -554,12 +545,8 @@ async fn three_edges_behind_a_shield_cost_the_origin_one_request_per_object() {
     }
     for c in &children {
         let m = get(&c.admin("/metrics")).await.1;
-        let fallbacks = m
-            .lines()
-            .find(|l| l.starts_with("flotilla_cache_shield_fallbacks_total"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap();
-        assert_eq!(fallbacks, 11, "the stalled miss and the ten after the parent died: {m}");
+        let fallbacks = metric_value(&m, "flotilla_cache_shield_fallbacks_total");
+        assert_eq!(fallbacks, Some(11), "the stalled miss and the ten after the parent died: {m}");
     }
 }
 

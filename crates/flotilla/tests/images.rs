@@ -45,7 +45,7 @@ fn dims(bytes: &[u8]) -> (u32, u32) {
 }
 
 fn metric(m: &str, line_start: &str) -> u64 {
-    m.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+    metric_value(m, line_start).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

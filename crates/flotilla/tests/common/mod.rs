@@ -401,6 +401,12 @@ impl Load {
     }
 }
 
+/// The value of the first Prometheus exposition line starting with `line_start` (a metric name,
+/// with its labels when they matter), as an integer counter or gauge.
+pub fn metric_value(exposition: &str, line_start: &str) -> Option<u64> {
+    exposition.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// A webhook receiver on 127.0.0.1: answers 200 (500 to the first request with `fail_first`)
 /// and hands every JSON body it accepted to the test.
 pub async fn webhook_receiver(fail_first: bool) -> (u16, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
