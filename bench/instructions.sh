@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 ensure_tools valgrind:valgrind h2load:nghttp2-client nginx:nginx haproxy:haproxy
-BIN=$(build_flotilla)
+BIN=${FLOTILLA_BIN:-$(build_flotilla)}
 D=$(mktemp -d /tmp/flotilla-icount-XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$D"' EXIT
 PORT=18080 BACKEND=18001

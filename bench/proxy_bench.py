@@ -291,6 +291,8 @@ SCENARIOS = [
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
+    ap.add_argument("--binary-dist", default="",
+                    help="also run this flotilla build (bench/pgo.sh's dist binary) as 'flotilla-pgo'")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--only", default="")
@@ -300,8 +302,11 @@ def main():
     d = tempfile.mkdtemp(prefix="flotilla-bench-")
     make_cert(d)
     backend = start_backend(d)
-    proxies = [("flotilla", lambda: start_flotilla(d, args.binary)), ("haproxy", lambda: start_haproxy(d)),
-               ("nginx", lambda: start_nginx(d))]
+    proxies = [("flotilla", lambda: start_flotilla(d, args.binary))]
+    if args.binary_dist:
+        proxies.append(("flotilla-pgo", lambda: start_flotilla(d, args.binary_dist)))
+    proxies += [("haproxy", lambda: start_haproxy(d)), ("nginx", lambda: start_nginx(d))]
+    ours = [name for name, _ in proxies if name.startswith("flotilla")]
     try:
         samples = interleaved(args.rounds, proxies, SCENARIOS, args.duration, args.connections, args.only)
     finally:
@@ -317,21 +322,34 @@ def main():
 
     print(f"\nPass-through proxy, {args.connections} connections, {args.duration}s per run, median of {args.rounds}"
           f" interleaved rounds, proxy pinned to CPU 1, load generator + backend on CPU 0.\n")
-    print("| scenario | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req | flotilla/other req/s | flotilla/other CPU per req |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    ratio_heads = "".join(f" {o}/other req/s | {o}/other CPU per req |" for o in ours)
+    print(f"| scenario | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req |{ratio_heads}")
+    print("|---|---|---:|---:|---:|---:|" + "---:|---:|" * len(ours))
     for key, label, _ in SCENARIOS:
-        f = results.get((key, "flotilla"))
         for name, _ in proxies:
             r = results.get((key, name))
             if not r:
                 continue
             rps, p50, p99, cpu, errs, _ = r
-            ratio = f"{f[0] / rps:.2f}" if f and name != "flotilla" else "—"
-            cratio = f"{f[3] / cpu:.2f}" if f and name != "flotilla" and cpu > 0 else "—"
+            cells = ""
+            for o in ours:
+                f = results.get((key, o))
+                mine = name.startswith("flotilla")
+                ratio = f"{f[0] / rps:.2f}" if f and not mine else "—"
+                cratio = f"{f[3] / cpu:.2f}" if f and not mine and cpu > 0 else "—"
+                cells += f" {ratio} | {cratio} |"
             p50s = f"{p50:.3f}" if p50 is not None else "—"
             p99s = f"{p99:.3f}" if p99 is not None else "—"
-            print(f"| {label} | {name} | {rps:.0f} | {p50s} | {p99s} | {cpu:.1f} | {ratio} | {cratio} |")
-
+            print(f"| {label} | {name} | {rps:.0f} | {p50s} | {p99s} | {cpu:.1f} |{cells}")
+    # Round by round: a shared VM swings more between rounds than the differences measured.
+    print()
+    for key, label, _ in SCENARIOS:
+        for o in ours:
+            for name, _ in proxies:
+                if name.startswith("flotilla") or (key, o) not in samples or (key, name) not in samples:
+                    continue
+                per = [f"{a[0] / b[0]:.2f}" for a, b in zip(samples[(key, o)], samples[(key, name)])]
+                print(f"{key}: {o}/{name} req/s per round: {', '.join(per)}")
 
 if __name__ == "__main__":
     main()
