@@ -292,10 +292,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
     ap.add_argument("--binary-dist", default="",
-                    help="also run this flotilla build (bench/pgo.sh's dist binary) as 'flotilla-pgo'")
+                    help="also run this flotilla build (contrib/build-dist.sh's binary) as 'flotilla-pgo'")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--only", default="")
+    ap.add_argument("--only", default="", help="scenarios to run, e.g. h2 or http1,tls")
+    ap.add_argument("--proxies", default="", help="contenders to run, e.g. flotilla-pgo,haproxy")
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds; medians are reported (a shared VM drifts between runs)")
     args = ap.parse_args()
@@ -306,6 +307,8 @@ def main():
     if args.binary_dist:
         proxies.append(("flotilla-pgo", lambda: start_flotilla(d, args.binary_dist)))
     proxies += [("haproxy", lambda: start_haproxy(d)), ("nginx", lambda: start_nginx(d))]
+    if args.proxies:
+        proxies = [p for p in proxies if p[0] in args.proxies.split(",")]
     ours = [name for name, _ in proxies if name.startswith("flotilla")]
     try:
         samples = interleaved(args.rounds, proxies, SCENARIOS, args.duration, args.connections, args.only)

@@ -9,14 +9,16 @@
 #
 # Training (loopback only, about a minute): the instrumented binary serves demo-app targets over
 # HTTP/1.1, TLS, HTTP/2 (TLS and h2c), cache hits with compression, and image variants of a few
-# corpus photos; a second short run keeps the access log on. Code that training never reaches
-# is optimised for size, so the workload covers every hot path a user meets.
+# photos (from ../shared/corpus when present, else a generated PNG); a second short run keeps
+# the access log on. Code that training never reaches is optimised for size, so the workload
+# covers every hot path a user meets.
 #
-# Usage: bench/pgo.sh            → $CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/dist/flotilla
-# Needs rustup's llvm-tools (installed if missing); two full builds, ~30 min on 2 cores.
+# Usage: contrib/build-dist.sh   → prints $CARGO_TARGET_DIR/<host triple>/dist/flotilla
+# Needs rustup's llvm-tools (installed if missing), wrk, h2load, openssl, curl (installed from
+# Debian if missing); two full builds, ~27 min on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. bench/lib.sh
+. bench/lib.sh # ensure_tools, CARGO_TARGET_DIR
 ensure_tools wrk:wrk h2load:nghttp2-client openssl:openssl curl:curl
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 SYSROOT=$(rustc --print sysroot)
@@ -43,6 +45,18 @@ PHOTOS=()
 for p in 04_skimage_rocket_640x427.jpg 01_skimage_chelsea_451x300.png 06_mate_GreenMeadow_1280x1024.jpg; do
   [ -f "$CORPUS/$p" ] && cp "$CORPUS/$p" "$D/img/" && PHOTOS+=("$p")
 done
+if [ ${#PHOTOS[@]} -eq 0 ]; then # outside this workspace: a 640x427 RGB gradient PNG
+  python3 - "$D/img/gradient.png" <<'PY'
+import struct, sys, zlib
+w, h = 640, 427
+rows = b"".join(b"\0" + b"".join(bytes((x * 255 // w, y * 255 // h, (x * y) % 256)) for x in range(w))
+               for y in range(h))
+chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+open(sys.argv[1], "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                              + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+PY
+  PHOTOS=(gradient.png)
+fi
 
 wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
