@@ -24,7 +24,6 @@ trap cleanup EXIT
 export SUITE_DIR="$D/node_modules/http-cache-tests"
 cp bench/conformance/origin.mjs bench/conformance/summary.mjs "$D/"
 PORT=18080 ORIGIN=8000
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
 (cd "$D" && npm_config_protocol=http npm_config_port=$ORIGIN npm_config_pidfile="$D/origin.pid" exec node origin.mjs) > "$D/origin.log" 2>&1 &
 wait_port $ORIGIN
 

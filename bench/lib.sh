@@ -18,3 +18,14 @@ build_flotilla() {
   cargo build --release --bin flotilla >&2
   echo "$CARGO_TARGET_DIR/release/flotilla"
 }
+
+# wait_port PORT — waits up to 30 s for 127.0.0.1:PORT to accept connections.
+wait_port() {
+  local _
+  for _ in $(seq 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "port $1 never opened" >&2
+  return 1
+}

@@ -8,10 +8,11 @@
 # measured frequency — the release process of rustc, Chrome and Firefox, applied to flotilla.
 #
 # Training (loopback only, about a minute): the instrumented binary serves demo-app targets over
-# HTTP/1.1, TLS, HTTP/2 (TLS and h2c), cache hits with compression, and image variants of a few
-# photos (from ../shared/corpus when present, else a generated PNG); a second short run keeps
-# the access log on. Code that training never reaches is optimised for size, so the workload
-# covers every hot path a user meets.
+# HTTP/1.1, TLS, HTTP/2 (TLS and h2c), cache hits, cache misses that compress (gzip, brotli,
+# zstd) text from a `files:` origin, and image variants of a few photos (from ../shared/corpus
+# when present, else a generated PNG); a second short run keeps the access log on. Code that
+# training never reaches is optimised for size, so the workload covers every hot path a user
+# meets.
 #
 # Usage: contrib/build-dist.sh   → prints $CARGO_TARGET_DIR/<host triple>/dist/flotilla
 # Needs rustup's llvm-tools (installed if missing), wrk, h2load, openssl, curl (installed from
@@ -58,7 +59,10 @@ PY
   PHOTOS=(gradient.png)
 fi
 
-wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+# Text for compression: this repository's documentation, served by a `files:` origin.
+mkdir -p "$D/assets"
+cp README.md "$D/assets/readme.txt"
+cp ARCHITECTURE.md "$D/assets/architecture.html"
 
 "$GEN" demo-app --port 18001 --id a >/dev/null 2>&1 &
 "$GEN" demo-app --port 18002 --id b >/dev/null 2>&1 &
@@ -78,12 +82,17 @@ path = "/static/*"
 target_group = "web"
 cache = "static"
 [[routes]]
+path = "/assets/*"
+origin = "files:$D"
+cache = "static"
+[[routes]]
 target_group = "web"
 [cache]
 memory = "64MiB"
 [cache_behaviors.static]
 default_ttl = "1d"
 compress = true
+key = { query = "all" }
 [images]
 source = "files:$D/img"
 [target_groups.web]
@@ -103,10 +112,15 @@ CONF
   h2load -c 16 -m 10 -D "$s" -t 1 http://127.0.0.1:18080/whoami >/dev/null
   wrk -t1 -c16 -d"${s}s" -H 'Accept-Encoding: gzip, br, zstd' http://127.0.0.1:18080/static/app.css >/dev/null
   h2load -c 4 -m 10 -D "$s" -t 1 -H 'accept-encoding: br' https://localhost:18443/static/app.css >/dev/null
+  local i # cache misses (a new query each time): stored, compressed three ways
+  for i in $(seq 40); do
+    curl -sf -o /dev/null -H 'Accept-Encoding: br' "http://127.0.0.1:18080/assets/readme.txt?v=$i"
+    curl -sf -o /dev/null -H 'Accept-Encoding: zstd' "http://127.0.0.1:18080/assets/architecture.html?v=$i"
+  done
   for photo in "${PHOTOS[@]}"; do
     for accept in image/avif image/webp image/jpeg; do
       for preset in thumbnail small; do
-        curl -sf -o /dev/null -H "Accept: $accept" "http://127.0.0.1:18080/_img/$preset/$photo" || true
+        curl -sf -o /dev/null -H "Accept: $accept" "http://127.0.0.1:18080/_img/$preset/$photo"
       done
     done
   done
