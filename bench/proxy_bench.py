@@ -58,6 +58,30 @@ def cpu_ticks(pids):
     return total
 
 
+def steal_jiffies():
+    """Per-CPU (total, steal) jiffies from /proc/stat. Steal is time the hypervisor ran something
+    else on this VM's CPU: it lands on whichever contender is running and shows up as tail
+    latency, so every run reports it."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *vals = line.split()
+                vals = [int(v) for v in vals]
+                out[name] = (sum(vals), vals[7] if len(vals) > 7 else 0)
+    return out
+
+
+def steal_pct(before, after):
+    """The highest steal percentage of any CPU between two `steal_jiffies` readings."""
+    worst = 0.0
+    for cpu, (total, steal) in after.items():
+        t0, s0 = before.get(cpu, (total, steal))
+        if total > t0:
+            worst = max(worst, 100.0 * (steal - s0) / (total - t0))
+    return worst
+
+
 def tree(pid):
     """pid and all its descendants (nginx master + workers)."""
     out = [pid]
@@ -263,14 +287,16 @@ def interleaved(rounds, contenders, scenarios, duration, conns, only=""):
                         continue
                     fn(2, conns)  # warm-up: pools, TLS session caches, cache fills
                     before = cpu_ticks(pids)
+                    stolen = steal_jiffies()
                     rps, total, p50, p99, errs, sock = fn(duration, conns)
                     cpu_us = (cpu_ticks(pids) - before) / TICK * 1e6 / max(total, 1)
-                    print(f"round {rnd + 1} {key:6} {name:9} {rps:10.0f} req/s  p50 {p50 or 0:7.3f} ms  "
-                          f"p99 {p99 or 0:7.3f} ms  cpu {cpu_us:6.1f} us/req  errors {errs} {sock}",
+                    steal = steal_pct(stolen, steal_jiffies())
+                    print(f"round {rnd + 1} {key:6} {name:12} {rps:10.0f} req/s  p50 {p50 or 0:7.3f} ms  "
+                          f"p99 {p99 or 0:7.3f} ms  cpu {cpu_us:6.1f} us/req  steal {steal:4.1f}%  errors {errs} {sock}",
                           file=sys.stderr, flush=True)
                     if errs:
                         raise RuntimeError(f"{name} {key}: {errs} non-2xx responses; the run is not valid")
-                    samples.setdefault((key, name), []).append((rps, p50, p99, cpu_us, errs))
+                    samples.setdefault((key, name), []).append((rps, p50, p99, cpu_us, errs, steal))
             finally:
                 stop(p)
     return samples
@@ -351,8 +377,16 @@ def main():
             for name, _ in proxies:
                 if name.startswith("flotilla") or (key, o) not in samples or (key, name) not in samples:
                     continue
-                per = [f"{a[0] / b[0]:.2f}" for a, b in zip(samples[(key, o)], samples[(key, name)])]
+                pairs = list(zip(samples[(key, o)], samples[(key, name)]))
+                per = [f"{a[0] / b[0]:.2f}" for a, b in pairs]
                 print(f"{key}: {o}/{name} req/s per round: {', '.join(per)}")
+                # Tail latency (p99 for wrk, max for h2load): lower is better, so other/flotilla.
+                tails = [f"{b[2] / a[2]:.2f}" for a, b in pairs if a[2] and b[2]]
+                if tails:
+                    print(f"{key}: {name}/{o} {'p99' if key != 'h2' else 'max latency'} per round "
+                          f"(> 1: flotilla's is lower): {', '.join(tails)}")
+                steals = [f"{max(a[5], b[5]):.1f}" for a, b in pairs]
+                print(f"{key}: highest CPU steal % during either run, per round: {', '.join(steals)}")
 
 if __name__ == "__main__":
     main()
