@@ -76,7 +76,9 @@ pub(crate) struct Shared {
     tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
     /// Certificates and challenge answers installed at run time (ACME); survives reloads.
     managed: Arc<managed::ManagedTls>,
-    server_builders: listener::ServerBuilders,
+    /// hyper's HTTP/1.1 and HTTP/2 server settings (head timeout, size limits); replaced on
+    /// reload, read once per new connection.
+    server_builders: ArcSwap<listener::ServerBuilders>,
     conn_limit: Arc<Semaphore>,
     per_ip: Arc<listener::PerIp>,
     image_pool: images::Pool,
@@ -146,7 +148,7 @@ impl Edge {
             health_client: health::client(),
             tls: ArcSwapOption::from(tls.map(Arc::new)),
             managed,
-            server_builders: listener::server_builders(&cfg.edge),
+            server_builders: ArcSwap::from_pointee(listener::server_builders(&cfg.edge)),
             conn_limit: Arc::new(Semaphore::new(cfg.edge.limits.max_connections)),
             per_ip: Arc::new(listener::PerIp::default()),
             image_pool: images::Pool::new(cfg.images.as_ref()),
@@ -222,6 +224,8 @@ impl Edge {
             tracing::warn!("listen addresses changed: they take effect only after a restart");
         }
         self.shared.tls.store(tls.map(Arc::new));
+        // New connections get the new head timeout and size limits; open ones keep theirs.
+        self.shared.server_builders.store(Arc::new(listener::server_builders(&cfg.edge)));
         let current = self.shared.runtime.load().groups.clone();
         self.apply(cfg, &current);
         tracing::info!(file = %cfg.source.display(), "configuration reloaded");

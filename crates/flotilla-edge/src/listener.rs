@@ -238,7 +238,7 @@ async fn serve(
     // (into its stream wrapper, the executor, the task cell): boxed, each move is a pointer
     // rather than the whole multi-KB state machine (memcpy was 3 % of h2 CPU under perf).
     let h2_svc = service_fn(move |req| Box::pin(proxy::handle(h2_shared.clone(), h2_conn.clone(), req)));
-    let builders = &shared.server_builders;
+    let builders = shared.server_builders.load_full();
     let (timeout, idle) = {
         let rt = shared.runtime.load();
         (rt.timeouts.header_read, rt.timeouts.idle)

@@ -89,6 +89,38 @@ async fn reload_applies_good_configs_and_refuses_bad_ones() {
     assert!(f.log().contains("reload refused"), "{}", f.log());
 }
 
+/// The header-count limit and the head-read timeout live in hyper's server settings, taken once
+/// per connection: a reload must replace them for new connections, not only the routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_new_server_limits_to_new_connections() {
+    let a = DemoApp::start("a");
+    let f = Flotilla::start("reload-limits", &(ROUTE_ALL.to_string() + &group_toml("web", &[&a], "")));
+    f.wait_target_state("web", &a.addr(), "healthy", Duration::from_secs(10)).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], f.port));
+    let extra: String = (0..40).map(|i| format!("X-H{i}: {i}\r\n")).collect();
+    let many = format!("GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n");
+    let status = |resp: String| resp.get(9..12).unwrap_or("").to_string();
+    assert_eq!(status(raw(addr, many.as_bytes())), "200", "42 headers are under the default limit of 100");
+
+    let cfg = std::fs::read_to_string(&f.config).unwrap();
+    let fewer = cfg.replacen("[edge]\n", "[edge]\nlimits = { max_headers = 20 }\n", 1);
+    assert_ne!(cfg, fewer);
+    std::fs::write(&f.config, fewer).unwrap();
+    f.proc.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = status(raw(addr, many.as_bytes()));
+        if s == "431" {
+            break;
+        }
+        assert_eq!(s, "200", "the old limit until the reload lands, then 431\n{}", f.log());
+        assert!(std::time::Instant::now() < deadline, "the new header limit never took effect\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Requests within the new limit are still served.
+    assert_eq!(get(&f.url("/whoami")).await, (200, "a".to_string()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let a = DemoApp::start("a");
