@@ -29,10 +29,10 @@ def start(kind, binary, index):
     configuration for it; returns (name, process, plain port, TLS port, temp dir)."""
     d = tempfile.mkdtemp(prefix="flotilla-ab-")
     pb.make_cert(d)
-    pb.HTTP_PORT, pb.TLS_PORT = 18100 + index, 18200 + index
-    p = pb.start_haproxy(d) if kind == "haproxy" else pb.start_flotilla(d, binary)
+    plain, tls = 18100 + index, 18200 + index
+    p = pb.start_haproxy(d, plain, tls) if kind == "haproxy" else pb.start_flotilla(d, binary, plain, tls)
     name = "haproxy" if kind == "haproxy" else f"{index}:{os.path.basename(binary)}"
-    return name, p, pb.HTTP_PORT, pb.TLS_PORT, d
+    return name, p, plain, tls, d
 
 
 def load(scenario, plain, tls, duration, conns):

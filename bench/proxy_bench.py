@@ -134,13 +134,13 @@ def start_backend(d):
   }}""", cpu=0, ports=[BACKEND_PORT])
 
 
-def start_flotilla(d, binary):
+def start_flotilla(d, binary, http_port=HTTP_PORT, tls_port=TLS_PORT):
     conf = f"""
 [edge]
-listen = ["127.0.0.1:{HTTP_PORT}"]
+listen = ["127.0.0.1:{http_port}"]
 access_log = false
 [edge.tls]
-listen = ["127.0.0.1:{TLS_PORT}"]
+listen = ["127.0.0.1:{tls_port}"]
 certificates = [{{ cert = "{d}/cert.pem", key = "{d}/key.pem" }}]
 [[routes]]
 target_group = "web"
@@ -156,13 +156,13 @@ interval = "5s"
     env = dict(os.environ, FLOTILLA_LOG="warn")
     p = subprocess.Popen(["taskset", "-c", "1", binary, "up", "--config", path], stdout=subprocess.DEVNULL,
                          stderr=open(f"{d}/flotilla.err", "w"), env=env)
-    wait_port(HTTP_PORT)
-    wait_port(TLS_PORT)
+    wait_port(http_port)
+    wait_port(tls_port)
     time.sleep(0.5)  # first health checks pass (healthy_threshold 2 with an immediate first check)
     return p
 
 
-def start_haproxy(d):
+def start_haproxy(d, http_port=HTTP_PORT, tls_port=TLS_PORT):
     conf = f"""
 global
   nbthread 1
@@ -178,8 +178,8 @@ defaults
   option http-keep-alive
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{HTTP_PORT}
-  bind 127.0.0.1:{TLS_PORT} ssl crt {d}/both.pem alpn h2,http/1.1
+  bind 127.0.0.1:{http_port}
+  bind 127.0.0.1:{tls_port} ssl crt {d}/both.pem alpn h2,http/1.1
   default_backend be
   # The same header work flotilla does by default: X-Forwarded-*, Forwarded, a request id.
   unique-id-format %{{+X}}o%ci%cp%fp%Ts%rt%pid
@@ -199,8 +199,8 @@ backend be
     open(path, "w").write(conf)
     p = subprocess.Popen(["taskset", "-c", "1", "haproxy", "-f", path, "-db"], stdout=subprocess.DEVNULL,
                          stderr=open(f"{d}/haproxy.err", "w"))
-    wait_port(HTTP_PORT)
-    wait_port(TLS_PORT)
+    wait_port(http_port)
+    wait_port(tls_port)
     return p
 
 
