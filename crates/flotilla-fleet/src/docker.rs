@@ -251,7 +251,7 @@ async fn lifecycle(docker: Docker, spec: Spec, instance: String, shared: Arc<Sha
     };
     set(&shared.id, id.clone());
     tokio::spawn(follow_logs(docker.clone(), id.clone(), instance.clone()));
-    let mut last_cpu: Option<(Instant, u64)> = None;
+    let mut last_cpu: Option<CpuSample> = None;
     let mut next_stats = Instant::now();
     let ended = loop {
         if shared.wait_tick(POLL).await {
@@ -281,21 +281,61 @@ async fn lifecycle(docker: Docker, spec: Spec, instance: String, shared: Arc<Sha
     set(&shared.exit, ended.unwrap_or_else(|| "stopped".into()));
 }
 
+/// The cumulative CPU counters of one `docker stats` answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuSample {
+    /// When the answer arrived here: the fallback clock when the daemon gives no host total.
+    at: Instant,
+    /// The container's CPU time, ns.
+    total: u64,
+    /// The host's CPU time over all cores, ns, read by the daemon together with `total`.
+    system: Option<u64>,
+    online_cpus: u64,
+}
+
+impl CpuSample {
+    fn from_stats(s: &serde_json::Value, at: Instant) -> Self {
+        let c = &s["cpu_stats"];
+        Self {
+            at,
+            total: c["cpu_usage"]["total_usage"].as_u64().unwrap_or(0),
+            system: c["system_cpu_usage"].as_u64().filter(|&v| v > 0),
+            online_cpus: c["online_cpus"].as_u64().filter(|&n| n > 0).unwrap_or(1),
+        }
+    }
+
+    /// CPU % of one core between two samples, as `docker stats` computes it: the container's
+    /// share of the host's CPU time times the number of CPUs. Both counters come from the same
+    /// read in the daemon, so a slow answer cannot skew the interval; timing the answers here
+    /// did (one slow `stats` call on a loaded host read as 266 % and scaled a group out). The
+    /// arrival clock is used only when the daemon reports no host total.
+    fn percent_since(&self, prev: &CpuSample) -> Option<f64> {
+        let used = self.total.checked_sub(prev.total)? as f64;
+        let pct = match (self.system, prev.system) {
+            (Some(now), Some(then)) if now > then => used / (now - then) as f64 * self.online_cpus as f64 * 100.0,
+            _ => {
+                let wall = self.at.checked_duration_since(prev.at)?.as_secs_f64();
+                if wall <= 0.0 {
+                    return None;
+                }
+                used / 1e9 / wall * 100.0
+            }
+        };
+        Some(pct.min(self.online_cpus as f64 * 100.0))
+    }
+}
+
 /// One stats sample: (cpu % of one core since the previous sample, memory bytes).
 pub(crate) async fn sample_stats(
     docker: &Docker,
     id: &str,
-    last_cpu: &mut Option<(Instant, u64)>,
+    last_cpu: &mut Option<CpuSample>,
 ) -> Option<(Option<f64>, u64)> {
     let s = docker.call("GET", &format!("/containers/{id}/stats?stream=false&one-shot=true"), None).await.ok()?;
-    let total = s["cpu_stats"]["cpu_usage"]["total_usage"].as_u64().unwrap_or(0);
     let mem = s["memory_stats"]["usage"].as_u64().unwrap_or(0);
-    let now = Instant::now();
-    let cpu = last_cpu.and_then(|(t, prev)| {
-        let wall = now.duration_since(t).as_secs_f64();
-        (wall > 0.0).then(|| total.saturating_sub(prev) as f64 / 1e9 / wall * 100.0)
-    });
-    *last_cpu = Some((now, total));
+    let sample = CpuSample::from_stats(&s, Instant::now());
+    let cpu = last_cpu.as_ref().and_then(|prev| sample.percent_since(prev));
+    *last_cpu = Some(sample);
     Some((cpu, mem))
 }
 
@@ -361,5 +401,37 @@ async fn follow_logs(docker: Docker, id: String, instance: String) {
         if buf.len() > MAX_BODY {
             return; // a frame header claiming more than we keep: stop following rather than grow
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stats(total: u64, system: Option<u64>) -> serde_json::Value {
+        json!({ "cpu_stats": { "cpu_usage": { "total_usage": total }, "system_cpu_usage": system, "online_cpus": 2 } })
+    }
+
+    #[test]
+    fn cpu_percent_uses_the_daemons_counters_not_answer_arrival() {
+        let t0 = Instant::now();
+        let prev = CpuSample::from_stats(&stats(1_000_000_000, Some(10_000_000_000)), t0);
+        // Half a second of container CPU over 2 s of host CPU time (two cores: 1 s of wall
+        // clock): 50 % of one core, however late or early the answers arrived.
+        let late = CpuSample::from_stats(&stats(1_500_000_000, Some(12_000_000_000)), t0 + Duration::from_millis(100));
+        assert_eq!(late.percent_since(&prev), Some(50.0));
+    }
+
+    #[test]
+    fn cpu_percent_falls_back_to_arrival_time_and_is_capped_at_every_core() {
+        let t0 = Instant::now();
+        let prev = CpuSample::from_stats(&stats(0, None), t0);
+        let cur = CpuSample::from_stats(&stats(250_000_000, None), t0 + Duration::from_secs(1));
+        assert_eq!(cur.percent_since(&prev), Some(25.0));
+        let burst = CpuSample::from_stats(&stats(5_000_000_000, None), t0 + Duration::from_secs(1));
+        assert_eq!(burst.percent_since(&prev), Some(200.0));
+        // A counter that went backwards (a restarted container) gives no sample.
+        assert_eq!(prev.percent_since(&cur), None);
     }
 }

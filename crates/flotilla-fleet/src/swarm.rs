@@ -190,7 +190,7 @@ pub(crate) async fn lifecycle(
 /// this node is handing the instance over to another leader (`detached`): then it only lets go.
 pub(crate) async fn follow(docker: Docker, spec: Spec, service: String, instance: String, shared: Arc<Shared>) {
     let started = Instant::now();
-    let mut last_cpu: Option<(Instant, u64)> = None;
+    let mut last_cpu: Option<crate::docker::CpuSample> = None;
     let mut next_stats = Instant::now();
     let ended = loop {
         if shared.wait_tick(POLL).await {
