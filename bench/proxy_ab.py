@@ -36,11 +36,9 @@ def start(kind, binary, index):
 
 
 def load(scenario, plain, tls, duration, conns):
-    if scenario == "http1":
-        return pb.run_wrk(f"http://127.0.0.1:{plain}/", duration, conns)
-    if scenario == "tls":
-        return pb.run_wrk(f"https://localhost:{tls}/", duration, conns)
-    return pb.run_h2load(f"https://localhost:{tls}/", duration, max(8, conns // 4))
+    """proxy_bench.py's scenario `scenario`, pointed at one contender's ports."""
+    run = {key: fn for key, _, fn in pb.SCENARIOS}[scenario]
+    return run(duration, conns, plain, tls)
 
 
 def main():

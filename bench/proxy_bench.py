@@ -308,9 +308,12 @@ def median(xs):
 
 
 SCENARIOS = [
-    ("http1", "HTTP/1.1 GET", lambda d, c: run_wrk(f"http://127.0.0.1:{HTTP_PORT}/", d, c)),
-    ("tls", "HTTPS (TLS 1.3) GET", lambda d, c: run_wrk(f"https://localhost:{TLS_PORT}/", d, c)),
-    ("h2", "HTTP/2 over TLS GET (h2load, mean/max latency)", lambda d, c: run_h2load(f"https://localhost:{TLS_PORT}/", d, max(8, c // 4))),
+    ("http1", "HTTP/1.1 GET",
+     lambda d, c, http=HTTP_PORT, tls=TLS_PORT: run_wrk(f"http://127.0.0.1:{http}/", d, c)),
+    ("tls", "HTTPS (TLS 1.3) GET",
+     lambda d, c, http=HTTP_PORT, tls=TLS_PORT: run_wrk(f"https://localhost:{tls}/", d, c)),
+    ("h2", "HTTP/2 over TLS GET (h2load, mean/max latency)",
+     lambda d, c, http=HTTP_PORT, tls=TLS_PORT: run_h2load(f"https://localhost:{tls}/", d, max(8, c // 4))),
 ]
 
 
