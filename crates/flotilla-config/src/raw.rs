@@ -442,7 +442,7 @@ pub(crate) struct RawLaunch {
     pub driver: Option<S<String>>,
     pub command: Option<S<Vec<String>>>,
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, S<String>>,
     pub workdir: Option<S<String>>,
     pub image: Option<S<String>>,
     pub port: Option<S<i64>>,

@@ -608,3 +608,17 @@ fn a_cluster_scoped_slo_needs_a_cluster() {
     let c = ok(&format!("[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\nsecret = \"x\"\n\n{slo}"));
     assert!(c.slos[0].cluster);
 }
+
+#[test]
+fn launch_env_expands_variables_and_refuses_bad_names() {
+    let group = "[target_groups.web]\n[groups.web]\ntarget_group = \"web\"\n[groups.web.launch]\ncommand = [\"app\"]\n";
+    let c = ok(&format!(
+        "{group}env = {{ TOKEN = \"${{FLOTILLA_ADMIN_TOKEN}}\", MODE = \"${{UNSET_X:-on}}-{{port}}\" }}\n"
+    ));
+    let env = &c.groups["web"].launch.env;
+    assert_eq!((env["TOKEN"].as_str(), env["MODE"].as_str()), ("t0ken", "on-{port}"));
+    check_err(
+        &format!("{group}env = {{ \"A=B\" = \"x\" }}\n"),
+        &["flotilla.toml:6:17: groups.web.launch.env: variable name \"A=B\" must be non-empty, without '=' or NUL"],
+    );
+}

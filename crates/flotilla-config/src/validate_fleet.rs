@@ -221,7 +221,19 @@ fn launch(cx: &mut Ctx<'_>, name: &str, raw: &S<RawLaunch>) -> Option<LaunchConf
             return None;
         }
     };
-    Some(LaunchConfig { driver, env: r.env.clone() })
+    let mut env = BTreeMap::new();
+    for (name, value) in &r.env {
+        // `${VAR}` is how an instance gets a variable from Flotilla's environment: it inherits
+        // none but a small base (see flotilla-fleet's process.rs).
+        let v = cx.expand(value, &key(&format!("env.{name}")));
+        if name.is_empty() || name.contains(['=', '\0']) {
+            cx.err(value, format!("{}: variable name {name:?} must be non-empty, without '=' or NUL", key("env")));
+        } else if v.contains('\0') {
+            cx.err(value, format!("{}: the value must not contain NUL", key(&format!("env.{name}"))));
+        }
+        env.insert(name.clone(), v);
+    }
+    Some(LaunchConfig { driver, env })
 }
 
 fn schedule(cx: &mut Ctx<'_>, group: &str, raw: &S<RawSchedule>) -> Option<ScheduleConfig> {

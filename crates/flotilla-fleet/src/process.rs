@@ -1,6 +1,11 @@
 //! The `process` driver: an instance is a child process on 127.0.0.1 with its own port.
 //! Output is captured line by line into the log with the instance id; CPU and memory come from
 //! `/proc/<pid>/stat`.
+//!
+//! An instance never inherits Flotilla's environment: that holds Flotilla's own secrets (the
+//! admin token, the Redis password, the image signing key, whatever `${VAR}` the config reads),
+//! and an app that logs or reports its environment would hand them on. It gets [`BASE_ENV`]
+//! (what a program needs to run at all), the group's `env`, and the variables Flotilla sets.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Stdio;
@@ -11,6 +16,33 @@ use tokio::process::{Child, Command};
 
 /// Longest output line kept in the log; the rest of the line is dropped.
 const MAX_LINE: usize = 8 * 1024;
+
+/// Variables copied from Flotilla's environment, when set. Everything else an instance needs
+/// goes in the group's `env` (`FOO = "${FOO}"` passes one on explicitly).
+pub const BASE_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
+
+/// `PATH` for an instance when Flotilla itself has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// An instance's whole environment, in the order later entries win: the base taken from
+/// `inherited` (Flotilla's environment), the group's `env` with placeholders applied, then
+/// `PORT`, `FLOTILLA_INSTANCE` and `FLOTILLA_GROUP`.
+pub fn instance_env(
+    inherited: impl Fn(&str) -> Option<std::ffi::OsString>,
+    env: &std::collections::BTreeMap<String, String>,
+    p: &Placeholders<'_>,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut out: Vec<(std::ffi::OsString, std::ffi::OsString)> =
+        BASE_ENV.iter().filter_map(|k| Some(((*k).into(), inherited(k)?))).collect();
+    if !out.iter().any(|(k, _)| k == "PATH") {
+        out.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    out.extend(env.iter().map(|(k, v)| (k.into(), p.apply(v).into())));
+    out.push(("PORT".into(), p.port.to_string().into()));
+    out.push(("FLOTILLA_INSTANCE".into(), p.instance.into()));
+    out.push(("FLOTILLA_GROUP".into(), p.group.into()));
+    out
+}
 
 /// Values substituted into the command, arguments and environment.
 pub struct Placeholders<'a> {
@@ -55,10 +87,8 @@ pub fn spawn(
     };
     let mut cmd = Command::new(program);
     cmd.args(command.iter().skip(1).map(|a| p.apply(a)))
-        .envs(env.iter().map(|(k, v)| (k, p.apply(v))))
-        .env("PORT", p.port.to_string())
-        .env("FLOTILLA_INSTANCE", p.instance)
-        .env("FLOTILLA_GROUP", p.group)
+        .env_clear()
+        .envs(instance_env(|k| std::env::var_os(k), env, p))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -155,4 +185,37 @@ impl Usage {
 /// How long ago an `Instant` was, saturating.
 pub fn since(t: Instant) -> Duration {
     Instant::now().saturating_duration_since(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_gets_the_base_its_env_and_ours_but_nothing_else() {
+        let parent = |k: &str| match k {
+            "HOME" => Some("/home/app".into()),
+            "FLOTILLA_ADMIN_TOKEN" | "REDIS_PASSWORD" => Some("secret".into()),
+            _ => None,
+        };
+        let env = [("APP_MODE".to_string(), "on-{port}".to_string()), ("PORT".to_string(), "1".to_string())].into();
+        let p = Placeholders { port: 9001, instance: "web-0001", group: "web", zone: None };
+        let got: std::collections::BTreeMap<String, String> = instance_env(parent, &env, &p)
+            .into_iter()
+            .map(|(k, v)| (k.into_string().unwrap(), v.into_string().unwrap()))
+            .collect();
+        let want: std::collections::BTreeMap<String, String> = [
+            ("HOME", "/home/app"),
+            ("PATH", DEFAULT_PATH),
+            ("APP_MODE", "on-9001"),
+            // Flotilla's own variables win over the group's.
+            ("PORT", "9001"),
+            ("FLOTILLA_INSTANCE", "web-0001"),
+            ("FLOTILLA_GROUP", "web"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(got, want);
+    }
 }

@@ -378,3 +378,77 @@ resolution = "250ms"
     let act = activity(&f).await;
     assert!(act.contains("alarm: latency_p95 > 150"), "{act}");
 }
+
+/// An instance's environment is its group's `env` plus a small base, never flotilla's own: the
+/// admin token, the Redis password and the image key in flotilla's environment stay there.
+#[tokio::test]
+async fn instances_get_their_env_and_a_base_never_flotillas_secrets() {
+    let (port, admin_port, dir) = (free_port(), free_port(), scratch_dir("fleet-env"));
+    let secrets = [
+        ("FLOTILLA_ADMIN_TOKEN", "admin-secret-4f1c"),
+        ("REDIS_PASSWORD", "redis-secret-9b2e"),
+        ("FLOTILLA_IMAGE_KEY", "image-secret-77d0"),
+    ];
+    // Each instance writes its environment to a file, then becomes the demo app.
+    let text = format!(
+        r#"[edge]
+listen = ["127.0.0.1:{port}"]
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token = "${{FLOTILLA_ADMIN_TOKEN}}"
+
+{ROUTE_ALL}{tg}
+[groups.web]
+target_group = "web"
+instance_warmup = "0s"
+stop_timeout = "3s"
+
+[groups.web.launch]
+command = ["/bin/sh", "-c", "env > '{dir}/env-{{instance}}' && exec '{BIN}' demo-app --port {{port}} --id {{instance}}"]
+env = {{ APP_SETTING = "configured-{{port}}", PASSED_ON = "${{PASS_ME}}" }}
+"#,
+        dir = dir.display(),
+        tg = group_toml("web", &[], "")
+    );
+    let mut env = secrets.to_vec();
+    env.push(("PASS_ME", "explicitly-passed"));
+    let f = Flotilla::start_env(&dir, &text, port, admin_port, "info", &env);
+    let g = f.wait_group("web", "1 in service", Duration::from_secs(30), |g| count(g, "in_service") == 1).await;
+    let instance = g["instances"][0]["id"].as_str().unwrap().to_string();
+    let seen = std::fs::read_to_string(dir.join(format!("env-{instance}"))).unwrap();
+    for (name, secret) in secrets {
+        assert!(!seen.contains(secret) && !seen.contains(&format!("{name}=")), "{name} reached the instance:\n{seen}");
+    }
+    let vars: std::collections::BTreeMap<&str, &str> = seen.lines().filter_map(|l| l.split_once('=')).collect();
+    let app_port = g["instances"][0]["addr"].as_str().unwrap().rsplit(':').next().unwrap().to_string();
+    assert_eq!(vars.get("APP_SETTING"), Some(&format!("configured-{app_port}").as_str()), "{seen}");
+    assert_eq!(vars.get("PASSED_ON"), Some(&"explicitly-passed"), "{seen}");
+    assert_eq!(vars.get("PORT"), Some(&app_port.as_str()), "{seen}");
+    assert_eq!(vars.get("FLOTILLA_INSTANCE"), Some(&instance.as_str()), "{seen}");
+    assert!(vars.contains_key("PATH"), "{seen}");
+    // Nothing else of the test's (flotilla's) environment got through: only the base, the
+    // group's env, ours, and what the shell adds itself.
+    let allowed = [
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LC_ALL",
+        "LC_CTYPE",
+        "TZ",
+        "TMPDIR",
+        "APP_SETTING",
+        "PASSED_ON",
+        "PORT",
+        "FLOTILLA_INSTANCE",
+        "FLOTILLA_GROUP",
+        "PWD",
+        "SHLVL",
+        "_",
+        "OLDPWD",
+    ];
+    let extra: Vec<&&str> = vars.keys().filter(|k| !allowed.contains(k)).collect();
+    assert!(extra.is_empty(), "unexpected variables reached the instance: {extra:?}");
+}

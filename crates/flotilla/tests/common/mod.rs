@@ -189,12 +189,25 @@ impl Flotilla {
 
     /// Like `start_raw`, with `FLOTILLA_LOG` set to `level` (e.g. "debug").
     pub fn start_logging(dir: &std::path::Path, text: &str, port: u16, admin_port: u16, level: &str) -> Self {
+        Self::start_env(dir, text, port, admin_port, level, &[])
+    }
+
+    /// Like `start_logging`, with extra variables in flotilla's environment (e.g. secrets).
+    pub fn start_env(
+        dir: &std::path::Path,
+        text: &str,
+        port: u16,
+        admin_port: u16,
+        level: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let config = dir.join("flotilla.toml");
         std::fs::write(&config, text).unwrap();
         let log = std::fs::File::create(dir.join("flotilla.log")).unwrap();
         let child = Command::new(BIN)
             .args(["up", "--config", config.to_str().unwrap()])
             .env("FLOTILLA_LOG", level)
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
