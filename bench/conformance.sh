@@ -36,6 +36,7 @@ memory = "64MiB"
 [cache_behaviors.conformance]
 min_ttl = "0s"
 default_ttl = "0s"      # add nothing: only the responses' own freshness (and RFC heuristics)
+error_ttl = "0s"        # nor negative caching of 404/410 beyond what the origin says
 max_ttl = "3650d"
 [[routes]]
 target_group = "origin"

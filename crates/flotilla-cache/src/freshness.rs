@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, StatusCode};
 
 use crate::directives::CacheControl;
-use crate::storable::heuristically_cacheable;
+use crate::storable::{heuristically_cacheable, negative};
 
 /// A cache behaviour's TTL policy (`[cache_behaviors.NAME]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +19,15 @@ pub struct Behavior {
     /// Defaults for responses that do not carry their own RFC 5861 directives.
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
+    /// How long a 404 or 410 without explicit freshness is stored (negative caching). Other
+    /// errors are stored only with explicit freshness; `min_ttl` and `default_ttl` never apply
+    /// to an error (see [`crate::storable::negative`]).
+    pub error_ttl: Duration,
 }
+
+/// CloudFront's error-caching minimum TTL: long enough to absorb a burst of requests for a
+/// missing object, short enough that a mistake is over in seconds.
+pub const DEFAULT_ERROR_TTL: Duration = Duration::from_secs(10);
 
 /// Heuristic freshness is capped, as most caches do: 10% of the age of Last-Modified, at most a day.
 const HEURISTIC_CAP: Duration = Duration::from_secs(86_400);
@@ -33,6 +41,17 @@ pub fn lifetime(cc: &CacheControl, headers: &HeaderMap, status: StatusCode, beha
         let date = headers.get(http::header::DATE).and_then(http_date).unwrap_or_else(SystemTime::now);
         Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
     });
+    if status.as_u16() >= 400 {
+        // An error lives as long as the origin said (within max_ttl), or, for 404/410 only,
+        // error_ttl: min_ttl and default_ttl never stretch it.
+        return match (explicit, behavior) {
+            (Some(t), Some(b)) => t.min(b.max_ttl),
+            (Some(t), None) => t,
+            (None, Some(b)) if negative(status) => b.error_ttl.min(b.max_ttl),
+            (None, Some(_)) => Duration::ZERO,
+            (None, None) => heuristic(cc, headers, status),
+        };
+    }
     match (explicit, behavior) {
         (Some(t), Some(b)) => t.clamp(b.min_ttl, b.max_ttl.max(b.min_ttl)),
         (Some(t), None) => t,
@@ -225,11 +244,19 @@ mod tests {
             max_ttl: Duration::from_secs(600),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            error_ttl: Duration::from_secs(5),
         };
         assert_eq!(life(&[("cache-control", "max-age=1")], 200, Some(&b)), 10);
         assert_eq!(life(&[("cache-control", "max-age=100000")], 200, Some(&b)), 600);
         assert_eq!(life(&[], 200, Some(&b)), 600, "default_ttl is clamped to max_ttl too");
         assert_eq!(life(&[("cache-control", "max-age=300")], 200, Some(&b)), 300);
+        // Errors: neither min_ttl nor default_ttl stretches them; 404/410 get error_ttl.
+        assert_eq!(life(&[("cache-control", "max-age=1")], 500, Some(&b)), 1);
+        assert_eq!(life(&[("cache-control", "max-age=100000")], 400, Some(&b)), 600);
+        assert_eq!(life(&[], 400, Some(&b)), 0);
+        assert_eq!(life(&[], 503, Some(&b)), 0);
+        assert_eq!(life(&[], 404, Some(&b)), 5);
+        assert_eq!(life(&[], 410, Some(&b)), 5);
     }
 
     #[test]
@@ -299,6 +326,7 @@ mod tests {
             max_ttl: Duration::from_secs(600),
             stale_while_revalidate: Duration::from_secs(30),
             stale_if_error: Duration::from_secs(86_400),
+            error_ttl: DEFAULT_ERROR_TTL,
         };
         let from_behaviour = fresh("max-age=60", 60, 1000, Some(&b));
         assert!(from_behaviour.usable_on_error(at(50_000)));

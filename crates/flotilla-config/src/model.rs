@@ -258,6 +258,9 @@ pub struct CacheBehaviorConfig {
     pub key: CacheKeyConfig,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
+    /// How long a 404/410 without explicit freshness is stored; other errors are stored only
+    /// with explicit freshness from the origin.
+    pub error_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -179,6 +179,7 @@ pub(crate) struct RawBehavior {
     pub key: Option<S<RawKey>>,
     pub stale_while_revalidate: Option<S<String>>,
     pub stale_if_error: Option<S<String>>,
+    pub error_ttl: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -180,6 +180,7 @@ memory = "64MiB"
 default_ttl = "1h"
 key = { query = ["v", "w"], headers = ["X-Tenant"], cookies = ["lang"] }
 stale_if_error = "1d"
+error_ttl = "30s"
 [[routes]]
 path = "/static/*"
 target_group = "w"
@@ -193,6 +194,7 @@ targets = ["127.0.0.1:2"]
     assert_eq!(b.max_ttl, Duration::from_secs(365 * 86_400));
     assert_eq!(b.key.query, QueryKeyConfig::Only(vec!["v".into(), "w".into()]));
     assert_eq!(b.key.headers, vec!["x-tenant".to_string()]);
+    assert_eq!(b.error_ttl, Duration::from_secs(30));
     assert_eq!(c.routes[0].cache.as_deref(), Some("static"));
 }
 

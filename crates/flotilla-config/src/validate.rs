@@ -689,6 +689,7 @@ fn behavior(cx: &mut Ctx<'_>, name: &str, raw: &S<RawBehavior>) -> CacheBehavior
         key: key_cfg,
         stale_while_revalidate: cx.duration(&r.stale_while_revalidate, &key("stale_while_revalidate"), Duration::ZERO),
         stale_if_error: cx.duration(&r.stale_if_error, &key("stale_if_error"), Duration::ZERO),
+        error_ttl: cx.duration(&r.error_ttl, &key("error_ttl"), Duration::from_secs(10)),
     }
 }
 

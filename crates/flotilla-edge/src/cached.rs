@@ -363,9 +363,24 @@ async fn settle(
         status: resp.status(),
         response_headers: resp.headers(),
         response_cc: &cc,
-        has_default_ttl: !rule.behavior.default_ttl.is_zero(),
+        behavior: Some(&rule.behavior),
     })
-    .and_then(|()| if resp.headers().contains_key(header::SET_COOKIE) { Err(NotStored::Private) } else { Ok(()) });
+    .and_then(|()| match stale {
+        // A client may force a revalidation and craft it so the origin fails: that error is
+        // this client's, the stored object stays (stale-if-error was handled by the caller).
+        Some(s)
+            if !storable::may_replace(
+                s.status,
+                &s.freshness,
+                resp.status(),
+                storable::explicit_freshness(&cc, resp.headers()),
+                SystemTime::now(),
+            ) =>
+        {
+            Err(NotStored::KeptStored)
+        }
+        _ => Ok(()),
+    });
     let too_big = resp.body().size_hint().exact().is_some_and(|n| n > cache.max_object as u64);
     if head || too_big || verdict.is_err() {
         let detail = match verdict {
@@ -373,8 +388,12 @@ async fn settle(
             Ok(()) if head => "head",
             Ok(()) => "too-large",
         };
-        // Remember response-side reasons so the next requests for this key skip coalescing.
-        if !matches!(verdict, Err(NotStored::Authorization) | Err(NotStored::RequestNoStore)) {
+        // Remember response-side reasons so the next requests for this key skip coalescing; not
+        // errors, which one request can provoke and which say nothing about the next one.
+        if !matches!(
+            verdict,
+            Err(NotStored::Authorization | NotStored::RequestNoStore | NotStored::Error | NotStored::KeptStored)
+        ) {
             cache.pass.insert(primary.to_string(), ());
             rule.passes.inc();
         }

@@ -143,6 +143,7 @@ impl ImageService {
             max_ttl: std::time::Duration::from_secs(365 * 86_400),
             stale_while_revalidate: std::time::Duration::from_secs(60),
             stale_if_error: std::time::Duration::from_secs(86_400),
+            error_ttl: flotilla_cache::freshness::DEFAULT_ERROR_TTL,
         };
         let key = KeyPolicy { query: QueryKey::All, headers: vec![], cookies: vec![] };
         let rule = Arc::new(CacheRule::with(behavior, key, false, "images", metrics));

@@ -74,6 +74,7 @@ impl CacheRule {
                 max_ttl: cfg.max_ttl,
                 stale_while_revalidate: cfg.stale_while_revalidate,
                 stale_if_error: cfg.stale_if_error,
+                error_ttl: cfg.error_ttl,
             },
             key: KeyPolicy {
                 query: match &cfg.key.query {

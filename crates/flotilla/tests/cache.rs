@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::nginx::Nginx;
 use common::*;
 
 const BEHAVIOR: &str =
@@ -511,4 +512,53 @@ async fn an_unusable_disk_directory_degrades_to_memory() {
     let (_, cs, _, _) = fetch(&f, "/cached?cc=max-age=60", &[]).await;
     assert!(cs.starts_with("flotilla; hit"), "memory still caches: {cs}");
     assert!(f.log().contains("cache disk tier unavailable"), "{}", f.log());
+}
+
+/// An nginx target group with fast health checks on `/index.html`.
+fn nginx_group(nginx: &Nginx) -> String {
+    format!(
+        "[target_groups.web]\ntargets = [\"{}\"]\n[target_groups.web.health_check]\npath = \"/index.html\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nhealthy_threshold = 2\n",
+        nginx.addr()
+    )
+}
+
+/// The case against a real nginx, which answers 400 to a request head over its 8 KiB
+/// `large_client_header_buffers`: a behaviour with the default 1-day `default_ttl` stored that
+/// 400 and served it to everyone. Now a crafted request gets its error, and the next ordinary
+/// visitor still gets the page, whether it was cached before or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crafted_request_never_caches_the_origins_error_for_others() {
+    let nginx = Nginx::start("errors", "");
+    let (page, other) = ("<h1>the page</h1>\n", "<h1>the other page</h1>\n");
+    std::fs::write(nginx.root.join("index.html"), page).unwrap();
+    std::fs::write(nginx.root.join("other.html"), other).unwrap();
+    let body = format!("[cache_behaviors.main]\n\n{}{}", cached_route("web"), nginx_group(&nginx));
+    let f = Flotilla::start("cache-nginx-errors", &body);
+    f.wait_target_state("web", &nginx.addr(), "healthy", Duration::from_secs(10)).await;
+    let pad = "x".repeat(9 * 1024);
+    let crafted = [("cache-control", "no-cache"), ("x-pad", pad.as_str())];
+
+    // A cached page, then a forced revalidation nginx refuses: that client gets the 400.
+    let (s, cs, _, b) = fetch(&f, "/index.html", &[]).await;
+    assert_eq!((s, cs.as_str(), b.as_str()), (200, "flotilla; fwd=miss; stored", page));
+    let (s, cs, _, _) = fetch(&f, "/index.html", &crafted).await;
+    assert_eq!(s, 400, "nginx refuses the 9 KiB header: {cs}");
+    assert!(cs.contains("detail="), "{cs}");
+    let (s, cs, _, b) = fetch(&f, "/index.html", &[]).await;
+    assert_eq!((s, b.as_str()), (200, page), "the next visitor gets the page: {cs}");
+    assert!(cs.starts_with("flotilla; hit"), "{cs}");
+
+    // Nothing cached yet: the crafted request comes first, and its 400 is not stored.
+    let (s, cs, _, _) = fetch(&f, "/other.html", &[("x-pad", pad.as_str())]).await;
+    assert_eq!(s, 400, "{cs}");
+    assert!(cs.contains("detail=error"), "{cs}");
+    let (s, cs, _, b) = fetch(&f, "/other.html", &[]).await;
+    assert_eq!((s, cs.as_str(), b.as_str()), (200, "flotilla; fwd=miss; stored", other));
+
+    // Negative caching: a 404 is kept for error_ttl (10 s by default), not default_ttl's day.
+    let (s, cs, _, _) = fetch(&f, "/missing.html", &[]).await;
+    assert_eq!((s, cs.as_str()), (404, "flotilla; fwd=miss; stored"));
+    let (s, cs, _, _) = fetch(&f, "/missing.html", &[]).await;
+    let ttl: u64 = cs.strip_prefix("flotilla; hit; ttl=").and_then(|t| t.parse().ok()).unwrap_or(u64::MAX);
+    assert!(s == 404 && ttl <= 10, "{cs}");
 }

@@ -14,6 +14,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+pub mod nginx;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
 
 /// A port that is free now and not handed out before by this test binary. Taken from
