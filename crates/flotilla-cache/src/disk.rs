@@ -418,7 +418,7 @@ fn encode(primary: &str, vary: &[HeaderName], e: &Entry) -> Vec<u8> {
     w.time(f.timing.response_time);
     w.u64(f.timing.date.map_or(0, |d| d.duration_since(UNIX_EPOCH).map_or(0, |x| x.as_millis() as u64 + 1)));
     w.u64(f.timing.age.as_millis() as u64);
-    w.u64(u64::from(f.no_cache) | (u64::from(f.must_revalidate) << 1));
+    w.u64(u64::from(f.no_cache) | (u64::from(f.must_revalidate) << 1) | (u64::from(e.shared) << 2));
     w.u64(f.stale_while_revalidate.as_millis() as u64);
     w.u64(f.stale_if_error.as_millis() as u64);
     w.bytes(&e.body);
@@ -527,6 +527,8 @@ fn read_object(path: &Path) -> Option<Entry> {
         host,
         path: path_s,
         tags,
+        // Files from before this flag read as not shared: the safe side.
+        shared: flags & 4 != 0,
     })
 }
 
@@ -556,6 +558,7 @@ mod tests {
             host: "example.com".into(),
             path: path.into(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            shared: true,
         }
     }
 
@@ -577,6 +580,7 @@ mod tests {
         let (e, _) = s.lookup("k1", &HeaderMap::new()).unwrap();
         assert_eq!((e.body.as_ref(), e.path.as_str()), (&b"hello"[..], "/a"));
         assert!(e.freshness.must_revalidate && e.freshness.lifetime == Duration::from_secs(60));
+        assert!(e.shared);
         assert_eq!(e.encoded[0].0, Encoding::Gzip);
         s.invalidate_tags(&["t2".to_string()]);
         assert!(s.lookup("k2", &HeaderMap::new()).is_none());

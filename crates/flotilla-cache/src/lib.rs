@@ -6,8 +6,10 @@
 //! - [`storable`]: may a shared cache store this response?
 //! - [`freshness`]: lifetime (with behaviour clamps), age, and the fresh/stale/revalidate decision.
 //! - [`key`]: primary keys from a behaviour's key policy, Vary secondary keys, Accept-Encoding.
+//! - [`credentials`]: which requests speak for someone, and what may be shared with others.
 
 pub mod compress;
+pub mod credentials;
 pub mod directives;
 pub mod disk;
 pub mod freshness;
@@ -16,6 +18,7 @@ pub mod range;
 pub mod storable;
 pub mod store;
 
+pub use credentials::OtherCookies;
 pub use directives::CacheControl;
 pub use disk::DiskStore;
 pub use freshness::{Behavior, Decision, Freshness, Timing};

@@ -25,6 +25,10 @@ pub enum NotStored {
     Error,
     /// A response that sets a cookie is meant for one client.
     SetCookie,
+    /// The request carried cookies outside the key and the response did not say a shared cache
+    /// may give it to others (`public`, `s-maxage`, `CDN-Cache-Control`): see
+    /// [`crate::credentials`].
+    Cookie,
     /// An error that may not replace the object stored for its key (see [`may_replace`]).
     KeptStored,
     VaryStar,
@@ -43,6 +47,7 @@ impl NotStored {
             NotStored::NoFreshness => "no-freshness",
             NotStored::Error => "error",
             NotStored::SetCookie => "set-cookie",
+            NotStored::Cookie => "cookie",
             NotStored::KeptStored => "kept-stored",
             NotStored::VaryStar => "vary-star",
             NotStored::PartialContent => "partial-content",
@@ -86,6 +91,8 @@ pub struct Exchange<'a> {
     /// The behaviour: a `default_ttl` > 0 lets 2xx/3xx responses without explicit freshness be
     /// stored (CloudFront's model), an `error_ttl` > 0 lets 404/410 be.
     pub behavior: Option<&'a Behavior>,
+    /// The request carries cookies outside the key (other than the edge's own sticky cookie).
+    pub cookies: bool,
 }
 
 /// `Ok(())` if a shared cache may store the response (RFC 9111 §3), else why not.
@@ -117,6 +124,10 @@ pub fn check(x: &Exchange<'_>) -> Result<(), NotStored> {
         && !(cc.public || cc.must_revalidate || cc.s_maxage.is_some())
     {
         return Err(NotStored::Authorization);
+    }
+    // The same rule for cookies the key does not capture: they may have personalised it.
+    if x.cookies && !crate::credentials::shared_explicitly(cc, x.response_headers) {
+        return Err(NotStored::Cookie);
     }
     if x.response_headers
         .get_all(http::header::VARY)
@@ -223,6 +234,7 @@ mod tests {
             response_headers: &rs,
             response_cc: &cc,
             behavior: behavior.as_ref(),
+            cookies: req.iter().any(|(k, _)| *k == "cookie"),
         };
         assert_eq!(check(&x), expected, "{method} {req:?} → {status} {resp:?} ({behavior:?})");
     }
@@ -292,6 +304,12 @@ mod tests {
         );
         check_case(Method::GET, &[("authorization", "Bearer x")], 200, &[("cache-control", "s-maxage=60")], Ok(()));
         check_case(Method::GET, &[("authorization", "Bearer x")], 200, &[("cache-control", "public")], Ok(()));
+        // Cookies outside the key (the test marks any Cookie so): only an explicitly shared answer.
+        check_case(Method::GET, &[("cookie", "s=1")], 200, &[("cache-control", "max-age=60")], Err(N::Cookie));
+        check_case(Method::GET, &[("cookie", "s=1")], 200, &[], Err(N::Cookie));
+        check_case(Method::GET, &[("cookie", "s=1")], 200, &[("cache-control", "public")], Ok(()));
+        check_case(Method::GET, &[("cookie", "s=1")], 200, &[("cache-control", "s-maxage=9")], Ok(()));
+        check_case(Method::GET, &[("cookie", "s=1")], 200, &[("cdn-cache-control", "max-age=9")], Ok(()));
         check_case(Method::GET, &[], 200, &[("vary", "Accept, *")], Err(N::VaryStar));
         check_case(Method::GET, &[], 302, &[], Err(N::NoFreshness));
         check_case(Method::GET, &[], 302, &[("cache-control", "max-age=60")], Ok(()));

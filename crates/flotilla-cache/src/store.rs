@@ -32,6 +32,9 @@ pub struct Entry {
     pub path: String,
     /// From `Surrogate-Key` / `Cache-Tag`.
     pub tags: Vec<String>,
+    /// The origin said any client may get it (`public`, `s-maxage`, `CDN-Cache-Control`): only
+    /// such entries answer requests that carry credentials (see [`crate::credentials`]).
+    pub shared: bool,
 }
 
 /// What an entry costs beyond its bytes: the Entry and its Arc, the HeaderMap's tables, the
@@ -207,6 +210,7 @@ mod tests {
             host: host.into(),
             path: path.into(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            shared: false,
         }
     }
 

@@ -261,6 +261,17 @@ pub struct CacheBehaviorConfig {
     /// How long a 404/410 without explicit freshness is stored; other errors are stored only
     /// with explicit freshness from the origin.
     pub error_ttl: Duration,
+    /// What happens to cookies outside `key.cookies`.
+    pub other_cookies: OtherCookiesConfig,
+}
+
+/// `other_cookies`: `"pass"` (forward them; such requests get only what the origin marked as
+/// shared) or `"strip"` (remove them before the origin, as CloudFront does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtherCookiesConfig {
+    #[default]
+    Pass,
+    Strip,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

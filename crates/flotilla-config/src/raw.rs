@@ -180,6 +180,7 @@ pub(crate) struct RawBehavior {
     pub stale_while_revalidate: Option<S<String>>,
     pub stale_if_error: Option<S<String>>,
     pub error_ttl: Option<S<String>>,
+    pub other_cookies: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

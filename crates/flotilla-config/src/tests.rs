@@ -181,6 +181,7 @@ default_ttl = "1h"
 key = { query = ["v", "w"], headers = ["X-Tenant"], cookies = ["lang"] }
 stale_if_error = "1d"
 error_ttl = "30s"
+other_cookies = "strip"
 [[routes]]
 path = "/static/*"
 target_group = "w"
@@ -195,6 +196,8 @@ targets = ["127.0.0.1:2"]
     assert_eq!(b.key.query, QueryKeyConfig::Only(vec!["v".into(), "w".into()]));
     assert_eq!(b.key.headers, vec!["x-tenant".to_string()]);
     assert_eq!(b.error_ttl, Duration::from_secs(30));
+    assert_eq!(b.other_cookies, OtherCookiesConfig::Strip);
+    assert_eq!(b.key.cookies, vec!["lang".to_string()]);
     assert_eq!(c.routes[0].cache.as_deref(), Some("static"));
 }
 
@@ -207,6 +210,7 @@ listen=["127.0.0.1:1"]
 min_ttl = "1h"
 default_ttl = "1m"
 key = { query = "some" }
+other_cookies = "ignore"
 [[routes]]
 target_group = "w"
 cache = "nope"
@@ -215,7 +219,8 @@ cache = "nope"
         &[
             "flotilla.toml:3:1: cache_behaviors.b: need min_ttl <= default_ttl <= max_ttl (got 3600s, 60s, 31536000s)",
             "flotilla.toml:6:17: cache_behaviors.b.key.query: \"some\" must be \"all\", \"none\" or a list of names",
-            "flotilla.toml:9:9: routes.cache \"nope\" is not a [cache_behaviors] entry (known: b)",
+            "flotilla.toml:7:17: cache_behaviors.b.other_cookies: \"ignore\" must be \"pass\" or \"strip\"",
+            "flotilla.toml:10:9: routes.cache \"nope\" is not a [cache_behaviors] entry (known: b)",
         ],
     );
 }

@@ -690,6 +690,14 @@ fn behavior(cx: &mut Ctx<'_>, name: &str, raw: &S<RawBehavior>) -> CacheBehavior
         stale_while_revalidate: cx.duration(&r.stale_while_revalidate, &key("stale_while_revalidate"), Duration::ZERO),
         stale_if_error: cx.duration(&r.stale_if_error, &key("stale_if_error"), Duration::ZERO),
         error_ttl: cx.duration(&r.error_ttl, &key("error_ttl"), Duration::from_secs(10)),
+        other_cookies: match r.other_cookies.as_ref().map(|c| (c, c.get_ref().as_str())) {
+            None | Some((_, "pass")) => OtherCookiesConfig::Pass,
+            Some((_, "strip")) => OtherCookiesConfig::Strip,
+            Some((c, other)) => {
+                cx.err(c, format!("{}: {other:?} must be \"pass\" or \"strip\"", key("other_cookies")));
+                OtherCookiesConfig::Pass
+            }
+        },
     }
 }
 

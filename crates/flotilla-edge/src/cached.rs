@@ -17,7 +17,8 @@ use flotilla_cache::freshness::{self, Freshness, Timing};
 use flotilla_cache::range::{self, Ranges};
 use flotilla_cache::storable::{self, Exchange};
 use flotilla_cache::{
-    compress, key, CacheControl, Decision, DiskStore, Encoding, Entry, Lookup, MemoryStore, NotStored, PathMatch,
+    compress, credentials, key, CacheControl, Decision, DiskStore, Encoding, Entry, Lookup, MemoryStore, NotStored,
+    OtherCookies, PathMatch,
 };
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -205,6 +206,10 @@ pub(crate) async fn serve(
 ) -> Result<Response<Body>, ProxyError> {
     let cache = &cx.shared.cache;
     let path = req.uri().path().to_string();
+    let own = own_cookie(&cx);
+    if rule.other_cookies == OtherCookies::Strip {
+        credentials::strip_other_cookies(req.headers_mut(), &rule.key.cookies, own.as_deref());
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let primary = key::primary(&rule.key, cx.host, &path, req.uri().query(), req.headers());
         let request_headers = req.headers().clone();
@@ -223,12 +228,16 @@ pub(crate) async fn serve(
     }
     let primary = key::primary(&rule.key, cx.host, &path, req.uri().query(), req.headers());
     let req_cc = request_directives(req.headers());
+    // A request that speaks for someone is answered only from what the origin marked as shared,
+    // and never coalesced: its response may be that person's alone.
+    let credentialed = credentials::carries_credentials(req.headers(), &rule.key.cookies, own.as_deref());
     let mut collapsed = false;
     let (stale, fwd, _flight) = loop {
         let (found, fwd) = match cache.lookup(&primary, req.headers()).await {
-            Lookup::Hit(e) => (Some(e), "stale"),
+            Lookup::Hit(e) if !credentialed || e.shared => (Some(e), "stale"),
+            _ if credentialed => (None, "bypass"),
             Lookup::VaryMiss => (None, "vary-miss"),
-            Lookup::Miss => (None, "miss"),
+            _ => (None, "miss"),
         };
         if let Some(e) = &found {
             match e.freshness.decide(&req_cc, SystemTime::now()) {
@@ -259,7 +268,7 @@ pub(crate) async fn serve(
         if req_cc.only_if_cached {
             return Ok(gateway_timeout_only_if_cached());
         }
-        if cache.pass.contains_key(&primary) {
+        if credentialed || cache.pass.contains_key(&primary) {
             break (found, fwd, None);
         }
         match join(cx.shared, &primary) {
@@ -301,18 +310,19 @@ pub(crate) async fn serve(
             return Ok(from_cache(rule, respond_with(s, &client_conditions, head, &status)));
         }
     }
-    let settled =
-        settle(cx, rule, &primary, path, &client_conditions, head, request_time, stale.as_ref(), revalidating, resp)
-            .await?;
+    let fetch = Fetch { primary: &primary, path, request_headers: &client_conditions, own: own.as_deref(), head };
+    let settled = settle(cx, rule, fetch, request_time, stale.as_ref(), revalidating, resp).await?;
     Ok(match settled {
-        Settled::Refreshed(e) => {
+        Settled::Refreshed(e, cookies) => {
             rule.hits.inc();
-            from_cache(rule, respond_with(&e, &client_conditions, head, "flotilla; fwd=stale; fwd-status=304; stored"))
+            let status = "flotilla; fwd=stale; fwd-status=304; stored";
+            with_cookies(from_cache(rule, respond_with(&e, &client_conditions, head, status)), cookies)
         }
-        Settled::Stored(e) => {
+        Settled::Stored(e, cookies) => {
             rule.misses.inc();
             rule.origin_bytes.inc_by(e.body.len() as u64);
-            respond_with(&e, &client_conditions, false, &format!("flotilla; fwd={fwd}; stored"))
+            let status = format!("flotilla; fwd={fwd}; stored");
+            with_cookies(respond_with(&e, &client_conditions, false, &status), cookies)
         }
         Settled::Passed(resp, detail) => {
             rule.misses.inc();
@@ -326,34 +336,86 @@ pub(crate) async fn serve(
 
 /// What became of an origin response.
 enum Settled {
-    /// A 304 refreshed the stored entry.
-    Refreshed(Arc<Entry>),
-    Stored(Arc<Entry>),
+    /// A 304 refreshed the stored entry; the `Set-Cookie` lines are the requesting client's.
+    Refreshed(Arc<Entry>, Vec<HeaderValue>),
+    /// Stored; the edge's own `Set-Cookie` lines (sticky cookie) go to the requesting client only.
+    Stored(Arc<Entry>, Vec<HeaderValue>),
     /// Not stored (the detail says why); the response streams through.
     Passed(Response<Body>, &'static str),
 }
 
+/// The request an origin response answers, as `settle` needs it.
+struct Fetch<'a> {
+    primary: &'a str,
+    path: String,
+    /// The client's headers (with its own conditionals and ranges).
+    request_headers: &'a HeaderMap,
+    /// The edge's sticky cookie name, when the route's group sets one.
+    own: Option<&'a str>,
+    head: bool,
+}
+
+/// The sticky cookie the edge itself sets for this route's group: it picks a target, never a
+/// page, so it is no one's credential and its `Set-Cookie` does not make a response private.
+fn own_cookie(cx: &Origin<'_>) -> Option<String> {
+    match cx.backend {
+        crate::proxy::Backend::Group(g) => {
+            let cfg = g.config();
+            cfg.stickiness.enabled.then(|| cfg.stickiness.cookie.clone())
+        }
+        _ => None,
+    }
+}
+
+fn with_cookies(mut resp: Response<Body>, cookies: Vec<HeaderValue>) -> Response<Body> {
+    for c in cookies {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
 /// Stores what may be stored and refreshes on 304; shared by requests and background refreshes.
-#[allow(clippy::too_many_arguments)]
+/// The edge's own sticky `Set-Cookie` is set aside first (it is this client's, and must not
+/// keep the response from being stored), and given back to this client whatever happens.
 async fn settle(
     cx: Origin<'_>,
     rule: &CacheRule,
-    primary: &str,
-    path: String,
-    request_headers: &HeaderMap,
-    head: bool,
+    fetch: Fetch<'_>,
+    request_time: SystemTime,
+    stale: Option<&Arc<Entry>>,
+    revalidating: bool,
+    mut resp: Response<Body>,
+) -> Result<Settled, ProxyError> {
+    let own_lines = fetch.own.map(|o| credentials::take_own_set_cookies(resp.headers_mut(), o)).unwrap_or_default();
+    Ok(match settle_inner(cx, rule, fetch, request_time, stale, revalidating, resp).await? {
+        Settled::Refreshed(e, mut cookies) => {
+            cookies.extend(own_lines);
+            Settled::Refreshed(e, cookies)
+        }
+        Settled::Stored(e, _) => Settled::Stored(e, own_lines),
+        Settled::Passed(resp, detail) => Settled::Passed(with_cookies(resp, own_lines), detail),
+    })
+}
+
+async fn settle_inner(
+    cx: Origin<'_>,
+    rule: &CacheRule,
+    fetch: Fetch<'_>,
     request_time: SystemTime,
     stale: Option<&Arc<Entry>>,
     revalidating: bool,
     resp: Response<Body>,
 ) -> Result<Settled, ProxyError> {
     let cache = &cx.shared.cache;
+    let Fetch { primary, path, request_headers, own, head } = fetch;
     if revalidating && resp.status() == StatusCode::NOT_MODIFIED {
         if let Some(old) = stale {
             let refreshed = Arc::new(refresh(old, resp.headers(), request_time, &rule.behavior));
             cache.store.insert_arc(primary.to_string(), refreshed.vary.clone(), refreshed.clone());
             cache.persist(primary, refreshed.vary.clone(), refreshed.clone());
-            return Ok(Settled::Refreshed(refreshed));
+            // A 304 may set cookies for the client that asked; they are never stored.
+            let cookies = resp.headers().get_all(header::SET_COOKIE).iter().cloned().collect();
+            return Ok(Settled::Refreshed(refreshed, cookies));
         }
     }
     let cc = CacheControl::for_cdn(resp.headers());
@@ -364,6 +426,7 @@ async fn settle(
         response_headers: resp.headers(),
         response_cc: &cc,
         behavior: Some(&rule.behavior),
+        cookies: credentials::other_cookies(request_headers, &rule.key.cookies, own),
     })
     .and_then(|()| match stale {
         // A client may force a revalidation and craft it so the origin fails: that error is
@@ -389,10 +452,14 @@ async fn settle(
             Ok(()) => "too-large",
         };
         // Remember response-side reasons so the next requests for this key skip coalescing; not
-        // errors, which one request can provoke and which say nothing about the next one.
+        // request-side ones (credentials, errors one request can provoke).
         if !matches!(
             verdict,
-            Err(NotStored::Authorization | NotStored::RequestNoStore | NotStored::Error | NotStored::KeptStored)
+            Err(NotStored::Authorization
+                | NotStored::Cookie
+                | NotStored::RequestNoStore
+                | NotStored::Error
+                | NotStored::KeptStored)
         ) {
             cache.pass.insert(primary.to_string(), ());
             rule.passes.inc();
@@ -441,12 +508,13 @@ async fn settle(
         path,
         tags: tags(&headers),
         freshness: Freshness::new(&cc, lifetime, timing, Some(&rule.behavior)),
+        shared: credentials::shared_explicitly(&cc, &headers),
         headers: owned_headers(&headers),
         body: bytes,
     });
     cache.store.insert_arc(primary.to_string(), vary.clone(), entry.clone());
     cache.persist(primary, vary, entry.clone());
-    Ok(Settled::Stored(entry))
+    Ok(Settled::Stored(entry, Vec::new()))
 }
 
 /// stale-while-revalidate: the client already has the stale copy; refresh it off the request.
@@ -473,21 +541,12 @@ fn refresh_in_background(
         let _flight = flight;
         let cx = Origin { shared: &shared, rt: &rt, conn: &conn, backend: backend.borrow(), host: &host, rid: &rid };
         let request_time = SystemTime::now();
+        let own = own_cookie(&cx);
+        let fetch =
+            Fetch { primary: &primary, path, request_headers: &request_headers, own: own.as_deref(), head: false };
         let result = match origin(cx, background, &mut Outcome::default()).await {
-            Ok(resp) => settle(
-                cx,
-                &rule,
-                &primary,
-                path,
-                &request_headers,
-                false,
-                request_time,
-                Some(&stale),
-                revalidating,
-                resp,
-            )
-            .await
-            .map(|_| ()),
+            // Any Set-Cookie for the client is dropped: it already has its answer.
+            Ok(resp) => settle(cx, &rule, fetch, request_time, Some(&stale), revalidating, resp).await.map(|_| ()),
             Err(e) => Err(e),
         };
         if let Err(e) = result {
@@ -553,6 +612,7 @@ fn refresh(
     let lifetime = freshness::lifetime(&cc, &headers, old.status, Some(behavior));
     let timing = Timing::new(request_time, SystemTime::now(), not_modified);
     Entry {
+        shared: credentials::shared_explicitly(&cc, &headers),
         status: old.status,
         freshness: Freshness::new(&cc, lifetime, timing, Some(behavior)),
         secondary: old.secondary.clone(),

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use flotilla_cache::{Behavior, KeyPolicy, QueryKey};
-use flotilla_config::{CacheBehaviorConfig, HostPattern, PathPattern, QueryKeyConfig, RouteOrigin};
+use flotilla_cache::{Behavior, KeyPolicy, OtherCookies, QueryKey};
+use flotilla_config::{CacheBehaviorConfig, HostPattern, OtherCookiesConfig, PathPattern, QueryKeyConfig, RouteOrigin};
 use http::header::HeaderName;
 use prometheus_client::metrics::counter::Counter;
 
@@ -33,6 +33,9 @@ pub(crate) struct CacheRule {
     /// Store a gzip representation of compressible responses too.
     pub compress: bool,
     pub key: KeyPolicy,
+    /// Cookies outside `key.cookies`: forwarded (credentialed requests bypass unshared
+    /// objects) or stripped (see `flotilla_cache::credentials`).
+    pub other_cookies: OtherCookies,
     pub hits: Counter,
     pub misses: Counter,
     pub stale: Counter,
@@ -53,6 +56,8 @@ impl CacheRule {
             behavior,
             compress,
             key,
+            // Image variants never depend on the visitor: cookies never reach the transformer.
+            other_cookies: OtherCookies::Strip,
             hits: counter("hit"),
             misses: counter("miss"),
             stale: counter("stale"),
@@ -84,6 +89,10 @@ impl CacheRule {
                 },
                 headers: cfg.key.headers.iter().filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()).collect(),
                 cookies: cfg.key.cookies.clone(),
+            },
+            other_cookies: match cfg.other_cookies {
+                OtherCookiesConfig::Pass => OtherCookies::Pass,
+                OtherCookiesConfig::Strip => OtherCookies::Strip,
             },
             hits: counter("hit"),
             misses: counter("miss"),

@@ -333,8 +333,23 @@ async fn cached(
         tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
     }
     let pad = q.get("pad").and_then(|p| p.parse::<usize>().ok()).unwrap_or(0).min(1 << 20);
-    let mut resp = format!("{} {} {n}\n{}", app.id, method, "flotilla ".repeat(pad / 9)).into_response();
+    // `cookie=NAME` personalises the page by that cookie, as frameworks do by default: no
+    // Cache-Control unless `cc` asks for one.
+    let greeting = q.get("cookie").map_or(String::new(), |name| {
+        let value = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| pair.trim().strip_prefix(name.as_str())?.strip_prefix('='))
+            .unwrap_or("anonymous");
+        format!("hello {value}\n")
+    });
+    let mut resp = format!("{} {} {n}\n{greeting}{}", app.id, method, "flotilla ".repeat(pad / 9)).into_response();
     let h = resp.headers_mut();
+    if let Some(v) = q.get("set-cookie").and_then(|v| header::HeaderValue::from_str(v).ok()) {
+        h.append(header::SET_COOKIE, v);
+    }
     for (param, name) in [("cc", header::CACHE_CONTROL), ("vary", header::VARY), ("etag", header::ETAG)] {
         if let Some(v) = q.get(param).and_then(|v| header::HeaderValue::from_str(v).ok()) {
             h.insert(name, v);

@@ -562,3 +562,80 @@ async fn a_crafted_request_never_caches_the_origins_error_for_others() {
     let ttl: u64 = cs.strip_prefix("flotilla; hit; ttl=").and_then(|t| t.parse().ok()).unwrap_or(u64::MAX);
     assert!(s == 404 && ttl <= 10, "{cs}");
 }
+
+/// A page the origin personalises by cookie and sends without Cache-Control (what Express,
+/// Flask, Django and Go do by default) is never given to another visitor, in either order;
+/// the edge's own sticky cookie is no one's credential; a response that sets a cookie is not
+/// stored; cookies in the key and `other_cookies = "strip"` keep their caching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_personalised_by_cookie_is_never_served_to_another_visitor() {
+    let app = DemoApp::start("origin");
+    let behaviors = "[cache_behaviors.main]\n\n\
+                     [cache_behaviors.lang]\nkey = { cookies = [\"lang\"] }\n\n\
+                     [cache_behaviors.strip]\nother_cookies = \"strip\"\n\n\
+                     [[routes]]\nhost = \"strip.test\"\ntarget_group = \"web\"\ncache = \"strip\"\n\n";
+    let routes = "[[routes]]\npath = \"/cached\"\nhost = \"lang.test\"\ntarget_group = \"web\"\ncache = \"lang\"\n\n";
+    let sticky = "stickiness = { enabled = true }\n";
+    let body = format!("{behaviors}{routes}{}{}", cached_route("web"), group_toml("web", &[&app], sticky));
+    let f = Flotilla::start("cache-private", &body);
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let alice = [("cookie", "session=alice")];
+
+    // The personalised visitor first: its page is not stored, the next visitor gets its own.
+    let (s, cs, _, b) = fetch(&f, "/cached?cookie=session", &alice).await;
+    assert!(s == 200 && b.contains("hello alice"), "{b}");
+    assert!(cs.contains("fwd=bypass") && cs.contains("detail=cookie"), "{cs}");
+    let (_, cs, _, b) = fetch(&f, "/cached?cookie=session", &[]).await;
+    assert!(b.contains("hello anonymous"), "another visitor must not get alice's page: {b}");
+    assert!(cs.ends_with("stored"), "{cs}");
+    // Now an anonymous copy is stored: alice still gets hers, anonymous visitors the copy.
+    let (_, cs, _, b) = fetch(&f, "/cached?cookie=session", &alice).await;
+    assert!(b.contains("hello alice") && cs.contains("fwd=bypass"), "{cs} {b}");
+    let (_, cs, _, b) = fetch(&f, "/cached?cookie=session", &[]).await;
+    assert!(b.contains("hello anonymous") && cs.starts_with("flotilla; hit"), "{cs} {b}");
+    // Authorization is a credential too: it does not get the anonymous copy.
+    let (_, cs, _, _) = fetch(&f, "/cached?cookie=session", &[("authorization", "Bearer a")]).await;
+    assert!(cs.contains("fwd=bypass"), "{cs}");
+    // What the origin marks as shared is stored from a personalised request and served to all.
+    let (_, cs, _, b) = fetch(&f, "/cached?cc=public,max-age=60&x=1", &alice).await;
+    assert!(cs.ends_with("stored"), "{cs}");
+    let (_, cs, _, b2) = fetch(&f, "/cached?cc=public,max-age=60&x=1", &alice).await;
+    assert!(cs.starts_with("flotilla; hit") && b2 == b, "{cs}");
+
+    // The edge's sticky cookie: set on a stored response without keeping it from being stored,
+    // given to that client only, and no credential when it comes back.
+    let (s, h, b) = request(&client(), "GET", &f.url("/cached?x=2"), &[], "").await.unwrap();
+    let set = h.get("set-cookie").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    assert!(s == 200 && set.starts_with("flotilla_sticky="), "{h:?}");
+    assert!(h["cache-status"].to_str().unwrap().ends_with("stored"), "{h:?}");
+    let sticky_cookie = set.split(';').next().unwrap().to_string();
+    let (s, h, b2) = request(&client(), "GET", &f.url("/cached?x=2"), &[("cookie", &sticky_cookie)], "").await.unwrap();
+    assert!(s == 200 && b2 == b && h["cache-status"].to_str().unwrap().starts_with("flotilla; hit"), "{h:?}");
+    assert!(!h.contains_key("set-cookie"), "a hit never carries a Set-Cookie: {h:?}");
+
+    // A response that sets its own cookie is never stored, whatever its Cache-Control says.
+    let path = "/cached?cc=public,max-age=60&set-cookie=sid%3Dsecret";
+    let (_, cs, _, b) = fetch(&f, path, &[]).await;
+    assert!(cs.contains("detail=set-cookie"), "{cs}");
+    let (_, h, b2) = request(&client(), "GET", &f.url(path), &[], "").await.unwrap();
+    assert_ne!(b, b2, "fetched again, not served from a copy");
+    assert_eq!(h.get_all("set-cookie").iter().filter(|v| v.to_str().unwrap() == "sid=secret").count(), 1);
+
+    // Cookies named in the key split it; others next to them still bypass.
+    let lang = |c: &'static str| [("host", "lang.test"), ("cookie", c)];
+    let (_, cs, _, de) = fetch(&f, "/cached", &lang("lang=de")).await;
+    assert!(cs.ends_with("stored"), "{cs}");
+    let (_, cs, _, de2) = fetch(&f, "/cached", &lang("lang=de; flotilla_sticky=x")).await;
+    assert!(cs.starts_with("flotilla; hit") && de == de2, "{cs}");
+    let (_, cs, _, _) = fetch(&f, "/cached", &lang("lang=fr")).await;
+    assert!(cs.contains("fwd=miss"), "{cs}");
+    let (_, cs, _, _) = fetch(&f, "/cached", &lang("lang=de; session=alice")).await;
+    assert!(cs.contains("fwd=bypass"), "{cs}");
+
+    // other_cookies = "strip": the origin never sees them, so the page is everyone's.
+    let strip = |c: &'static str| [("host", "strip.test"), ("cookie", c)];
+    let (_, cs, _, b) = fetch(&f, "/cached?cookie=session", &strip("session=alice")).await;
+    assert!(b.contains("hello anonymous") && cs.ends_with("stored"), "{cs} {b}");
+    let (_, cs, _, b2) = fetch(&f, "/cached?cookie=session", &strip("session=bob")).await;
+    assert!(cs.starts_with("flotilla; hit") && b2 == b, "{cs}");
+}
