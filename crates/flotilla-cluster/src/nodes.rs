@@ -216,7 +216,7 @@ impl Cluster {
     pub async fn status(&self) -> serde_json::Value {
         let (nodes, redis_error) = match self.fetch_nodes().await {
             Ok(n) => (n, None),
-            Err(e) => (self.nodes(), Some(e.to_string())),
+            Err(e) => (self.nodes(), Some(self.cfg.redis.scrub(e.to_string()))),
         };
         let head = self.stream_head().await;
         let now = now_ms();

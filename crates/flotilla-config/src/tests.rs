@@ -579,7 +579,7 @@ fn cluster_errors_name_line_and_key() {
         "[cluster]\nnode = \"edge 1\"\nredis = \"http://x\"\nlease = \"100ms\"\ntimeout = \"5s\"\n",
         &[
             "flotilla.toml:2:8: cluster.node \"edge 1\" must be letters, digits, '-' or '_'",
-            "flotilla.toml:3:9: cluster.redis: \"http://x\" must start with redis:// (or unix://)",
+            "flotilla.toml:3:9: cluster.redis: the URL must start with redis:// (or unix://), not \"http\"",
             "flotilla.toml:4:9: cluster.lease must be at least 1s",
             "flotilla.toml:5:11: cluster.timeout must be between 1ms and 1s (it bounds how long a request waits on Redis)",
         ],
@@ -627,5 +627,22 @@ fn launch_env_expands_variables_and_refuses_bad_names() {
     check_err(
         &format!("{group}env = {{ \"A=B\" = \"x\" }}\n"),
         &["flotilla.toml:6:17: groups.web.launch.env: variable name \"A=B\" must be non-empty, without '=' or NUL"],
+    );
+}
+
+#[test]
+fn a_password_in_the_redis_url_never_reaches_url_debug_or_errors() {
+    let c = ok("[cluster]\nredis = \"redis://app:pw-1@127.0.0.1:6379/0\"\nsecret = \"sticky-1\"\n");
+    let r = &c.cluster.as_ref().unwrap().redis;
+    assert_eq!((r.url.as_str(), r.password.as_deref()), ("redis://app@127.0.0.1:6379/0", Some("pw-1")));
+    assert_eq!(r.connection_url(), "redis://app:pw-1@127.0.0.1:6379/0");
+    assert_eq!(r.scrub("refused pw-1".into()), "refused ***");
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("pw-1") && !debug.contains("sticky-1") && debug.contains("redis://app@"), "{debug}");
+    let err = parse(Path::new("f.toml"), "[cluster]\nredis = \"rediss://:pw-2@h:6380/0\"\n", &env).unwrap_err();
+    assert!(!err.to_string().contains("pw-2") && err.to_string().contains("\"rediss\""), "{err}");
+    check_err(
+        "[cluster]\nredis = { url = \"redis://:a@h/0\", password = \"b\" }\n",
+        &["flotilla.toml:2:9: cluster.redis: give the password in the URL or as password, not both"],
     );
 }

@@ -31,12 +31,25 @@ pub(crate) fn cluster(cx: &mut Ctx<'_>, raw: &S<RawCluster>) -> Option<ClusterCo
                     (S::new(spanned.span(), url.clone()), password.as_ref().map(|p| S::new(spanned.span(), p.clone())))
                 }
             };
-            let url = cx.expand(&url_s, "cluster.redis.url");
+            let written = cx.expand(&url_s, "cluster.redis.url");
             let password = password.map(|p| cx.expand(&p, "cluster.redis.password")).filter(|p| !p.is_empty());
-            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
-                cx.err(spanned, format!("cluster.redis: {url:?} must start with redis:// (or unix://)"));
+            // The password leaves the URL here, so the URL can be logged and shown; errors name
+            // the scheme only (the URL as written may hold the password).
+            let (url, in_url) = RedisConfig::split_password(&written).unwrap_or_else(|e| {
+                cx.err(spanned, format!("cluster.redis: {e}"));
+                (String::new(), None)
+            });
+            if in_url.is_some() && password.is_some() {
+                cx.err(spanned, "cluster.redis: give the password in the URL or as password, not both");
             }
-            Some(RedisConfig { url, password })
+            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+                let scheme = written.split_once("://").map_or("no scheme", |(s, _)| s);
+                cx.err(
+                    spanned,
+                    format!("cluster.redis: the URL must start with redis:// (or unix://), not {scheme:?}"),
+                );
+            }
+            Some(RedisConfig { url, password: password.or(in_url) })
         }
     };
     let lease = cx.duration(&r.lease, "cluster.lease", Duration::from_secs(10));

@@ -9,59 +9,13 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::redis::Redis;
 use common::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-
-/// A `redis-server` on a free port, without persistence unless asked; killed on drop.
-struct Redis {
-    port: u16,
-    dir: PathBuf,
-    proc: Option<Proc>,
-}
-
-impl Redis {
-    fn start(name: &str) -> Option<Redis> {
-        if Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_err() {
-            eprintln!("SKIP: redis-server is not installed (.ci/run installs it)");
-            return None;
-        }
-        let mut r = Redis { port: free_port(), dir: scratch_dir(&format!("redis-{name}")), proc: None };
-        r.run();
-        Some(r)
-    }
-
-    fn run(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.proc = Some(Proc { child });
-        wait_for_port(self.port);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill9();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
 
 /// A TCP proxy in front of Redis that can be cut like a network partition: while cut it stops
 /// forwarding (open connections go silent, new ones are accepted and never answered), so the node
