@@ -35,26 +35,9 @@ pub fn primary(policy: &KeyPolicy, host: &str, path: &str, query: Option<&str>, 
     key.push_str(host);
     key.push('\u{1f}');
     key.push_str(path);
-    match (&policy.query, query) {
-        (QueryKey::All, Some(q)) if !q.is_empty() => {
-            key.push('?');
-            key.push_str(q);
-        }
-        (QueryKey::Only(names), Some(q)) => {
-            let mut kept: Vec<&str> = q
-                .split('&')
-                .filter(|pair| {
-                    let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
-                    names.iter().any(|w| w == name)
-                })
-                .collect();
-            kept.sort_unstable();
-            if !kept.is_empty() {
-                key.push('?');
-                key.push_str(&kept.join("&"));
-            }
-        }
-        _ => {}
+    if let Some(q) = query.and_then(|q| keyed_query(policy, q)) {
+        key.push('?');
+        key.push_str(&q);
     }
     for name in &policy.headers {
         key.push('\u{1f}');
@@ -77,6 +60,31 @@ pub fn primary(policy: &KeyPolicy, host: &str, path: &str, query: Option<&str>, 
         }
     }
     key
+}
+
+/// The part of a query string the key policy reads: all of it, none, or the listed parameters
+/// sorted by name (so their order in the URL does not matter). `None` when nothing is keyed.
+/// The edge forwards exactly this to the origin, so a parameter the key ignores can never
+/// change an answer stored for everyone.
+pub fn keyed_query<'a>(policy: &KeyPolicy, query: &'a str) -> Option<std::borrow::Cow<'a, str>> {
+    if query.is_empty() {
+        return None;
+    }
+    match &policy.query {
+        QueryKey::All => Some(std::borrow::Cow::Borrowed(query)),
+        QueryKey::None => None,
+        QueryKey::Only(names) => {
+            let mut kept: Vec<&str> = query
+                .split('&')
+                .filter(|pair| {
+                    let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
+                    names.iter().any(|w| w == name)
+                })
+                .collect();
+            kept.sort_unstable();
+            (!kept.is_empty()).then(|| std::borrow::Cow::Owned(kept.join("&")))
+        }
+    }
 }
 
 /// A cookie's value from the request's Cookie header lines.

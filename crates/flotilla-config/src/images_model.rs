@@ -124,6 +124,9 @@ pub struct ImagesConfig {
     pub avif_speed: u8,
     /// How long a variant stays fresh when the original says nothing about freshness.
     pub ttl: Duration,
+    /// The whole fetch of an original (response head and body): a stalled origin never holds
+    /// an image worker longer than this.
+    pub source_timeout: Duration,
 }
 
 impl ImagesConfig {

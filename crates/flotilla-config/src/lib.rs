@@ -10,6 +10,7 @@ mod error;
 mod fleet_model;
 mod images_model;
 mod model;
+mod net;
 mod raw;
 pub mod time;
 pub mod units;
@@ -27,6 +28,7 @@ pub use error::{ConfigError, LoadError};
 pub use fleet_model::*;
 pub use images_model::*;
 pub use model::*;
+pub use net::{any_contains, Cidr};
 pub use validate_fleet::recommended_policy;
 pub use watch_model::*;
 

@@ -44,6 +44,28 @@ pub struct EdgeConfig {
     pub request_id_header: String,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// Peers whose forwarding headers (`Forwarded`, `X-Forwarded-*`) and PROXY headers are
+    /// believed; from anyone else those headers are replaced. Empty: nobody is trusted.
+    pub trusted_proxies: Vec<crate::Cidr>,
+    /// Every client connection starts with a PROXY protocol (v1 or v2) header naming the real
+    /// client, as sent by a TCP load balancer in front of the edge.
+    pub proxy_protocol: bool,
+    /// What a request path with an encoded slash or backslash (`%2F`, `%5C`) gets.
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// `edge.escaped_slashes`: Envoy's `path_with_escaped_slashes_action`. An encoded slash is a
+/// path separator for some origins and not for others, so a route and an origin could read
+/// `/static/..%2Fprivate` differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EscapedSlashes {
+    /// 400 (the default).
+    #[default]
+    Reject,
+    /// Kept encoded (not a separator for routing or dot segments) and forwarded as sent.
+    Keep,
+    /// Decoded to `/` and `\` to `/` before dot segments are resolved, as nginx does.
+    Decode,
 }
 
 /// A timeout on every phase of a request, so no client or target can hold resources forever.
@@ -311,6 +333,11 @@ impl HostPattern {
 }
 
 /// A path pattern: `/static/*` is a prefix match on `/static/`, anything else is exact.
+///
+/// Request paths reach the route table canonical (dot segments resolved, slashes merged; see
+/// the edge's `path.rs`). Matching is ASCII-case-insensitive, and an exact pattern also matches
+/// with or without one trailing slash, so `/LOGIN` and `/login/` cannot dodge a rule (a rate
+/// limit, say) written for `/login` on an origin that treats them alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathPattern {
     Prefix(String),
@@ -320,8 +347,20 @@ pub enum PathPattern {
 impl PathPattern {
     pub fn matches(&self, path: &str) -> bool {
         match self {
-            PathPattern::Prefix(p) => path.starts_with(p.as_str()),
-            PathPattern::Exact(p) => path == p,
+            PathPattern::Prefix(p) => {
+                path.len() >= p.len() && path.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+            }
+            PathPattern::Exact(p) => {
+                let trim = |s: &'_ str| -> usize {
+                    if s.len() > 1 && s.ends_with('/') {
+                        s.len() - 1
+                    } else {
+                        s.len()
+                    }
+                };
+                let (a, b) = (&path.as_bytes()[..trim(path)], &p.as_bytes()[..trim(p)]);
+                a.eq_ignore_ascii_case(b)
+            }
         }
     }
 }

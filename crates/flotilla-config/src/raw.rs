@@ -70,6 +70,7 @@ pub(crate) struct RawImages {
     pub queue: Option<S<i64>>,
     pub avif_speed: Option<S<i64>>,
     pub ttl: Option<S<String>>,
+    pub source_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +216,10 @@ pub(crate) struct RawEdge {
     pub timeouts: RawTimeouts,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub trusted_proxies: Vec<S<String>>,
+    pub proxy_protocol: Option<bool>,
+    pub escaped_slashes: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -205,6 +205,9 @@ fn edge(cx: &mut Ctx<'_>, raw: Option<&S<RawEdge>>) -> EdgeConfig {
             request_id_header: "x-request-id".into(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            escaped_slashes: EscapedSlashes::default(),
         };
     };
     let r = raw.get_ref();
@@ -265,6 +268,26 @@ fn edge(cx: &mut Ctx<'_>, raw: Option<&S<RawEdge>>) -> EdgeConfig {
         }
         None => "x-request-id".into(),
     };
+    let trusted_proxies = r
+        .trusted_proxies
+        .iter()
+        .filter_map(|c| match crate::Cidr::parse(c.get_ref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                cx.err(c, format!("edge.trusted_proxies: {e}"));
+                None
+            }
+        })
+        .collect();
+    let escaped_slashes = match r.escaped_slashes.as_ref().map(|v| (v, v.get_ref().as_str())) {
+        None | Some((_, "reject")) => EscapedSlashes::Reject,
+        Some((_, "keep")) => EscapedSlashes::Keep,
+        Some((_, "decode")) => EscapedSlashes::Decode,
+        Some((v, other)) => {
+            cx.err(v, format!("edge.escaped_slashes must be \"reject\", \"keep\" or \"decode\", got {other:?}"));
+            EscapedSlashes::Reject
+        }
+    };
     EdgeConfig {
         listen,
         zone: r.zone.as_ref().map(|z| z.get_ref().clone()),
@@ -274,6 +297,9 @@ fn edge(cx: &mut Ctx<'_>, raw: Option<&S<RawEdge>>) -> EdgeConfig {
         request_id_header,
         timeouts,
         limits,
+        trusted_proxies,
+        proxy_protocol: r.proxy_protocol.unwrap_or(false),
+        escaped_slashes,
     }
 }
 
@@ -443,6 +469,19 @@ fn route(
             let v = p.get_ref();
             if !v.starts_with('/') {
                 cx.err(p, format!("routes.path {v:?} must start with '/'"));
+            } else if v.contains('%')
+                || v.contains("//")
+                || v.contains("/./")
+                || v.contains("/../")
+                || v.ends_with("/..")
+            {
+                // Requests are matched after their paths are made canonical; this pattern never would be.
+                cx.err(
+                    p,
+                    format!(
+                        "routes.path {v:?} is not canonical: write it without '%' escapes, '//', '.' or '..' segments"
+                    ),
+                );
             }
             match v.strip_suffix('*') {
                 Some(prefix) if !prefix.contains('*') => PathPattern::Prefix(prefix.to_string()),

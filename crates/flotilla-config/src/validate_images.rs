@@ -125,6 +125,12 @@ pub(crate) fn images(
     let queue = cx.int(&r.queue, "images.queue", 0..=100_000, 64) as usize;
     let avif_speed = cx.int(&r.avif_speed, "images.avif_speed", 1..=10, 7) as u8;
     let ttl = cx.duration(&r.ttl, "images.ttl", Duration::from_secs(86_400));
+    let source_timeout = cx.duration(&r.source_timeout, "images.source_timeout", Duration::from_secs(10));
+    if source_timeout.is_zero() {
+        if let Some(v) = &r.source_timeout {
+            cx.err(v, "images.source_timeout must be greater than 0");
+        }
+    }
     Some(ImagesConfig {
         route,
         source,
@@ -138,6 +144,7 @@ pub(crate) fn images(
         queue,
         avif_speed,
         ttl,
+        source_timeout,
     })
 }
 

@@ -211,7 +211,7 @@ pub(crate) async fn serve(
         credentials::strip_other_cookies(req.headers_mut(), &rule.key.cookies, own.as_deref());
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let primary = key::primary(&rule.key, cx.host, &path, req.uri().query(), req.headers());
+        let primary = key::primary(&rule.key, &cx.key_host(), &path, req.uri().query(), req.headers());
         let request_headers = req.headers().clone();
         let resp = origin(cx, req, out).await?;
         if resp.status().is_success() || resp.status().is_redirection() {
@@ -220,13 +220,13 @@ pub(crate) async fn serve(
             cache.remove(&primary);
             for h in [header::LOCATION, header::CONTENT_LOCATION] {
                 if let Some(uri) = resp.headers().get(&h).and_then(|v| same_host_uri(v, cx.host)) {
-                    cache.remove(&key::primary(&rule.key, cx.host, uri.path(), uri.query(), &request_headers));
+                    cache.remove(&key::primary(&rule.key, &cx.key_host(), uri.path(), uri.query(), &request_headers));
                 }
             }
         }
         return Ok(with_cache_status(resp, "flotilla; fwd=method"));
     }
-    let primary = key::primary(&rule.key, cx.host, &path, req.uri().query(), req.headers());
+    let primary = key::primary(&rule.key, &cx.key_host(), &path, req.uri().query(), req.headers());
     let req_cc = request_directives(req.headers());
     // A request that speaks for someone is answered only from what the origin marked as shared,
     // and never coalesced: its response may be that person's alone.
@@ -534,12 +534,13 @@ fn refresh_in_background(
     let mut background = Request::new(http_body_util::Empty::<Bytes>::new());
     *background.uri_mut() = req.uri().clone();
     *background.headers_mut() = headers;
-    let (shared, rt, conn) = (cx.shared.clone(), cx.rt.clone(), cx.conn.clone());
+    let (shared, rt, conn, client) = (cx.shared.clone(), cx.rt.clone(), cx.conn.clone(), cx.client.clone());
     let backend = cx.backend.to_owned();
     let (host, rid, rule) = (cx.host.to_string(), cx.rid.clone(), rule.clone());
     tokio::spawn(async move {
         let _flight = flight;
-        let cx = Origin { shared: &shared, rt: &rt, conn: &conn, backend: backend.borrow(), host: &host, rid: &rid };
+        let backend = backend.borrow();
+        let cx = Origin { shared: &shared, rt: &rt, conn: &conn, client: &client, backend, host: &host, rid: &rid };
         let request_time = SystemTime::now();
         let own = own_cookie(&cx);
         let fetch =

@@ -31,6 +31,9 @@ pub(crate) enum ProxyError {
     /// The client sent something we refuse to forward (smuggling risk, bad framing).
     BadRequest,
     HeadTooLarge,
+    /// A request path with a malformed escape, an encoded slash (by default) or a `..;`
+    /// segment (see `path.rs`).
+    BadPath,
     BodyTooLarge,
     /// The client was too slow or went away while sending its body.
     ClientBody,
@@ -47,7 +50,7 @@ pub(crate) enum ProxyError {
 impl ProxyError {
     pub(crate) fn status(self) -> StatusCode {
         match self {
-            ProxyError::BadRequest | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest | ProxyError::BadPath | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -62,6 +65,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest => "client_bad_request",
             ProxyError::HeadTooLarge => "client_head_too_large",
+            ProxyError::BadPath => "client_bad_path",
             ProxyError::BodyTooLarge => "client_body_too_large",
             ProxyError::ClientBody => "client_body",
             ProxyError::NoRoute => "no_route",
@@ -76,6 +80,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest => "bad request",
             ProxyError::HeadTooLarge => "request head too large",
+            ProxyError::BadPath => "request path refused: malformed escape, encoded slash or dot segment",
             ProxyError::BodyTooLarge => "request body too large",
             ProxyError::ClientBody => "could not read request body",
             ProxyError::NoRoute => "no route for this host and path",

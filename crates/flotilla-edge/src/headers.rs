@@ -1,8 +1,6 @@
 //! Header rules for a proxy: hop-by-hop removal (RFC 9110 §7.6.1), forwarding headers,
 //! request ids, and the framing checks that keep request smuggling out.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -15,8 +13,65 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Removes hop-by-hop headers, including any named in `Connection`. When `keep_upgrade` is set
-/// (a WebSocket handshake), `Connection: upgrade` and `Upgrade` survive so the target sees them.
+/// Headers a `Connection` header may not nominate for removal. RFC 9110 §7.6.1 lets a sender
+/// name extension headers that are meant for the next hop only; naming an end-to-end header
+/// instead is an attack: `Connection: host` would send the origin a request without the `Host`
+/// the route and the cache key used, and `Connection: authorization` or `x-forwarded-for` would
+/// change what the origin does while the cache key stays the same. Such nominations are
+/// ignored (the header is kept and treated normally); nominations of real extension headers
+/// are honoured.
+fn protected(name: &HeaderName) -> bool {
+    static PROTECTED: [HeaderName; 26] = [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+        header::CONTENT_RANGE,
+        header::FORWARDED,
+        header::VIA,
+        header::AUTHORIZATION,
+        header::COOKIE,
+        header::SET_COOKIE,
+        header::CACHE_CONTROL,
+        header::PRAGMA,
+        header::EXPIRES,
+        header::RANGE,
+        header::IF_RANGE,
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::ACCEPT,
+        header::ACCEPT_ENCODING,
+        header::ACCEPT_LANGUAGE,
+        header::ORIGIN,
+        header::UPGRADE,
+        header::VARY,
+        header::LOCATION,
+    ];
+    let n = name.as_str();
+    PROTECTED.contains(name)
+        || n.starts_with("x-forwarded-")
+        || n.starts_with("sec-websocket-")
+        || matches!(
+            n,
+            "x-real-ip"
+                | "x-request-id"
+                | "x-flotilla-shield"
+                | "cdn-cache-control"
+                | "surrogate-control"
+                | "age"
+                | "etag"
+                | "last-modified"
+                | "date"
+                | "content-location"
+                | "content-disposition"
+        )
+}
+
+/// Removes hop-by-hop headers, including extension headers named in `Connection` (never the
+/// [`protected`] ones). When `keep_upgrade` is set (a WebSocket handshake), `Connection:
+/// upgrade` and `Upgrade` survive so the target sees them.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One linear scan notes which hop-by-hop names are present (most messages carry none, and a
     // target's response typically only `Connection: keep-alive`); only those are removed.
@@ -30,21 +85,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
     }
     if present & 1 != 0 {
-        // Names listed in `Connection` are hop-by-hop too; the usual tokens need no lookup.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(keep_upgrade && name == header::UPGRADE) {
-                headers.remove(&name);
-            }
-        }
+        strip_nominated(headers);
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
@@ -58,78 +99,52 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// True for a client's `Connection: upgrade` + `Upgrade: …` handshake request.
+/// Removes the extension headers `Connection` names, except [`protected`] ones; `Connection`
+/// itself stays (hop-by-hop removal drops it later). Run before routing and keying, so the
+/// route, the rate limiter, the cache key and the origin all see the same header set: a
+/// header stripped only on the way out could make the origin's answer differ from what the
+/// key (or a `Vary` value read from the client's request) says it is.
+pub(crate) fn strip_nominated(headers: &mut HeaderMap) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in headers.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()) {
+        for t in v.split(',').map(str::trim) {
+            // The usual tokens need no lookup.
+            if t.is_empty()
+                || t.eq_ignore_ascii_case("keep-alive")
+                || t.eq_ignore_ascii_case("close")
+                || t.eq_ignore_ascii_case("upgrade")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
+                if !protected(&name) && !named.contains(&name) && named.len() < 32 {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    for name in named {
+        headers.remove(&name);
+    }
+}
+
+/// True for a client's WebSocket handshake: `Connection: upgrade` + `Upgrade: websocket`. Only
+/// WebSocket is tunnelled: an `h2c` (or any other) upgrade accepted by a target would open a
+/// raw channel past routes, limits and header policies, so such requests are forwarded as plain
+/// requests with `Upgrade` removed.
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().split('/').next().is_some_and(|p| p.trim().eq_ignore_ascii_case("websocket")))
         && headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// Sets X-Forwarded-For (appended), -Proto, -Host, -Port and RFC 7239 `Forwarded` (appended).
-/// Per-connection strings for the forwarding headers, built once when the connection opens
-/// rather than formatted again for every request on it.
-pub(crate) struct ClientAddr {
-    /// The client IP as X-Forwarded-For writes it.
-    pub xff: HeaderValue,
-    /// `for=…` as RFC 7239 writes it (IPv6 quoted and bracketed).
-    pub forwarded_for: String,
-    pub port: HeaderValue,
-}
-
-impl ClientAddr {
-    pub(crate) fn new(client: IpAddr, local_port: u16) -> Self {
-        let ip = client.to_string();
-        let forwarded_for = match client {
-            IpAddr::V4(_) => format!("for={ip}"),
-            IpAddr::V6(_) => format!("for=\"[{ip}]\""),
-        };
-        let xff = HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown"));
-        Self { xff, forwarded_for, port: HeaderValue::from(local_port) }
-    }
-}
-
-/// Sets X-Forwarded-For (appended), -Proto, -Host, -Port and RFC 7239 `Forwarded` (appended).
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'static str, host: &str) {
-    static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-    static XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-    let xff = match headers.get(&XFF).map(HeaderValue::as_bytes) {
-        Some(prev) if !prev.trim_ascii().is_empty() => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + client.xff.len());
-            v.extend_from_slice(prev);
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(client.xff.as_bytes());
-            HeaderValue::from_bytes(&v).ok()
-        }
-        _ => Some(client.xff.clone()),
-    };
-    if let Some(v) = xff {
-        headers.insert(&XFF, v);
-    }
-    headers.insert(&XFP, HeaderValue::from_static(proto));
-    if let Ok(v) = HeaderValue::from_str(host) {
-        headers.insert(&XFH, v);
-    }
-    headers.insert(&XFPORT, client.port.clone());
-    let prev = headers.get(header::FORWARDED).map(HeaderValue::as_bytes);
-    let mut fwd = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + client.forwarded_for.len() + host.len() + 20);
-    if let Some(p) = prev {
-        fwd.extend_from_slice(p);
-        fwd.extend_from_slice(b", ");
-    }
-    fwd.extend_from_slice(client.forwarded_for.as_bytes());
-    fwd.extend_from_slice(b";host=\"");
-    fwd.extend_from_slice(host.as_bytes());
-    fwd.extend_from_slice(b"\";proto=");
-    fwd.extend_from_slice(proto.as_bytes());
-    if let Ok(v) = HeaderValue::from_bytes(&fwd) {
-        headers.insert(header::FORWARDED, v);
-    }
 }
 
 /// Refuses framing that different HTTP parsers could read differently (request smuggling):
@@ -167,35 +182,74 @@ pub(crate) fn request_id(headers: &HeaderMap, name: &HeaderName) -> HeaderValue 
     HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
-/// The request's host, lower-cased, without port: from the absolute-form URI if present
-/// (RFC 9112 §3.2.2: it wins over Host), else from the Host header.
-pub(crate) fn host_of(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
-    let raw = match uri.authority() {
-        Some(a) => a.host(),
-        None => host_without_port(headers.get(header::HOST)?.to_str().ok()?)?,
-    };
-    Some(raw.trim_end_matches('.').to_ascii_lowercase())
+/// The request's authority as the edge uses it everywhere: lower-case host without a trailing
+/// dot, and the port only when it is not the scheme's default. Routing reads the host; the cache
+/// key and the origin's `Host` read the whole authority, so a port a client adds (`site:8080`
+/// on port 80) is part of the key rather than an unkeyed input the origin could echo into links.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Authority {
+    text: String,
+    host_len: usize,
 }
 
-/// "example.com:8080" → "example.com", "[::1]:80" → "[::1]"; `None` for an invalid Host value.
-fn host_without_port(h: &str) -> Option<&str> {
-    let host = if h.starts_with('[') {
+impl Authority {
+    pub(crate) fn host(&self) -> &str {
+        &self.text[..self.host_len]
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub(crate) fn into_string(self) -> String {
+        self.text
+    }
+}
+
+/// From the absolute-form URI if present (RFC 9112 §3.2.2: it wins over Host), else from Host.
+/// `Ok(None)`: no host at all; `Err`: an invalid one.
+pub(crate) fn authority_of(uri: &http::Uri, headers: &HeaderMap, https: bool) -> Result<Option<Authority>, ()> {
+    let (host, port) = match uri.authority() {
+        Some(a) => (a.host(), a.port_u16()),
+        None => match headers.get(header::HOST) {
+            None => return Ok(None),
+            Some(v) => split_host_port(v.to_str().map_err(|_| ())?).ok_or(())?,
+        },
+    };
+    let host = host.trim_end_matches('.');
+    if host.is_empty() {
+        return Err(());
+    }
+    let default = if https { 443 } else { 80 };
+    let mut text = host.to_ascii_lowercase();
+    let host_len = text.len();
+    if let Some(p) = port.filter(|&p| p != default) {
+        use std::fmt::Write as _;
+        let _ = write!(text, ":{p}");
+    }
+    Ok(Some(Authority { text, host_len }))
+}
+
+/// "example.com:8080" → ("example.com", Some(8080)), "[::1]:80" → ("[::1]", Some(80)),
+/// "a.b:" → ("a.b", None); `None` for an invalid Host value.
+fn split_host_port(h: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if h.starts_with('[') {
         let end = h.find(']')?;
-        let rest = &h[end + 1..];
-        if !(rest.is_empty() || rest.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))) {
-            return None;
-        }
-        &h[..=end]
+        (&h[..=end], h[end + 1..].strip_prefix(':').or(if h[end + 1..].is_empty() { Some("") } else { None })?)
     } else {
         match h.rsplit_once(':') {
-            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-            Some(_) => return None,
-            None => h,
+            Some((host, port)) => (host, port),
+            None => (h, ""),
         }
+    };
+    let port = match port {
+        "" => None,
+        p if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse::<u16>().ok()?),
+        _ => return None,
     };
     let ok = !host.is_empty()
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':'));
-    ok.then_some(host)
+    ok.then_some((host, port))
 }
 
 pub(crate) use flotilla_cache::key::cookie;
@@ -227,22 +281,42 @@ mod tests {
     }
 
     #[test]
+    fn connection_cannot_nominate_end_to_end_headers() {
+        let mut h = map(&[
+            ("connection", "host, Authorization, x-forwarded-for, cookie, cache-control, x-hop"),
+            ("host", "site"),
+            ("authorization", "Bearer t"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("cookie", "a=1"),
+            ("cache-control", "no-cache"),
+            ("x-hop", "1"),
+        ]);
+        strip_nominated(&mut h);
+        assert!(!h.contains_key("x-hop"), "a real extension header goes");
+        for kept in ["host", "authorization", "x-forwarded-for", "cookie", "cache-control"] {
+            assert!(h.contains_key(kept), "{kept} must survive a Connection nomination");
+        }
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.contains_key("host") && !h.contains_key("connection"));
+    }
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        assert!(is_upgrade(&map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")])));
+        assert!(!is_upgrade(&map(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")])));
+        assert!(!is_upgrade(&map(&[("upgrade", "websocket")])), "no Connection: upgrade");
+        let mut h = map(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c"), ("http2-settings", "AAA")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
     fn upgrade_survives_for_websockets() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
-    }
-
-    #[test]
-    fn forwarded_headers_append() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
-        add_forwarded(&mut h, &ClientAddr::new("::1".parse().unwrap(), 443), "https", "a.example");
-        assert_eq!(h["x-forwarded-port"], "443");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["forwarded"], "for=\"[::1]\";host=\"a.example\";proto=https");
     }
 
     #[test]
@@ -257,13 +331,24 @@ mod tests {
     #[test]
     fn hosts_and_cookies() {
         let h = map(&[("host", "WWW.Example.com:8080"), ("cookie", "a=1; flotilla_sticky=abc")]);
-        assert_eq!(host_of(&"/x".parse().unwrap(), &h).as_deref(), Some("www.example.com"));
-        assert_eq!(host_of(&"http://other.io/x".parse().unwrap(), &h).as_deref(), Some("other.io"));
+        let auth = |uri: &str, h: &HeaderMap, https| authority_of(&uri.parse().unwrap(), h, https).unwrap().unwrap();
+        let a = auth("/x", &h, false);
+        assert_eq!((a.host(), a.as_str()), ("www.example.com", "www.example.com:8080"));
+        let a = auth("http://Other.io./x", &h, false);
+        assert_eq!((a.host(), a.as_str()), ("other.io", "other.io"));
+        // The scheme's default port is not part of the authority; another port is.
+        assert_eq!(auth("/", &map(&[("host", "site:80")]), false).as_str(), "site");
+        assert_eq!(auth("/", &map(&[("host", "site:443")]), true).as_str(), "site");
+        assert_eq!(auth("/", &map(&[("host", "site:80")]), true).as_str(), "site:80");
+        assert_eq!(auth("/", &map(&[("host", "site.")]), false).as_str(), "site");
+        assert_eq!(authority_of(&"/".parse().unwrap(), &HeaderMap::new(), false), Ok(None));
         assert_eq!(cookie(&h, "flotilla_sticky"), Some("abc"));
-        assert_eq!(host_without_port("[::1]:8080"), Some("[::1]"));
-        assert_eq!(host_without_port("a.b"), Some("a.b"));
-        assert_eq!(host_without_port("a.b:x"), None);
-        assert_eq!(host_without_port("a b"), None);
+        assert_eq!(split_host_port("[::1]:8080"), Some(("[::1]", Some(8080))));
+        assert_eq!(split_host_port("[::1]"), Some(("[::1]", None)));
+        assert_eq!(split_host_port("a.b"), Some(("a.b", None)));
+        assert_eq!(split_host_port("a.b:x"), None);
+        assert_eq!(split_host_port("a.b:99999"), None);
+        assert_eq!(split_host_port("a b"), None);
         assert_eq!(cookie(&h, "b"), None);
     }
 

@@ -220,8 +220,14 @@ pub(crate) async fn serve(
                 &e.to_string(),
             ))
         }
-        Ok(ImageUrl::Srcset { path, html }) => srcset(cx, svc, &req, &path, html, out).await,
-        Ok(ImageUrl::Variant { variant, .. }) => {
+        Ok(ImageUrl::Srcset { path, html }) => {
+            // Cached like a variant (one entry per path and form), so a flood of srcset requests
+            // costs the origin one fetch and the pool one probe.
+            let pq = format!("{}/srcset{path}{}", svc.cfg.route, if html { "?html" } else { "" });
+            *req.uri_mut() = pq.parse().map_err(|_| ProxyError::BadPath)?;
+            Box::pin(crate::cached::serve(cx, &svc.rule, req, out)).await
+        }
+        Ok(ImageUrl::Variant { variant, path }) => {
             let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
             let format = match &variant {
                 Variant::Adhoc(a) if a.format.is_some() => a.format.unwrap_or(ImageFormat::Jpeg),
@@ -229,9 +235,37 @@ pub(crate) async fn serve(
             };
             // One Accept value per format: the cache's Vary: Accept then keys on the format.
             req.headers_mut().insert(header::ACCEPT, HeaderValue::from_static(format.mime()));
+            // Only what the URL grammar reads stays in the query — for an ad-hoc size its
+            // signature, re-encoded canonically; anything else a client appends (`?x=1`) would
+            // otherwise be a fresh cache key per request (a transform each) and reach the origin.
+            let query = match (&variant, svc.signing_key.as_deref()) {
+                (Variant::Adhoc(a), Some(key)) => Some(image_url::sign(key, &a.canonical, &path)),
+                _ => None,
+            };
+            let pq = match query {
+                Some(sig) => format!("{}?s={sig}", req.uri().path()),
+                None => req.uri().path().to_string(),
+            };
+            *req.uri_mut() = pq.parse().map_err(|_| ProxyError::BadPath)?;
             Box::pin(crate::cached::serve(cx, &svc.rule, req, out)).await
         }
     }
+}
+
+/// A place in the bounded image queue and then a worker: only `workers` originals are ever in
+/// memory at once, whatever the flood (waiting requests hold nothing but their connection).
+/// `Err`: the 503 to send when the queue is full.
+async fn admit<'p>(cx: &Origin<'_>, pool: &'p Pool) -> Result<tokio::sync::SemaphorePermit<'p>, Response<Body>> {
+    let waiting = Waiting::enter(&pool.waiting);
+    if waiting.ahead >= pool.queue {
+        refused(cx.shared, "busy");
+        let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the image queue is full; try again");
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err(resp);
+    }
+    let permit = pool.permits.acquire().await;
+    drop(waiting);
+    permit.map_err(|_| json_error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the image pool is shutting down"))
 }
 
 /// The cache layer's origin for image URLs: fetch the original, transform, answer.
@@ -242,8 +276,10 @@ pub(crate) async fn render<B>(
     out: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, _body) = req.into_parts();
-    let Ok(ImageUrl::Variant { variant, path }) = svc.parse(parts.uri.path(), parts.uri.query()) else {
-        return Ok(json_error(StatusCode::NOT_FOUND, "not_found", "not an image variant URL"));
+    let (variant, path) = match svc.parse(parts.uri.path(), parts.uri.query()) {
+        Ok(ImageUrl::Variant { variant, path }) => (variant, path),
+        Ok(ImageUrl::Srcset { path, html }) => return srcset(cx, svc, &path, html, out).await,
+        Err(_) => return Ok(json_error(StatusCode::NOT_FOUND, "not_found", "not an image variant URL")),
     };
     let negotiated = parts
         .headers
@@ -258,21 +294,12 @@ pub(crate) async fn render<B>(
         Variant::Preset(name) => name.clone(),
         Variant::Adhoc(_) => "adhoc".to_string(),
     };
-    // Admission first, then a worker, then the original: only `workers` originals are ever in
-    // memory at once, whatever the flood (waiting requests hold nothing but their connection).
     let pool = &cx.shared.image_pool;
-    let waiting = Waiting::enter(&pool.waiting);
-    if waiting.ahead >= pool.queue {
-        refused(cx.shared, "busy");
-        let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the image queue is full; try again");
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Ok(resp);
-    }
-    let permit = pool.permits.acquire().await;
-    drop(waiting);
-    let Ok(_permit) = permit else { return Err(ProxyError::NoTarget) };
-    let source_query = source_query(parts.uri.query());
-    let original = match fetch(cx, svc, &path, source_query.as_deref(), out).await? {
+    let _permit = match admit(&cx, pool).await {
+        Ok(p) => p,
+        Err(resp) => return Ok(resp),
+    };
+    let original = match fetch(cx, svc, &path, out).await? {
         Ok(o) => o,
         Err(resp) => return Ok(resp),
     };
@@ -317,22 +344,32 @@ struct Original {
     headers: HeaderMap,
 }
 
-/// `?s=` and `?html` belong to us; anything else in the query goes to the origin.
-fn source_query(query: Option<&str>) -> Option<String> {
-    let kept: Vec<&str> = query?
-        .split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("s=") && *p != "html" && !p.starts_with("html="))
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("&"))
-}
-
-/// Reads the original, bounded by `max_source_bytes`. The inner `Err` is a response to send
-/// as is (not found, too large, origin error).
+/// Reads the original, bounded by `max_source_bytes` and, head and body together, by
+/// `images.source_timeout` (a stalled origin must not hold a worker). The inner `Err` is a
+/// response to send as is (not found, too large, too slow, origin error). The original is
+/// asked for by its path alone: nothing of the client's query reaches the origin.
 async fn fetch(
     cx: Origin<'_>,
     svc: &Arc<ImageService>,
     path: &str,
-    query: Option<&str>,
+    out: &mut Outcome,
+) -> Result<Result<Original, Response<Body>>, ProxyError> {
+    let limit = svc.cfg.source_timeout;
+    match tokio::time::timeout(limit, fetch_unbounded(cx, svc, path, out)).await {
+        Ok(r) => r,
+        Err(_) => {
+            refused(cx.shared, "source_timeout");
+            tracing::info!(path, after = ?limit, "fetching the original timed out");
+            let msg = format!("the original did not arrive within {limit:?}");
+            Ok(Err(json_error(StatusCode::GATEWAY_TIMEOUT, "source_timeout", &msg)))
+        }
+    }
+}
+
+async fn fetch_unbounded(
+    cx: Origin<'_>,
+    svc: &Arc<ImageService>,
+    path: &str,
     out: &mut Outcome,
 ) -> Result<Result<Original, Response<Body>>, ProxyError> {
     let limit = svc.cfg.max_source_bytes;
@@ -353,12 +390,8 @@ async fn fetch(
             }
         }
         Source::Group(group) => {
-            let pq = match query {
-                Some(q) => format!("{path}?{q}"),
-                None => path.to_string(),
-            };
             let mut req = Request::new(http_body_util::Empty::<Bytes>::new());
-            *req.uri_mut() = pq.parse().map_err(|_| ProxyError::BadRequest)?;
+            *req.uri_mut() = path.parse().map_err(|_| ProxyError::BadRequest)?;
             req.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("image/*"));
             if let Ok(h) = HeaderValue::from_str(cx.host) {
                 req.headers_mut().insert(header::HOST, h);
@@ -425,19 +458,30 @@ fn variant_response(img: flotilla_images::Output, source: &HeaderMap, svc: &Imag
     resp
 }
 
+/// `{route}/srcset/{path}`, the cache's origin for it: the original's size, read on the image
+/// pool (a header probe, but of an arbitrary file) under a worker permit like any transform.
 async fn srcset(
     cx: Origin<'_>,
     svc: &Arc<ImageService>,
-    req: &Request<Incoming>,
     path: &str,
     html: bool,
     out: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
-    let original = match fetch(cx, svc, path, source_query(req.uri().query()).as_deref(), out).await? {
+    let pool = &cx.shared.image_pool;
+    let _permit = match admit(&cx, pool).await {
+        Ok(p) => p,
+        Err(resp) => return Ok(resp),
+    };
+    let original = match fetch(cx, svc, path, out).await? {
         Ok(o) => o,
         Err(resp) => return Ok(resp),
     };
-    let probe = match flotilla_images::probe(&original.body) {
+    let body = original.body.clone();
+    let probed = pool
+        .run(move || flotilla_images::probe(&body))
+        .await
+        .unwrap_or_else(|| Err(ImageError::Internal("the image thread stopped".into())));
+    let probe = match probed {
         Ok(p) => p,
         Err(e) => {
             refused(cx.shared, e.reason());

@@ -8,6 +8,7 @@ mod balance;
 mod cached;
 mod error;
 mod files;
+mod forwarding;
 mod framing;
 mod group;
 mod headers;
@@ -17,9 +18,11 @@ mod latency;
 mod listener;
 pub mod managed;
 pub mod metrics;
+mod path;
 mod policy;
 mod pool;
 mod proxy;
+mod proxy_protocol;
 mod route;
 mod shield;
 mod streams;
@@ -65,6 +68,12 @@ pub(crate) struct Runtime {
     shield: Option<Arc<TargetGroup>>,
     /// `cache.parent_timeout`: how long a miss waits for the parent's response head.
     cache_parent_timeout: Duration,
+    /// `edge.trusted_proxies`: peers whose forwarding and PROXY headers are believed.
+    trusted_proxies: Vec<flotilla_config::Cidr>,
+    /// `edge.proxy_protocol`: every connection starts with a PROXY header.
+    proxy_protocol: bool,
+    /// `edge.escaped_slashes`.
+    escaped_slashes: flotilla_config::EscapedSlashes,
 }
 
 pub(crate) struct Shared {
@@ -413,6 +422,9 @@ impl Runtime {
             images: None,
             shield: None,
             cache_parent_timeout: cfg.cache.parent_timeout,
+            trusted_proxies: cfg.edge.trusted_proxies.clone(),
+            proxy_protocol: cfg.edge.proxy_protocol,
+            escaped_slashes: cfg.edge.escaped_slashes,
         }
     }
 }

@@ -150,13 +150,6 @@ pub(crate) async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
-        let per_ip_limit = shared.runtime.load().limits.max_connections_per_ip;
-        let Some(ip_guard) = shared.per_ip.admit(peer.ip(), per_ip_limit) else {
-            shared.metrics.connections_refused_per_ip.inc();
-            tracing::debug!(client = %peer, limit = per_ip_limit, "connection refused: too many from this address");
-            drop(stream);
-            continue;
-        };
         let alive = worker.alive.clone();
         tokio::spawn(serve(
             shared.clone(),
@@ -166,7 +159,7 @@ pub(crate) async fn accept_loop(
             local_port,
             tls,
             (stop.clone(), alive),
-            (permit, ip_guard),
+            permit,
         ));
     }
 }
@@ -211,26 +204,55 @@ impl Drop for PerIpGuard {
     }
 }
 
+/// Who a new connection is from: its TCP peer, or with `edge.proxy_protocol` the client its
+/// PROXY header names (read within the head deadline; a connection without a valid one, or
+/// from a peer outside a non-empty `edge.trusted_proxies`, is closed). `None`: close it.
+async fn client_of(stream: &mut TcpStream, peer: SocketAddr, rt: &crate::Runtime) -> Option<SocketAddr> {
+    if !rt.proxy_protocol {
+        return Some(peer);
+    }
+    if !rt.trusted_proxies.is_empty() && !flotilla_config::any_contains(&rt.trusted_proxies, peer.ip()) {
+        tracing::debug!(peer = %peer, "connection refused: PROXY header from a peer outside edge.trusted_proxies");
+        return None;
+    }
+    match crate::proxy_protocol::read(stream, rt.timeouts.header_read).await {
+        Ok(client) => Some(client.unwrap_or(peer)),
+        Err(e) => {
+            tracing::debug!(peer = %peer, error = %e, "connection closed: no valid PROXY header");
+            None
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     shared: Arc<Shared>,
     worker: Arc<Worker>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    tcp_peer: SocketAddr,
     local_port: u16,
     tls: bool,
     (stop, _alive): (watch::Receiver<bool>, mpsc::Sender<()>),
-    _permits: (OwnedSemaphorePermit, PerIpGuard),
+    _permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     shared.metrics.connections.inc();
     shared.metrics.active_connections.inc();
     let _active = scopeguard(&shared);
+    let rt = shared.runtime.load_full();
+    let Some(peer) = client_of(&mut stream, tcp_peer, &rt).await else { return };
+    let per_ip_limit = rt.limits.max_connections_per_ip;
+    let Some(_ip_guard) = shared.per_ip.admit(peer.ip(), per_ip_limit) else {
+        shared.metrics.connections_refused_per_ip.inc();
+        tracing::debug!(client = %peer, limit = per_ip_limit, "connection refused: too many from this address");
+        return;
+    };
     let framing = FramingFlags::new();
-    let max_head = shared.runtime.load().limits.max_header_bytes;
-    let tracker = Tracker::new(framing.clone(), max_head);
-    let client_addr = crate::headers::ClientAddr::new(peer.ip(), local_port);
-    let conn = Arc::new(Conn { peer, tls, framing, client_addr, pool: worker.pool.clone() });
+    let tracker = Tracker::new(framing.clone(), rt.limits.max_header_bytes);
+    let client_addr = crate::forwarding::ClientAddr::new(peer.ip(), local_port);
+    let client = crate::forwarding::Client::direct(peer.ip(), client_addr.xff.clone(), tls);
+    let trusted = flotilla_config::any_contains(&rt.trusted_proxies, peer.ip());
+    let conn = Arc::new(Conn { peer, tls, framing, client_addr, client, trusted, pool: worker.pool.clone() });
     let (h2_shared, h2_conn) = (shared.clone(), conn.clone());
     let svc_shared = shared.clone();
     let svc = service_fn(move |req| proxy::handle(svc_shared.clone(), conn.clone(), req));
@@ -239,10 +261,8 @@ async fn serve(
     // rather than the whole multi-KB state machine (memcpy was 3 % of h2 CPU under perf).
     let h2_svc = service_fn(move |req| Box::pin(proxy::handle(h2_shared.clone(), h2_conn.clone(), req)));
     let builders = shared.server_builders.load_full();
-    let (timeout, idle) = {
-        let rt = shared.runtime.load();
-        (rt.timeouts.header_read, rt.timeouts.idle)
-    };
+    let (timeout, idle) = (rt.timeouts.header_read, rt.timeouts.idle);
+    drop(rt);
     let result = if tls {
         let Some(acceptor) = shared.tls.load_full() else { return };
         let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
+use crate::forwarding::{Client, ClientAddr};
 use crate::group::{PickRequest, TargetGroup};
 use crate::metrics::class_index;
 use crate::pool::{Lease, LeasedBody, SendError};
@@ -28,12 +29,18 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// Facts about the client connection a request arrived on.
 pub(crate) struct Conn {
+    /// The client's address: the TCP peer's, or the one its PROXY header named.
     pub peer: SocketAddr,
     pub tls: bool,
     /// Set by the connection's framing tracker (see `framing.rs`).
     pub framing: Arc<crate::framing::FramingFlags>,
-    /// Forwarding-header strings for this client, built once per connection.
-    pub client_addr: headers::ClientAddr,
+    /// Forwarding-header strings for this connection's peer, built once per connection.
+    pub client_addr: ClientAddr,
+    /// The client as requests on this connection see it, unless the peer is a trusted proxy.
+    pub client: Client,
+    /// The peer is in `edge.trusted_proxies`: each request's client is read from its
+    /// forwarding headers.
+    pub trusted: bool,
     /// This worker's connection pool to targets.
     pub pool: Arc<crate::pool::Pool>,
 }
@@ -60,13 +67,23 @@ pub(crate) async fn handle(
     // Only the access log needs the path after the request is consumed.
     let path = if rt.access_log { req.uri().path().to_owned() } else { String::new() };
     let mut out = Outcome::default();
-    let result = match forward(&shared, &rt, &conn, req, &rid, &mut out).await {
+    // Behind a trusted proxy the client is read from each request; otherwise it is the
+    // connection's, built once.
+    let view;
+    let client = if conn.trusted {
+        view = Client::behind_proxy(req.headers(), conn.peer.ip(), conn.tls, &rt.trusted_proxies);
+        &view
+    } else {
+        &conn.client
+    };
+    let result = match forward(&shared, &rt, &conn, client, req, &rid, &mut out).await {
         Ok(Routed::Answered(r)) => Ok(r),
         Ok(Routed::Group { group, host, req }) => {
             let cx = Origin {
                 shared: &shared,
                 rt: &rt,
                 conn: &conn,
+                client,
                 backend: Backend::Group(&group),
                 host: &host,
                 rid: &rid,
@@ -88,7 +105,7 @@ pub(crate) async fn handle(
     rid_out.set_sensitive(true);
     resp.headers_mut().insert(rt.request_id_header.clone(), rid_out);
     if let Some(policy) = &out.headers {
-        policy.apply(resp.headers_mut(), conn.tls);
+        policy.apply(resp.headers_mut(), client.https);
     }
     let status = resp.status().as_u16();
     let elapsed = start.elapsed();
@@ -98,7 +115,7 @@ pub(crate) async fn handle(
     if rt.access_log {
         tracing::info!(
             target: "flotilla::access",
-            client = %conn.peer.ip(),
+            client = %client.ip,
             method = %method,
             path = %path,
             version = ?version,
@@ -126,6 +143,7 @@ async fn forward(
     shared: &Arc<Shared>,
     rt: &Arc<Runtime>,
     conn: &Arc<Conn>,
+    client: &Client,
     mut req: Request<Incoming>,
     rid: &HeaderValue,
     out: &mut Outcome,
@@ -165,14 +183,23 @@ async fn forward(
             req.headers_mut().insert(header::HOST, v);
         }
     }
-    let host = match headers::host_of(req.uri(), req.headers()) {
-        Some(h) => h,
-        // HTTP/1.1 requires Host (RFC 9112 §3.2); 1.0 clients may omit it.
-        None if req.version() == Version::HTTP_11 || req.version() == Version::HTTP_2 => {
-            return Err(ProxyError::BadRequest)
+    // Before anything reads the headers: what `Connection` nominates is gone for the route, the
+    // limiter, the cache key and the origin alike.
+    headers::strip_nominated(req.headers_mut());
+    let host = match headers::authority_of(req.uri(), req.headers(), client.https) {
+        Ok(Some(h)) => h,
+        Ok(None) if req.version() == Version::HTTP_11 || req.version() == Version::HTTP_2 => {
+            // HTTP/1.1 requires Host (RFC 9112 §3.2); 1.0 clients may omit it.
+            return Err(ProxyError::BadRequest);
         }
-        None => String::new(),
+        Ok(None) => headers::Authority::default(),
+        Err(()) => return Err(ProxyError::BadRequest),
     };
+    match crate::path::canonicalize(req.uri().path(), rt.escaped_slashes) {
+        Ok(None) => {}
+        Ok(Some(canonical)) => *req.uri_mut() = with_path(req.uri(), &canonical)?,
+        Err(_) => return Err(ProxyError::BadPath),
+    }
     if req.uri().path() == crate::shield::HEALTH_PATH {
         // A child edge's health check of this node as its cache parent: answered by the edge
         // itself so checks never reach an origin.
@@ -180,7 +207,7 @@ async fn forward(
         resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return Ok(Routed::Answered(resp));
     }
-    if !conn.tls {
+    if !client.https {
         // ACME HTTP-01 (RFC 8555 §8.3): answered here, before the HTTPS redirect and routing,
         // so neither can send the CA elsewhere.
         if req.uri().path().starts_with(crate::managed::HTTP01_PREFIX) {
@@ -192,34 +219,42 @@ async fn forward(
             }
         }
         if let Some(port) = rt.https_redirect {
-            return Ok(Routed::Answered(redirect_to_https(&host, port, req.uri())));
+            return Ok(Routed::Answered(redirect_to_https(host.host(), port, req.uri())));
         }
     }
-    if let Some(svc) = rt.images.as_ref().filter(|s| s.rest(req.uri().path()).is_some()) {
-        let cx = Origin { shared, rt, conn, backend: Backend::Images(svc), host: &host, rid };
+    let host_str = host.as_str();
+    let images = rt.images.as_ref().filter(|s| s.rest(req.uri().path()).is_some());
+    let route = rt.routes.find(host.host(), req.uri().path());
+    // Image URLs are answered by the transformer, but a route matching them still brings its
+    // rate limit and response headers: `[images]` is no way around a route's policy.
+    if let Some(route) = route {
+        out.headers = route.headers.clone();
+        if let Some(limiter) = &route.limiter {
+            let key = limiter.key_of(req.headers(), client.ip);
+            let verdict = match shared.shared_limiter.get() {
+                Some(store) => limiter.check_shared(&**store, &key).await,
+                None => limiter.check(&key),
+            };
+            if let crate::policy::Verdict::Deny { retry_after } = verdict {
+                return Ok(Routed::Answered(too_many_requests(retry_after)));
+            }
+        }
+    }
+    if let Some(svc) = images {
+        let cx = Origin { shared, rt, conn, client, backend: Backend::Images(svc), host: host_str, rid };
         return Box::pin(crate::images::serve(cx, svc, req, out)).await.map(Routed::Answered);
     }
-    let route = rt.routes.find(&host, req.uri().path()).ok_or(ProxyError::NoRoute)?;
-    out.headers = route.headers.clone();
-    if let Some(limiter) = &route.limiter {
-        let key = limiter.key_of(req.headers(), conn.peer.ip());
-        let verdict = match shared.shared_limiter.get() {
-            Some(store) => limiter.check_shared(&**store, &key).await,
-            None => limiter.check(&key),
-        };
-        if let crate::policy::Verdict::Deny { retry_after } = verdict {
-            return Ok(Routed::Answered(too_many_requests(retry_after)));
-        }
-    }
+    let route = route.ok_or(ProxyError::NoRoute)?;
     let group = match &route.backend {
         RouteBackend::Group(g) => g.clone(),
         RouteBackend::Files(files) => {
             let backend = Backend::Files(files);
             if let Some(rule) = route.cache.clone() {
-                let cx = Origin { shared, rt, conn, backend, host: &host, rid };
+                only_keyed_inputs(&mut req, &rule)?;
+                let cx = Origin { shared, rt, conn, client, backend, host: host_str, rid };
                 return Box::pin(crate::cached::serve(cx, &rule, req, out)).await.map(Routed::Answered);
             }
-            let cx = Origin { shared, rt, conn, backend, host: &host, rid };
+            let cx = Origin { shared, rt, conn, client, backend, host: host_str, rid };
             return Box::pin(origin(cx, req, out)).await.map(Routed::Answered);
         }
     };
@@ -227,13 +262,15 @@ async fn forward(
     if req.version() != Version::HTTP_2 && headers::is_upgrade(req.headers()) {
         // Boxed: a rare path whose state would otherwise enlarge every request's future (which
         // tokio copies on each HTTP/2 stream spawn).
-        return Box::pin(upgrade::forward(shared, &group, conn, req, &host, rid, out)).await.map(Routed::Answered);
+        let cx = Origin { shared, rt, conn, client, backend: Backend::Group(&group), host: host_str, rid };
+        return Box::pin(upgrade::forward(cx, &group, req, out)).await.map(Routed::Answered);
     }
     if let Some(rule) = route.cache.clone() {
-        let cx = Origin { shared, rt, conn, backend: Backend::Group(&group), host: &host, rid };
+        only_keyed_inputs(&mut req, &rule)?;
+        let cx = Origin { shared, rt, conn, client, backend: Backend::Group(&group), host: host_str, rid };
         return Box::pin(crate::cached::serve(cx, &rule, req, out)).await.map(Routed::Answered);
     }
-    Ok(Routed::Group { group, host, req })
+    Ok(Routed::Group { group, host: host.into_string(), req })
 }
 
 /// What answers a request that reaches the origin phase.
@@ -279,9 +316,25 @@ pub(crate) struct Origin<'a> {
     pub shared: &'a Arc<Shared>,
     pub rt: &'a Arc<Runtime>,
     pub conn: &'a Arc<Conn>,
+    /// Who the client is and which scheme it used (see `forwarding.rs`).
+    pub client: &'a Client,
     pub backend: Backend<'a>,
+    /// The authority the route matched and the key uses, and the origin gets as `Host`:
+    /// lower-case host, plus the port when it is not the scheme's default.
     pub host: &'a str,
     pub rid: &'a HeaderValue,
+}
+
+impl Origin<'_> {
+    /// The host part of cache keys: the authority, prefixed by the scheme when it is https, so
+    /// an origin's different answers to http and https (a redirect, absolute links) never meet.
+    pub(crate) fn key_host(&self) -> std::borrow::Cow<'_, str> {
+        if self.client.https {
+            std::borrow::Cow::Owned(format!("https://{}", self.host))
+        } else {
+            std::borrow::Cow::Borrowed(self.host)
+        }
+    }
 }
 
 /// The origin phase: read the body, rewrite headers, pick a target, send (retrying where safe),
@@ -301,18 +354,18 @@ where
             );
         }
     };
-    let Origin { rt, conn, host, rid, .. } = cx;
+    let Origin { rt, conn, client, host, rid, .. } = cx;
     let cfg = group.config();
     let (mut parts, body) = req.into_parts();
     let fault = BodyFault::default();
     let mut body = read_body(body, rt, &fault).await?;
-    prepare_headers(&mut parts, conn, host, rid, &rt.request_id_header, false);
+    prepare_headers(&mut parts, conn, client, host, rid, &rt.request_id_header, false);
 
     let sticky_in = cfg.stickiness.enabled.then(|| headers::cookie(&parts.headers, &cfg.stickiness.cookie)).flatten();
     let ip_bytes;
     let hash_key: Option<&[u8]> = match cfg.algorithm {
         Algorithm::HashIp => {
-            ip_bytes = conn.client_addr.xff.clone();
+            ip_bytes = client.ip_text.clone();
             Some(ip_bytes.as_bytes())
         }
         Algorithm::HashHeader => {
@@ -363,7 +416,7 @@ where
                         && matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE)
                         && tried.len() + 1 < attempts as usize;
                     if !retry {
-                        return Ok(finish(resp, &target, guard, Some(lease), &cfg.stickiness, sticky_in, conn.tls));
+                        return Ok(finish(resp, &target, guard, Some(lease), &cfg.stickiness, sticky_in, client.https));
                     }
                     last_resp = Some((resp, lease, target.clone()));
                     true
@@ -379,7 +432,7 @@ where
         // Every retry failed too: the target's own 502/503 says more than ours would.
         Some((resp, lease, target)) => {
             let guard = target.begin();
-            Ok(finish(resp, &target, guard, Some(lease), &cfg.stickiness, sticky_in, conn.tls))
+            Ok(finish(resp, &target, guard, Some(lease), &cfg.stickiness, sticky_in, client.https))
         }
         None => Err(last_err),
     }
@@ -390,27 +443,66 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 /// Removes hop-by-hop headers and adds forwarding and request-id headers, once per request.
+/// The origin always gets `Host` as the route and the cache key read it (`host`), whatever
+/// the client sent (HTTP/2 carries it in `:authority`; a `Connection: host` cannot remove it).
 pub(crate) fn prepare_headers(
     parts: &mut Parts,
     conn: &Conn,
+    client: &Client,
     host: &str,
     rid: &HeaderValue,
     rid_name: &header::HeaderName,
     upgrade: bool,
 ) {
-    let proto = if conn.tls { "https" } else { "http" };
     // Room for the headers added below in one step (hyper sizes the map to what it parsed, so
     // each insert could otherwise grow and rehash it).
     parts.headers.reserve(8);
-    if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 carries the host in :authority; HTTP/1.1 targets need it as Host.
-        if let Some(v) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    if !host.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(host) {
             parts.headers.insert(header::HOST, v);
         }
     }
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::add_forwarded(&mut parts.headers, &conn.client_addr, proto, host);
+    crate::forwarding::add_forwarded(&mut parts.headers, &conn.client_addr, client, host);
     parts.headers.insert(rid_name.clone(), rid.clone());
+}
+
+/// A cached route forwards only what its key reads (CloudFront's rule): query parameters the
+/// key ignores never reach the origin, so they cannot change an answer stored for everyone;
+/// and method-override headers (`X-HTTP-Method-Override: DELETE` on a GET) are dropped, since a
+/// GET is keyed and stored as a GET.
+fn only_keyed_inputs<B>(req: &mut Request<B>, rule: &crate::route::CacheRule) -> Result<(), ProxyError> {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        for h in ["x-http-method-override", "x-http-method", "x-method-override"] {
+            req.headers_mut().remove(h);
+        }
+    }
+    let Some(query) = req.uri().query() else { return Ok(()) };
+    let kept = flotilla_cache::key::keyed_query(&rule.key, query);
+    if kept.as_deref() == Some(query) {
+        return Ok(());
+    }
+    let pq = match kept {
+        Some(q) => format!("{}?{q}", req.uri().path()),
+        None => req.uri().path().to_string(),
+    };
+    *req.uri_mut() = with_path_and_query(req.uri(), &pq)?;
+    Ok(())
+}
+
+/// `uri` with its path replaced (the query kept).
+fn with_path(uri: &Uri, path: &str) -> Result<Uri, ProxyError> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    with_path_and_query(uri, &pq)
+}
+
+fn with_path_and_query(uri: &Uri, pq: &str) -> Result<Uri, ProxyError> {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().map_err(|_| ProxyError::BadPath)?);
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadPath)
 }
 
 /// The request as sent to a target: origin-form path, HTTP/1.1, the prepared headers.

@@ -72,14 +72,11 @@ pub(crate) async fn via_parent<B>(cx: &Origin<'_>, req: &Request<B>, out: &mut O
     *ask.uri_mut() = req.uri().clone();
     *ask.headers_mut() = req.headers().clone();
     ask.headers_mut().insert(HEADER, HeaderValue::from_static("1"));
-    let parent = Origin {
-        shared: cx.shared,
-        rt: cx.rt,
-        conn: cx.conn,
-        backend: Backend::Group(shield),
-        host: cx.host,
-        rid: cx.rid,
-    };
+    // The parent gets the request as this node keyed it: the same Host (`prepare_headers`
+    // sets it from `cx.host`) and, in X-Forwarded-Proto, the client's scheme — which the parent
+    // believes because it lists its children in `edge.trusted_proxies`. Without that a child
+    // behind TLS asked an `redirect_http` parent over plain HTTP and cached its 301.
+    let parent = Origin { backend: Backend::Group(shield), ..*cx };
     let limit = cx.rt.cache_parent_timeout;
     let failed = match tokio::time::timeout(limit, origin(parent, ask, out)).await {
         Ok(Ok(resp)) => {

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 
-use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -12,23 +11,19 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::error::ProxyError;
 use crate::group::{PickRequest, TargetGroup};
 use crate::pool::SendError;
-use crate::proxy::{empty, finish, outgoing, prepare_headers, Body, Conn, Outcome};
-use crate::Shared;
+use crate::proxy::{empty, finish, outgoing, prepare_headers, Body, Origin, Outcome};
 
 pub(crate) async fn forward(
-    shared: &Shared,
+    cx: Origin<'_>,
     group: &TargetGroup,
-    conn: &Conn,
     mut req: Request<Incoming>,
-    host: &str,
-    rid: &HeaderValue,
     out: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
-    let rt = shared.runtime.load();
+    let Origin { rt, conn, client, host, rid, .. } = cx;
     let cfg = group.config();
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _body) = req.into_parts();
-    prepare_headers(&mut parts, conn, host, rid, &rt.request_id_header, true);
+    prepare_headers(&mut parts, conn, client, host, rid, &rt.request_id_header, true);
     let sticky_in =
         cfg.stickiness.enabled.then(|| crate::headers::cookie(&parts.headers, &cfg.stickiness.cookie)).flatten();
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -57,7 +52,7 @@ pub(crate) async fn forward(
             Ok(Ok((mut resp, lease))) => {
                 group.report_response(&target, resp.status().as_u16());
                 if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                    return Ok(finish(resp, &target, guard, Some(lease), &cfg.stickiness, sticky_in, conn.tls));
+                    return Ok(finish(resp, &target, guard, Some(lease), &cfg.stickiness, sticky_in, client.https));
                 }
                 // An upgraded connection never goes back to the pool.
                 drop(lease);

@@ -212,3 +212,52 @@ async fn files_source_signed_sizes_and_bad_files() {
     assert_eq!(metric(&m, "flotilla_image_refusals_total{reason=\"corrupt\"}"), 1, "{m}");
     assert_eq!(metric(&m, "flotilla_image_refusals_total{reason=\"bad_signature\"}"), 3, "{m}");
 }
+
+/// The image endpoint is no way around the edge's rules: a client's query string is neither a
+/// new cache key nor forwarded (only an ad-hoc size's signature is read), srcset documents are
+/// cached like variants, an original that will not arrive is given up after
+/// `images.source_timeout`, and a route matching image URLs brings its rate limit and headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_urls_are_keyed_forwarded_and_limited_like_routes() {
+    let corpus = corpus_dir();
+    let locations = format!(
+        "location /photos/ {{ alias {c}/; }}\n    location /slow/ {{ alias {c}/; limit_rate 2k; }}",
+        c = corpus.display()
+    );
+    let ngx = common::nginx::Nginx::start("images", &locations);
+    let body = format!(
+        "[images]\nsource = \"photos\"\nsource_timeout = \"1s\"\n\n\
+         [[routes]]\npath = \"/_img/*\"\ntarget_group = \"photos\"\nrate_limit = {{ rate = \"1/min\", burst = 5 }}\nheaders = {{ set = {{ \"x-policy\" = \"on\" }} }}\n\n\
+         [target_groups.photos]\ntargets = [\"{}\"]\nhealth_check = {{ enabled = false }}\n",
+        ngx.addr()
+    );
+    let f = Flotilla::start("images-rules", &body);
+    let small = "/_img/small/photos/08_mate_Storm_1920x1280.jpg";
+    let first = fetch(&f, &format!("{small}?x=1"), None).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-policy"), "on", "the route's headers apply to image URLs");
+    let second = fetch(&f, &format!("{small}?x=2&utm=3"), None).await;
+    assert!(
+        second.header("cache-status").contains("hit"),
+        "a query string must not be a new key: {:?}",
+        second.headers
+    );
+    let srcset = "/_img/srcset/photos/08_mate_Storm_1920x1280.jpg";
+    let s1 = fetch(&f, srcset, None).await;
+    assert_eq!(s1.status, 200, "{}", s1.text());
+    let s2 = fetch(&f, srcset, None).await;
+    assert!(s2.header("cache-status").contains("hit"), "srcset goes through the cache: {:?}", s2.headers);
+    assert_eq!(s1.body, s2.body);
+    let log = ngx.access_log();
+    assert_eq!(log.lines().count(), 2, "one original fetch per document: {log}");
+    assert!(!log.contains('?'), "no client query reaches the origin: {log}");
+    // A stalled original is given up, the worker freed.
+    let started = std::time::Instant::now();
+    let slow = fetch(&f, "/_img/small/slow/09_mate_LadyBird_2560x1600.jpg", None).await;
+    assert_eq!(slow.status, 504, "{}", slow.text());
+    assert!(slow.text().contains("source_timeout"), "{}", slow.text());
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // The route's rate limit holds on image URLs (five allowed, the sixth refused).
+    let limited = fetch(&f, small, None).await;
+    assert_eq!(limited.status, 429, "{}", limited.text());
+}

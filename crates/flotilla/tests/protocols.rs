@@ -4,10 +4,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::tls::*;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
@@ -59,42 +59,6 @@ async fn http2_prior_knowledge_and_forwarded_headers() {
         assert_eq!(get("x-forwarded-proto").as_deref(), Some("http"));
         assert!(get("x-request-id").is_some_and(|id| id.len() == 32));
     }
-}
-
-struct Pki {
-    ca_pem: String,
-}
-
-/// A throwaway CA and a leaf for `names`, written as cert.pem/key.pem into `dir`.
-fn make_pki(dir: &std::path::Path, names: &[&str]) -> Pki {
-    make_pki_named(dir, names, "cert.pem", "key.pem")
-}
-
-fn make_pki_named(dir: &std::path::Path, names: &[&str], cert_file: &str, key_file: &str) -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Flotilla Test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    let leaf = params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
-    std::fs::write(dir.join(cert_file), leaf.pem()).unwrap();
-    std::fs::write(dir.join(key_file), leaf_key.serialize_pem()).unwrap();
-    Pki { ca_pem: ca.pem() }
-}
-
-fn tls_connector(pki: &Pki, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

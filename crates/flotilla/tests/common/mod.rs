@@ -17,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 pub mod nginx;
+pub mod tls;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
 

@@ -61,3 +61,7 @@ impl Nginx {
         std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
     }
 }
+
+/// A location body that echoes every input an origin could build a page from, for the
+/// trust-boundary tests: `location / { ECHO }`.
+pub const ECHO: &str = "return 200 \"uri=$request_uri host=$http_host xff=$http_x_forwarded_for xfp=$http_x_forwarded_proto xfh=$http_x_forwarded_host fwd=$http_forwarded real=$http_x_real_ip orig=$http_x_original_url upgrade=$http_upgrade override=$http_x_http_method_override auth=$http_authorization n=$connection_requests\\n\";";

@@ -1,0 +1,239 @@
+//! The edge's trust boundary, end to end against a real nginx origin: nothing a client sends
+//! that is not part of the cache key can change what the origin answers for everyone. After
+//! each crafted request, an ordinary visitor's next request gets the right page.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::nginx::{Nginx, ECHO};
+use common::tls::*;
+use common::*;
+
+/// One request on a fresh connection, answered in full (`Connection: close` is added to what
+/// the request's own `Connection` says).
+fn send(port: u16, head: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status(resp: &str) -> u16 {
+    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// A cached route in front of nginx's echo, with the default 1-day `default_ttl`.
+const CACHED: &str =
+    "[cache_behaviors.main]\n\n[[routes]]\npath = \"/*\"\ntarget_group = \"origin\"\ncache = \"main\"\n\n";
+
+fn origin_group(n: &Nginx) -> String {
+    format!("[target_groups.origin]\ntargets = [\"{}\"]\nhealth_check = {{ enabled = false }}\n", n.addr())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cannot_nominate_host_and_the_cached_page_survives() {
+    let ngx = Nginx::start("hop", &format!("location / {{ {ECHO} }}"));
+    let f = Flotilla::start("trust-hop", &(CACHED.to_string() + &origin_group(&ngx)));
+    // The attack from the issue: strip Host with a Connection nomination while forcing a refetch.
+    let r = send(
+        f.port,
+        "GET /index.html HTTP/1.1\r\nHost: site\r\nConnection: host, close\r\nCache-Control: no-cache\r\n\r\n",
+    );
+    assert_eq!(status(&r), 200, "the origin must still see Host: {r}");
+    assert!(r.contains("host=site "), "{r}");
+    let r = send(f.port, "GET /index.html HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n");
+    assert_eq!(status(&r), 200, "an ordinary visitor gets the page: {r}");
+    assert!(r.contains("host=site ") && r.contains("hit"), "{r}");
+    // Nominating forwarding headers or credentials does not remove them either; a real extension
+    // header does go.
+    let r = send(
+        f.port,
+        "GET /nominated HTTP/1.1\r\nHost: site\r\nConnection: close, x-forwarded-for, authorization, x-hop\r\nAuthorization: Bearer t\r\nX-Hop: 1\r\n\r\n",
+    );
+    assert!(r.contains("xff=127.0.0.1 ") && r.contains("auth=Bearer t"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unkeyed_inputs_never_reach_the_origin() {
+    let ngx = Nginx::start("unkeyed", &format!("location / {{ {ECHO} }}"));
+    let body = "[cache_behaviors.main]\n[cache_behaviors.main.key]\nquery = [\"v\"]\n\n[[routes]]\npath = \"/*\"\ntarget_group = \"origin\"\ncache = \"main\"\n\n"
+        .to_string()
+        + &origin_group(&ngx);
+    let f = Flotilla::start("trust-unkeyed", &body);
+    // A port in Host is part of the key: the origin's answer for it is not served to others.
+    let r = send(f.port, "GET /p HTTP/1.1\r\nHost: site:8080\r\nConnection: close\r\n\r\n");
+    assert!(r.contains("host=site:8080 "), "{r}");
+    let r = send(f.port, "GET /p HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n");
+    assert!(r.contains("host=site ") && r.contains("fwd=miss"), "a port must not share the key: {r}");
+    // The default port is the same authority.
+    let r = send(f.port, "GET /p HTTP/1.1\r\nHost: SITE:80\r\nConnection: close\r\n\r\n");
+    assert!(r.contains("host=site ") && r.contains("hit"), "{r}");
+    // Client-sent forwarding headers are replaced, URL-rewriting headers dropped.
+    let r = send(
+        f.port,
+        "GET /q HTTP/1.1\r\nHost: site\r\nConnection: close\r\nForwarded: for=1.2.3.4;host=evil.example;proto=https\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 1.2.3.4\r\nX-Real-IP: 1.2.3.4\r\nX-Original-URL: /admin\r\n\r\n",
+    );
+    assert!(
+        r.contains("xff=127.0.0.1 xfp=http xfh=site fwd=for=127.0.0.1;host=\"site\";proto=http real= orig= "),
+        "{r}"
+    );
+    let r = send(f.port, "GET /q HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n");
+    assert!(r.contains("xfh=site ") && !r.contains("evil"), "{r}");
+    // Query parameters the key ignores are not forwarded, nor method overrides on a GET.
+    let r = send(
+        f.port,
+        "GET /r?debug=1&v=2&utm=x HTTP/1.1\r\nHost: site\r\nConnection: close\r\nX-HTTP-Method-Override: DELETE\r\n\r\n",
+    );
+    assert!(r.contains("uri=/r?v=2 ") && r.contains("override= "), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_canonical_path_for_routes_limits_keys_and_the_origin() {
+    let ngx = Nginx::start("paths", &format!("location / {{ {ECHO} }}"));
+    let body = format!(
+        "[cache_behaviors.main]\n\n\
+         [[routes]]\npath = \"/login\"\ntarget_group = \"origin\"\nrate_limit = {{ rate = \"1/min\", burst = 1 }}\n\n\
+         [[routes]]\npath = \"/static/*\"\ntarget_group = \"origin\"\ncache = \"main\"\n\n\
+         [[routes]]\npath = \"/*\"\ntarget_group = \"origin\"\n\n{}",
+        origin_group(&ngx)
+    );
+    let f = Flotilla::start("trust-paths", &body);
+    let get = |p: &str| send(f.port, &format!("GET {p} HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n"));
+    // An encoded slash is refused; dot segments resolve before routing, so the cached /static/*
+    // route never answers for /private.
+    assert_eq!(status(&get("/static/..%2fprivate")), 400);
+    assert_eq!(status(&get("/static/..%5Cprivate")), 400);
+    assert_eq!(status(&get("/static/..;/private")), 400);
+    for p in ["/static/../private", "/static/%2e%2e/private", "/static/.%2E/private"] {
+        let r = get(p);
+        assert!(r.contains("uri=/private ") && !r.to_ascii_lowercase().contains("cache-status"), "{p}: {r}");
+    }
+    let r = get("/static//a/./b/%7Ex");
+    assert!(r.contains("uri=/static/a/b/~x ") && r.contains("cache-status"), "{r}");
+    // An exact-path rate limit holds however the path is spelled.
+    assert_eq!(status(&get("/login")), 200);
+    for p in ["//login", "/LOGIN", "/login/", "/login/.", "/x/../login", "/%6cogin"] {
+        assert_eq!(status(&get(p)), 429, "{p} slipped past the /login rate limit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_names_the_client_for_logs_limits_and_forwarding() {
+    let ngx = Nginx::start("pp", &format!("location / {{ {ECHO} }}"));
+    let body = format!(
+        "[[routes]]\npath = \"/limited\"\ntarget_group = \"origin\"\nrate_limit = {{ rate = \"1/min\", burst = 1 }}\n\n{ROUTE}{}",
+        origin_group(&ngx),
+        ROUTE = "[[routes]]\npath = \"/*\"\ntarget_group = \"origin\"\n\n"
+    );
+    let f = Flotilla::start_with_edge("trust-pp", "proxy_protocol = true", &body);
+    let v1 = |ip: &str, path: &str| {
+        send(
+            f.port,
+            &format!(
+                "PROXY TCP4 {ip} 127.0.0.1 40000 80\r\nGET {path} HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    };
+    let r = v1("203.0.113.7", "/");
+    assert!(r.contains("xff=203.0.113.7 "), "{r}");
+    // Version 2 (binary), as AWS NLB and HAProxy's send-proxy-v2 write it.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 9, 127, 0, 0, 1, 0x9c, 0x40, 0, 80]);
+    v2.extend_from_slice(b"GET / HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n");
+    let mut s = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&v2).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.contains("xff=198.51.100.9 "), "{out}");
+    // Without the header the connection is closed unanswered.
+    let r = send(f.port, "GET / HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n");
+    assert!(r.is_empty(), "{r}");
+    // Rate limits key on the client the header names, not the balancer.
+    assert_eq!(status(&v1("203.0.113.7", "/limited")), 200);
+    assert_eq!(status(&v1("203.0.113.7", "/limited")), 429);
+    assert_eq!(status(&v1("203.0.113.8", "/limited")), 200);
+    // And the access log records it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(f.log().contains("203.0.113.8"), "{}", f.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_trusted_proxies_are_believed() {
+    let ngx = Nginx::start("trusted", &format!("location / {{ {ECHO} }}"));
+    let body = format!(
+        "[[routes]]\npath = \"/limited\"\ntarget_group = \"origin\"\nrate_limit = {{ rate = \"1/min\", burst = 1 }}\n\n[[routes]]\npath = \"/*\"\ntarget_group = \"origin\"\n\n{}",
+        origin_group(&ngx)
+    );
+    let f = Flotilla::start_with_edge("trust-proxies", "trusted_proxies = [\"127.0.0.0/8\"]", &body);
+    let via = |client: &str, path: &str| {
+        send(
+            f.port,
+            &format!("GET {path} HTTP/1.1\r\nHost: site\r\nConnection: close\r\nX-Forwarded-For: 10.9.9.9, {client}\r\nX-Forwarded-Proto: https\r\n\r\n"),
+        )
+    };
+    let r = via("203.0.113.9", "/");
+    assert!(r.contains("xff=10.9.9.9, 203.0.113.9, 127.0.0.1 xfp=https "), "{r}");
+    assert_eq!(status(&via("203.0.113.9", "/limited")), 200);
+    assert_eq!(status(&via("203.0.113.9", "/limited")), 429);
+    assert_eq!(status(&via("203.0.113.10", "/limited")), 200, "each forwarded client has its own bucket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_websocket_upgrades_are_tunnelled() {
+    let ngx = Nginx::start("h2c", &format!("location / {{ {ECHO} }}"));
+    let f = Flotilla::start(
+        "trust-h2c",
+        &format!("[[routes]]\npath = \"/*\"\ntarget_group = \"origin\"\n\n{}", origin_group(&ngx)),
+    );
+    let r = send(
+        f.port,
+        "GET / HTTP/1.1\r\nHost: site\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(r.contains("upgrade= "), "the h2c upgrade must not reach the target: {r}");
+}
+
+/// A child edge behind TLS asks its `redirect_http` parent over plain HTTP: the parent believes
+/// the child's X-Forwarded-Proto (it lists the child in `trusted_proxies`), so it answers the
+/// page instead of a redirect the child would cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shield_parent_sees_the_scheme_and_host_its_child_keyed() {
+    let ngx = Nginx::start("shield", &format!("location / {{ {ECHO} }}"));
+    let (pdir, cdir) = (scratch_dir("trust-parent"), scratch_dir("trust-child"));
+    let (ppki, cpki) = (make_pki(&pdir, &["site"]), make_pki(&cdir, &["site"]));
+    let _ = ppki;
+    let (pport, ptls, padmin) = (free_port(), free_port(), free_port());
+    let parent_text = format!(
+        "[edge]\nlisten = [\"127.0.0.1:{pport}\"]\ntrusted_proxies = [\"127.0.0.1\"]\n[edge.tls]\nlisten = [\"127.0.0.1:{ptls}\"]\ncertificates = [{{ cert = \"cert.pem\", key = \"key.pem\" }}]\nredirect_http = true\n\n[admin]\nlisten = \"127.0.0.1:{padmin}\"\n\n{CACHED}{}",
+        origin_group(&ngx)
+    );
+    let _parent = Flotilla::start_raw("trust-parent", &pdir, &parent_text, pport, padmin);
+    let (cport, ctls, cadmin) = (free_port(), free_port(), free_port());
+    let child_text = format!(
+        "[edge]\nlisten = [\"127.0.0.1:{cport}\"]\n[edge.tls]\nlisten = [\"127.0.0.1:{ctls}\"]\ncertificates = [{{ cert = \"cert.pem\", key = \"key.pem\" }}]\n\n[admin]\nlisten = \"127.0.0.1:{cadmin}\"\n\n[cache]\nparent = \"http://127.0.0.1:{pport}\"\n\n{CACHED}{}",
+        origin_group(&ngx)
+    );
+    let child = Flotilla::start_raw("trust-child", &cdir, &child_text, cport, cadmin);
+    wait_for_port(ctls);
+    // Wait for the child's health checks to find its parent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = get(&child.admin("/api/v1/target-groups")).await;
+        if body.contains("\"healthy\"") && body.contains("flotilla-shield") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "parent never healthy: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = https_get(&cpki, ctls, "site", "/page", &[]).await;
+    assert_eq!(status(&r), 200, "the child must not get (and cache) the parent's redirect: {r}");
+    assert!(r.contains("xfp=https ") && r.contains("host=site "), "{r}");
+    let again = https_get(&cpki, ctls, "site", "/page", &[]).await;
+    assert_eq!(status(&again), 200, "{again}");
+}
