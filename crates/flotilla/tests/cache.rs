@@ -642,3 +642,41 @@ async fn a_page_personalised_by_cookie_is_never_served_to_another_visitor() {
     let (_, cs, _, b2) = fetch(&f, "/cached?cookie=session", &strip("session=bob")).await;
     assert!(cs.starts_with("flotilla; hit") && b2 == b, "{cs}");
 }
+
+/// The outside testers' race on one node: an object fetched twice (stored, then a memory hit)
+/// and invalidated at once. The disk write that the first fetch started in the background used
+/// to finish after the invalidation and put the old copy back; the next GET then served it
+/// from disk without asking the origin. Every round must be a miss after the API answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_is_never_undone_by_a_late_disk_write() {
+    let app = DemoApp::start("origin");
+    let dir = scratch_dir("cache-disk-race");
+    let (port, admin_port) = (free_port(), free_port());
+    let text = format!(
+        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"test-token\"\n\n[cache]\ndisk = {{ path = \"cache\", size = \"64MiB\" }}\n\n{BEHAVIOR}{}{}",
+        cached_route("web"),
+        group_toml("web", &[&app], "")
+    );
+    let f = Flotilla::start_raw("cache-disk-race", &dir, &text, port, admin_port);
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let mut undone = Vec::new();
+    for round in 0..60 {
+        // A body large enough that writing it takes a moment.
+        let path = format!("/cached?cc=max-age=600&pad=200000&r={round}");
+        let (_, cs, _, first) = fetch(&f, &path, &[]).await;
+        assert!(cs.ends_with("stored"), "{cs}");
+        fetch(&f, &path, &[]).await;
+        // Everything (a deployment) every third round, else by path.
+        let (code, _) = if round % 3 == 0 {
+            f.admin_call("POST", "/api/v1/deployments", "").await
+        } else {
+            f.admin_call("POST", "/api/v1/invalidations", "{\"paths\":[\"/cached\"]}").await
+        };
+        assert_eq!(code, 202);
+        let (_, cs, _, after) = fetch(&f, &path, &[]).await;
+        if after == first {
+            undone.push(format!("round {round}: {cs}"));
+        }
+    }
+    assert!(undone.is_empty(), "{} of 60 invalidations were undone: {undone:?}", undone.len());
+}

@@ -161,8 +161,9 @@ async fn wait_members(node: &Node, n: usize) -> serde_json::Value {
 async fn an_invalidation_is_in_effect_on_every_node_before_the_api_answers() {
     let Some(redis) = Redis::start("inval") else { return };
     let app = DemoApp::start("origin");
-    let mut nodes: Vec<Node> =
-        ["a", "b", "c"].iter().map(|n| Node::new(n, &redis.url(), &[&app], "", CACHED_ROUTE)).collect();
+    // Disk tiers too: a disk write still under way must not bring an invalidated object back.
+    let body = format!("[cache]\ndisk = {{ path = \"cache\", size = \"64MiB\" }}\n\n{CACHED_ROUTE}");
+    let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| Node::new(n, &redis.url(), &[&app], "", &body)).collect();
     for n in &mut nodes {
         n.up(&[&app]).await;
     }

@@ -7,195 +7,30 @@
 //! Behind the memory tier sits an optional disk tier (`flotilla_cache::disk`): misses look
 //! there before the origin, and stored entries are written to it in the background.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+mod respond;
+mod tiers;
+
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use flotilla_cache::freshness::{self, Freshness, Timing};
-use flotilla_cache::range::{self, Ranges};
 use flotilla_cache::storable::{self, Exchange};
 use flotilla_cache::{
-    compress, credentials, key, CacheControl, Decision, DiskStore, Encoding, Entry, Lookup, MemoryStore, NotStored,
-    OtherCookies, PathMatch,
+    compress, credentials, key, CacheControl, Decision, Entry, Generation, Lookup, NotStored, OtherCookies,
 };
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming};
-use tokio::sync::watch;
 
 use crate::error::ProxyError;
 use crate::proxy::{origin, Body, BoxError, Origin, Outcome};
 use crate::route::CacheRule;
-use crate::Shared;
-
-/// Keys whose last response could not be stored skip coalescing for this long, so uncacheable
-/// URLs are not fetched one request at a time (Varnish's hit-for-miss).
-const PASS_FOR: Duration = Duration::from_secs(10);
-
-/// Shared by all workers: the store, in-flight fetches, recent invalidations.
-pub(crate) struct EdgeCache {
-    pub store: MemoryStore,
-    /// The disk tier, when configured and its directory could be opened.
-    pub disk: Option<Arc<DiskStore>>,
-    max_object: usize,
-    inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
-    pass: moka::sync::Cache<String, ()>,
-    invalidations: Mutex<VecDeque<Invalidation>>,
-    next_id: AtomicU64,
-}
-
-/// One applied invalidation, as the admin API reports it.
-#[derive(Debug, Clone)]
-pub struct Invalidation {
-    pub id: u64,
-    pub paths: Vec<String>,
-    pub tags: Vec<String>,
-    pub all: bool,
-    pub created_at: SystemTime,
-    pub duration: Duration,
-}
-
-enum Join {
-    Leader(Flight),
-    Follower(watch::Receiver<bool>),
-}
-
-/// The leader's claim on a key; dropping it (however the fetch ends) wakes the followers. It
-/// owns the shared state so a background refresh can hold it beyond the request.
-struct Flight {
-    shared: Arc<Shared>,
-    key: String,
-    done: watch::Sender<bool>,
-}
-
-impl Drop for Flight {
-    fn drop(&mut self) {
-        self.shared.cache.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
-        let _ = self.done.send(true);
-    }
-}
-
-fn join(shared: &Arc<Shared>, key: &str) -> Join {
-    let mut map = shared.cache.inflight.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(rx) = map.get(key) {
-        return Join::Follower(rx.clone());
-    }
-    let (tx, rx) = watch::channel(false);
-    map.insert(key.to_string(), rx);
-    Join::Leader(Flight { shared: shared.clone(), key: key.to_string(), done: tx })
-}
-
-impl EdgeCache {
-    pub(crate) fn new(cfg: &flotilla_config::CacheConfig) -> Self {
-        let disk = cfg.disk.as_ref().and_then(|d| match DiskStore::open(&d.path, d.size) {
-            Ok(store) => {
-                let (objects, bytes) = store.usage();
-                tracing::info!(path = %d.path.display(), objects, bytes, "cache disk tier opened");
-                Some(Arc::new(store))
-            }
-            Err(e) => {
-                // Degrade to memory only: the edge keeps serving.
-                tracing::error!(error = %e, "cache disk tier unavailable; caching in memory only");
-                None
-            }
-        });
-        Self {
-            store: MemoryStore::new(cfg.memory),
-            disk,
-            max_object: cfg.max_object.min(usize::MAX as u64) as usize,
-            inflight: Mutex::new(HashMap::new()),
-            pass: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(PASS_FOR).build(),
-            invalidations: Mutex::new(VecDeque::new()),
-            next_id: AtomicU64::new(1),
-        }
-    }
-
-    /// Applies an invalidation before returning (lookups stop seeing matching entries at once).
-    pub(crate) fn invalidate(&self, paths: Vec<String>, tags: Vec<String>, all: bool) -> Invalidation {
-        let started = std::time::Instant::now();
-        if all {
-            self.store.invalidate_all();
-            if let Some(d) = &self.disk {
-                d.invalidate_all();
-            }
-        } else {
-            if !paths.is_empty() {
-                let matches: Vec<PathMatch> = paths.iter().map(|p| PathMatch::parse(p)).collect();
-                if let Some(d) = &self.disk {
-                    d.invalidate_paths(&matches);
-                }
-                self.store.invalidate_paths(matches);
-            }
-            if !tags.is_empty() {
-                if let Some(d) = &self.disk {
-                    d.invalidate_tags(&tags);
-                }
-                self.store.invalidate_tags(tags.clone());
-            }
-        }
-        let record = Invalidation {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            paths,
-            tags,
-            all,
-            created_at: SystemTime::now(),
-            duration: started.elapsed(),
-        };
-        let mut log = self.invalidations.lock().unwrap_or_else(|e| e.into_inner());
-        if log.len() >= 1000 {
-            log.pop_front();
-        }
-        log.push_back(record.clone());
-        record
-    }
-
-    /// Memory first; on a miss, the disk tier (off the runtime), promoting what it finds.
-    async fn lookup(&self, primary: &str, request: &HeaderMap) -> Lookup {
-        let found = self.store.lookup(primary, request);
-        let Some(disk) = self.disk.clone().filter(|_| !matches!(found, Lookup::Hit(_))) else { return found };
-        // The index answers most misses without I/O; only a stored object is read, off the runtime.
-        let Some(at) = disk.locate(primary, request) else { return found };
-        match tokio::task::spawn_blocking(move || disk.read(at)).await {
-            Ok(Some((entry, vary))) => {
-                let entry = Arc::new(entry);
-                self.store.insert_arc(primary.to_string(), vary, entry.clone());
-                Lookup::Hit(entry)
-            }
-            _ => found,
-        }
-    }
-
-    /// Writes a stored entry to the disk tier in the background (the response does not wait).
-    fn persist(&self, primary: &str, vary: Vec<header::HeaderName>, entry: Arc<Entry>) {
-        let Some(disk) = self.disk.clone() else { return };
-        let primary = primary.to_string();
-        tokio::task::spawn_blocking(move || {
-            let before = disk.errors.load(Ordering::Relaxed);
-            disk.insert(&primary, &vary, &entry);
-            if disk.errors.load(Ordering::Relaxed) != before {
-                let e = disk.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                tracing::warn!(error = e.as_deref().unwrap_or("?"), "cache disk write failed; the memory copy stays");
-            }
-        });
-    }
-
-    /// Drops one URL's variants from both tiers by key: O(1) for the memory tier and O(variants)
-    /// for the disk index, because it runs after every successful unsafe request (a predicate
-    /// per POST would pile up in moka and be re-checked on every hit).
-    fn remove(&self, primary: &str) {
-        self.store.remove(primary);
-        if let Some(d) = &self.disk {
-            d.remove(primary);
-        }
-    }
-
-    pub(crate) fn invalidation(&self, id: u64) -> Option<Invalidation> {
-        self.invalidations.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|i| i.id == id).cloned()
-    }
-}
+use respond::{from_cache, full, gateway_timeout_only_if_cached, parts_with, respond, respond_with, with_cache_status};
+pub(crate) use tiers::EdgeCache;
+pub use tiers::Invalidation;
+use tiers::{join, Flight, Join};
 
 /// Serves one request on a cached route.
 pub(crate) async fn serve(
@@ -227,6 +62,9 @@ pub(crate) async fn serve(
         return Ok(with_cache_status(resp, "flotilla; fwd=method"));
     }
     let primary = key::primary(&rule.key, &cx.key_host(), &path, req.uri().query(), req.headers());
+    // Taken before the lookup: whatever this request stores must not be covered by an
+    // invalidation that came in since (a stale entry it revalidates included).
+    let since = cache.generation();
     let req_cc = request_directives(req.headers());
     // A request that speaks for someone is answered only from what the origin marked as shared,
     // and never coalesced: its response may be that person's alone.
@@ -255,7 +93,8 @@ pub(crate) async fn serve(
                 Decision::StaleWhileRevalidate => {
                     rule.stale.inc();
                     if let Join::Leader(flight) = join(cx.shared, &primary) {
-                        refresh_in_background(cx, rule, flight, &req, e.clone(), primary.clone(), path.clone());
+                        let fill = (primary.clone(), path.clone(), since);
+                        refresh_in_background(cx, rule, flight, &req, e.clone(), fill);
                     }
                     let over = e.freshness.timing.current_age(SystemTime::now()).saturating_sub(e.freshness.lifetime);
                     let status = format!("flotilla; hit; ttl=-{}; detail=stale-while-revalidate", over.as_secs());
@@ -310,19 +149,22 @@ pub(crate) async fn serve(
             return Ok(from_cache(rule, respond_with(s, &client_conditions, head, &status)));
         }
     }
-    let fetch = Fetch { primary: &primary, path, request_headers: &client_conditions, own: own.as_deref(), head };
+    let own = own.as_deref();
+    let fetch = Fetch { primary: &primary, path, request_headers: &client_conditions, own, head, since };
     let settled = settle(cx, rule, fetch, request_time, stale.as_ref(), revalidating, resp).await?;
+    // Not stored after all: an invalidation came in while this was fetched.
+    let stored = |stored: bool| if stored { "stored" } else { "detail=invalidated" };
     Ok(match settled {
-        Settled::Refreshed(e, cookies) => {
+        Settled::Refreshed { entry, cookies, stored: s } => {
             rule.hits.inc();
-            let status = "flotilla; fwd=stale; fwd-status=304; stored";
-            with_cookies(from_cache(rule, respond_with(&e, &client_conditions, head, status)), cookies)
+            let status = format!("flotilla; fwd=stale; fwd-status=304; {}", stored(s));
+            with_cookies(from_cache(rule, respond_with(&entry, &client_conditions, head, &status)), cookies)
         }
-        Settled::Stored(e, cookies) => {
+        Settled::Filled { entry, cookies, stored: s } => {
             rule.misses.inc();
-            rule.origin_bytes.inc_by(e.body.len() as u64);
-            let status = format!("flotilla; fwd={fwd}; stored");
-            with_cookies(respond_with(&e, &client_conditions, false, &status), cookies)
+            rule.origin_bytes.inc_by(entry.body.len() as u64);
+            let status = format!("flotilla; fwd={fwd}; {}", stored(s));
+            with_cookies(respond_with(&entry, &client_conditions, false, &status), cookies)
         }
         Settled::Passed(resp, detail) => {
             rule.misses.inc();
@@ -337,9 +179,10 @@ pub(crate) async fn serve(
 /// What became of an origin response.
 enum Settled {
     /// A 304 refreshed the stored entry; the `Set-Cookie` lines are the requesting client's.
-    Refreshed(Arc<Entry>, Vec<HeaderValue>),
-    /// Stored; the edge's own `Set-Cookie` lines (sticky cookie) go to the requesting client only.
-    Stored(Arc<Entry>, Vec<HeaderValue>),
+    Refreshed { entry: Arc<Entry>, cookies: Vec<HeaderValue>, stored: bool },
+    /// A storable response, read whole; `stored` unless an invalidation since the fill started
+    /// covers it. The edge's own `Set-Cookie` lines (sticky cookie) go to the requesting client.
+    Filled { entry: Arc<Entry>, cookies: Vec<HeaderValue>, stored: bool },
     /// Not stored (the detail says why); the response streams through.
     Passed(Response<Body>, &'static str),
 }
@@ -353,6 +196,8 @@ struct Fetch<'a> {
     /// The edge's sticky cookie name, when the route's group sets one.
     own: Option<&'a str>,
     head: bool,
+    /// When the fill started (see `EdgeCache::insert`).
+    since: Generation,
 }
 
 /// The sticky cookie the edge itself sets for this route's group: it picks a target, never a
@@ -388,11 +233,11 @@ async fn settle(
 ) -> Result<Settled, ProxyError> {
     let own_lines = fetch.own.map(|o| credentials::take_own_set_cookies(resp.headers_mut(), o)).unwrap_or_default();
     Ok(match settle_inner(cx, rule, fetch, request_time, stale, revalidating, resp).await? {
-        Settled::Refreshed(e, mut cookies) => {
+        Settled::Refreshed { entry, mut cookies, stored } => {
             cookies.extend(own_lines);
-            Settled::Refreshed(e, cookies)
+            Settled::Refreshed { entry, cookies, stored }
         }
-        Settled::Stored(e, _) => Settled::Stored(e, own_lines),
+        Settled::Filled { entry, stored, .. } => Settled::Filled { entry, cookies: own_lines, stored },
         Settled::Passed(resp, detail) => Settled::Passed(with_cookies(resp, own_lines), detail),
     })
 }
@@ -407,15 +252,14 @@ async fn settle_inner(
     resp: Response<Body>,
 ) -> Result<Settled, ProxyError> {
     let cache = &cx.shared.cache;
-    let Fetch { primary, path, request_headers, own, head } = fetch;
+    let Fetch { primary, path, request_headers, own, head, since } = fetch;
     if revalidating && resp.status() == StatusCode::NOT_MODIFIED {
         if let Some(old) = stale {
             let refreshed = Arc::new(refresh(old, resp.headers(), request_time, &rule.behavior));
-            cache.store.insert_arc(primary.to_string(), refreshed.vary.clone(), refreshed.clone());
-            cache.persist(primary, refreshed.vary.clone(), refreshed.clone());
+            let stored = cache.insert(primary, refreshed.vary.clone(), refreshed.clone(), since);
             // A 304 may set cookies for the client that asked; they are never stored.
             let cookies = resp.headers().get_all(header::SET_COOKIE).iter().cloned().collect();
-            return Ok(Settled::Refreshed(refreshed, cookies));
+            return Ok(Settled::Refreshed { entry: refreshed, cookies, stored });
         }
     }
     let cc = CacheControl::for_cdn(resp.headers());
@@ -512,9 +356,8 @@ async fn settle_inner(
         headers: owned_headers(&headers),
         body: bytes,
     });
-    cache.store.insert_arc(primary.to_string(), vary.clone(), entry.clone());
-    cache.persist(primary, vary, entry.clone());
-    Ok(Settled::Stored(entry, Vec::new()))
+    let stored = cache.insert(primary, vary, entry.clone(), since);
+    Ok(Settled::Filled { entry, cookies: Vec::new(), stored })
 }
 
 /// stale-while-revalidate: the client already has the stale copy; refresh it off the request.
@@ -525,8 +368,7 @@ fn refresh_in_background(
     flight: Flight,
     req: &Request<Incoming>,
     stale: Arc<Entry>,
-    primary: String,
-    path: String,
+    (primary, path, since): (String, String, Generation),
 ) {
     let mut headers = req.headers().clone();
     let request_headers = strip_conditionals(&mut headers);
@@ -543,8 +385,8 @@ fn refresh_in_background(
         let cx = Origin { shared: &shared, rt: &rt, conn: &conn, client: &client, backend, host: &host, rid: &rid };
         let request_time = SystemTime::now();
         let own = own_cookie(&cx);
-        let fetch =
-            Fetch { primary: &primary, path, request_headers: &request_headers, own: own.as_deref(), head: false };
+        let request_headers = &request_headers;
+        let fetch = Fetch { primary: &primary, path, request_headers, own: own.as_deref(), head: false, since };
         let result = match origin(cx, background, &mut Outcome::default()).await {
             // Any Set-Cookie for the client is dropped: it already has its answer.
             Ok(resp) => settle(cx, &rule, fetch, request_time, Some(&stale), revalidating, resp).await.map(|_| ()),
@@ -668,161 +510,6 @@ fn strip_conditionals(headers: &mut HeaderMap) -> HeaderMap {
     request
 }
 
-fn respond(entry: &Entry, req: &Request<Incoming>, cache_status: &str) -> Response<Body> {
-    respond_with(entry, req.headers(), req.method() == Method::HEAD, cache_status)
-}
-
-/// A response built from a stored entry: `Age`, `Cache-Status`, and 304 when the client's
-/// validator matches (RFC 9110 §13.1: If-None-Match first, else If-Modified-Since).
-fn respond_with(entry: &Entry, request: &HeaderMap, head: bool, cache_status: &str) -> Response<Body> {
-    let mut headers = entry.headers.clone();
-    let age = entry.freshness.timing.current_age(SystemTime::now()).as_secs();
-    headers.insert(header::AGE, HeaderValue::from(age));
-    if let Ok(v) = HeaderValue::from_str(cache_status) {
-        headers.insert(CACHE_STATUS.clone(), v);
-    }
-    if entry.status == StatusCode::OK && not_modified(entry, request) {
-        let mut resp = Response::new(empty());
-        *resp.status_mut() = StatusCode::NOT_MODIFIED;
-        for h in [
-            header::ETAG,
-            header::CACHE_CONTROL,
-            header::EXPIRES,
-            header::VARY,
-            header::DATE,
-            header::CONTENT_LOCATION,
-            header::AGE,
-        ] {
-            if let Some(v) = headers.get(&h) {
-                resp.headers_mut().insert(h, v.clone());
-            }
-        }
-        if let Some(v) = headers.get(&CACHE_STATUS) {
-            resp.headers_mut().insert(CACHE_STATUS.clone(), v.clone());
-        }
-        return resp;
-    }
-    let encoded = if entry.encoded.is_empty() {
-        None
-    } else {
-        let mut available: Vec<Encoding> = entry.encoded.iter().map(|(e, _)| *e).collect();
-        available.push(Encoding::Identity);
-        let pick = key::preferred_encoding(request, &available);
-        entry.encoded.iter().find(|(e, _)| *e == pick)
-    };
-    if let Some((enc, gz)) = encoded {
-        // A different representation: its own length, and a weak validator (RFC 9110 §8.8.1).
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc.as_str()));
-        headers.remove(header::CONTENT_LENGTH);
-        if let Some(etag) = headers.get(header::ETAG).filter(|e| !e.as_bytes().starts_with(b"W/")) {
-            if let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat()) {
-                headers.insert(header::ETAG, weak);
-            }
-        }
-        let mut resp = Response::new(if head { empty() } else { full(gz.clone()) });
-        *resp.status_mut() = entry.status;
-        *resp.headers_mut() = headers;
-        return resp;
-    }
-    if entry.status == StatusCode::OK {
-        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        if let Some(range) = requested_range(entry, request) {
-            return ranged(entry, headers, range, head);
-        }
-    }
-    let body = if head { empty() } else { full(entry.body.clone()) };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = entry.status;
-    *resp.headers_mut() = headers;
-    resp
-}
-
-/// The ranges the client asked for, if they apply to this entry (RFC 9110 §14): `If-Range`
-/// must match the stored validator (strongly), else the whole body is sent.
-fn requested_range(entry: &Entry, request: &HeaderMap) -> Option<Ranges> {
-    let spec = request.get(header::RANGE)?.to_str().ok()?;
-    if let Some(if_range) = request.get(header::IF_RANGE) {
-        let matches_etag =
-            entry.headers.get(header::ETAG).is_some_and(|e| e == if_range && !e.as_bytes().starts_with(b"W/"));
-        let matches_date = entry.headers.get(header::LAST_MODIFIED).is_some_and(|lm| lm == if_range);
-        if !(matches_etag || matches_date) {
-            return None;
-        }
-    }
-    match range::parse(spec, entry.body.len() as u64) {
-        Ranges::Full => None,
-        r => Some(r),
-    }
-}
-
-/// 206 with one range, 206 `multipart/byteranges` with several, or 416.
-fn ranged(entry: &Entry, mut headers: HeaderMap, ranges: Ranges, head: bool) -> Response<Body> {
-    let len = entry.body.len() as u64;
-    headers.remove(header::CONTENT_LENGTH);
-    let (status, body) = match ranges {
-        Ranges::Satisfiable(r) if r.len() == 1 => {
-            let (a, b) = r[0];
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{len}")) {
-                headers.insert(header::CONTENT_RANGE, v);
-            }
-            (StatusCode::PARTIAL_CONTENT, entry.body.slice(a as usize..=b as usize))
-        }
-        Ranges::Satisfiable(r) => {
-            let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let (boundary, body) = range::multipart(&entry.body, &r, ctype.as_deref(), fastrand::u64(..));
-            if let Ok(v) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}")) {
-                headers.insert(header::CONTENT_TYPE, v);
-            }
-            (StatusCode::PARTIAL_CONTENT, body)
-        }
-        Ranges::Unsatisfiable | Ranges::Full => {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                headers.insert(header::CONTENT_RANGE, v);
-            }
-            (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new())
-        }
-    };
-    let mut resp = Response::new(if head { empty() } else { full(body) });
-    *resp.status_mut() = status;
-    *resp.headers_mut() = headers;
-    resp
-}
-
-fn not_modified(entry: &Entry, request: &HeaderMap) -> bool {
-    if let Some(inm) = request.get(header::IF_NONE_MATCH) {
-        let Some(etag) = entry.headers.get(header::ETAG).and_then(|e| e.to_str().ok()) else { return false };
-        let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
-        return inm.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim() == "*" || weak(t) == weak(etag)));
-    }
-    if let (Some(ims), Some(lm)) = (request.get(header::IF_MODIFIED_SINCE), entry.headers.get(header::LAST_MODIFIED)) {
-        if let (Some(ims), Some(lm)) = (freshness::http_date(ims), freshness::http_date(lm)) {
-            return lm <= ims;
-        }
-    }
-    false
-}
-
-static CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
-
-/// Counts the body of a response answered from a stored entry (bytes the origin did not send).
-fn from_cache(rule: &CacheRule, resp: Response<Body>) -> Response<Body> {
-    rule.cache_bytes.inc_by(resp.body().size_hint().exact().unwrap_or(0));
-    resp
-}
-
-fn with_cache_status(mut resp: Response<Body>, status: &str) -> Response<Body> {
-    if let Ok(v) = HeaderValue::from_str(status) {
-        resp.headers_mut().insert(CACHE_STATUS.clone(), v);
-    }
-    resp
-}
-
-fn gateway_timeout_only_if_cached() -> Response<Body> {
-    let mut resp = Response::new(empty());
-    *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-    with_cache_status(resp, "flotilla; fwd=miss; detail=only-if-cached")
-}
-
 /// `Surrogate-Key` (space-separated) and `Cache-Tag` (comma-separated) values.
 fn tags(headers: &HeaderMap) -> Vec<String> {
     let mut out = Vec::new();
@@ -833,21 +520,6 @@ fn tags(headers: &HeaderMap) -> Vec<String> {
         out.extend(v.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()));
     }
     out
-}
-
-fn empty() -> Body {
-    crate::proxy::empty()
-}
-
-fn full(b: Bytes) -> Body {
-    Full::new(b).map_err(|e| match e {}).boxed_unsync()
-}
-
-fn parts_with(status: StatusCode, headers: HeaderMap) -> http::response::Parts {
-    let (mut parts, ()) = Response::new(()).into_parts();
-    parts.status = status;
-    parts.headers = headers;
-    parts
 }
 
 pub(crate) enum Collected {
