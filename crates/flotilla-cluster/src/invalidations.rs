@@ -204,6 +204,8 @@ impl Cluster {
                 .arg("*")
                 .arg("origin")
                 .arg(&self.cfg.node)
+                .arg("run")
+                .arg(&self.run)
                 .arg("spec")
                 .arg(json)
                 .query_async(&mut conn),
@@ -286,6 +288,9 @@ impl Cluster {
 
     /// Tells the others this node has applied everything up to `id`.
     async fn ack(&self, id: StreamId) -> Result<(), ClusterError> {
+        if !self.holds_name() {
+            return Ok(()); // acks under the name are its holder's, not this run's
+        }
         let mut conn = self.conn.clone();
         within(
             redis::pipe()
@@ -352,8 +357,11 @@ impl Cluster {
 
     fn apply_entry(&self, id: &str, fields: &HashMap<String, redis::Value>) {
         let text = |k: &str| fields.get(k).and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
-        if text("origin").as_deref() == Some(self.cfg.node.as_str()) {
-            return; // applied before it was published
+        // Applied before it was published. By this run: another process under the same name
+        // (refused, but possible while Redis was unreachable) has not applied it.
+        let own_run = text("run").is_none_or(|r| r == self.run);
+        if text("origin").as_deref() == Some(self.cfg.node.as_str()) && own_run {
+            return;
         }
         match text("spec").and_then(|s| serde_json::from_str::<InvalidationSpec>(&s).ok()) {
             Some(spec) => {

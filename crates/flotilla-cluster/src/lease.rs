@@ -1,6 +1,6 @@
 //! One leader per control loop: a Redis lease with a fencing token.
 //!
-//! `<prefix>:lease:<loop>` holds `"<node> <token>"` with a TTL of `cluster.lease`; the holder
+//! `<prefix>:lease:<loop>` holds `"<node>/<run> <token>"` (the run: see `name.rs`) with a TTL of `cluster.lease`; the holder
 //! renews it every fifth of the lease (Kubernetes renews a 15 s lease every 2 s). Each new holder
 //! gets a higher token from `<prefix>:lease:<loop>:token`, so a write tagged with a deposed
 //! leader's token is refused wherever the token is checked ([`Cluster::fenced_set`]). A node
@@ -82,7 +82,7 @@ impl Cluster {
         let mut conn = self.conn.clone();
         let script = redis::Script::new(FENCED_SET);
         let mut call = script.key(self.lease_key(name));
-        call.key(format!("{}:{key}", self.cfg.prefix)).arg(format!("{} {token}", self.cfg.node)).arg(value);
+        call.key(format!("{}:{key}", self.cfg.prefix)).arg(format!("{} {token}", self.lease_holder())).arg(value);
         let done: i64 = within(call.invoke_async(&mut conn)).await?;
         Ok(done == 1)
     }
@@ -97,7 +97,9 @@ impl Cluster {
         let mut conn = self.conn.clone();
         let script = redis::Script::new(ACQUIRE);
         let mut call = script.key(self.lease_key(name));
-        call.key(format!("{}:token", self.lease_key(name))).arg(&self.cfg.node).arg(self.cfg.lease.as_millis() as u64);
+        call.key(format!("{}:token", self.lease_key(name)))
+            .arg(self.lease_holder())
+            .arg(self.cfg.lease.as_millis() as u64);
         let token: i64 = within(call.invoke_async(&mut conn)).await?;
         Ok((token > 0).then_some(token as u64))
     }
@@ -109,13 +111,19 @@ impl Cluster {
             held.iter().map(|(n, tx)| (n.clone(), *tx.borrow())).collect()
         };
         for (name, token) in held {
-            let Some(token) = token else { continue };
-            let mut conn = self.conn.clone();
-            let script = redis::Script::new(RELEASE);
-            let mut call = script.key(self.lease_key(&name));
-            call.arg(format!("{} {token}", self.cfg.node));
-            let _ = within(call.invoke_async::<i64>(&mut conn)).await;
+            if let Some(token) = token {
+                self.release(&name, token).await;
+            }
         }
+    }
+
+    /// Gives up one lease if this run still holds it under `token`.
+    async fn release(&self, name: &str, token: u64) {
+        let mut conn = self.conn.clone();
+        let script = redis::Script::new(RELEASE);
+        let mut call = script.key(self.lease_key(name));
+        call.arg(format!("{} {token}", self.lease_holder()));
+        let _ = within(call.invoke_async::<i64>(&mut conn)).await;
     }
 }
 
@@ -125,6 +133,18 @@ async fn lease_loop(cluster: Arc<Cluster>, name: String, tx: watch::Sender<Optio
     // While leading: the instant after which this node must assume it no longer leads.
     let mut valid_until: Option<Instant> = None;
     loop {
+        if !cluster.holds_name() {
+            // Another process runs under this node's name: lead nothing rather than share.
+            let held = *tx.borrow();
+            if let Some(token) = held {
+                tracing::warn!(lease = %name, "cluster: stepping down: another node runs under this node's name");
+                cluster.release(&name, token).await;
+            }
+            valid_until = None;
+            tx.send_replace(None);
+            tokio::time::sleep(renew).await;
+            continue;
+        }
         let sent = Instant::now();
         match cluster.try_acquire(&name).await {
             Ok(Some(token)) => {

@@ -15,6 +15,7 @@ mod invalidations;
 mod lease;
 mod limiter;
 mod metrics;
+mod name;
 mod nodes;
 
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ pub enum ClusterError {
     Timeout(Duration),
     #[error("cluster state in {path}: {source}")]
     State { path: PathBuf, source: std::io::Error },
+    #[error("cluster.node {node:?} is already used by a live node (its admin API: {address}, last heartbeat {age_ms} ms ago); every node needs its own name: set another cluster.node on this one")]
+    NameTaken { node: String, address: String, age_ms: u64 },
 }
 
 /// What this node tells the others about itself.
@@ -97,6 +100,12 @@ pub struct Cluster {
     pub(crate) limiter: limiter::Limiter,
     pub(crate) nodes: nodes::Live,
     pub(crate) leases: lease::Leases,
+    /// This process's run id (random per start): what makes its name and leases its own.
+    pub(crate) run: String,
+    /// When this process joined (Unix ms), as its heartbeat says.
+    pub(crate) started_ms: u64,
+    /// Set while another run holds this node's name (see `name.rs`).
+    pub(crate) name_lost: std::sync::atomic::AtomicBool,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -149,8 +158,13 @@ impl Cluster {
             limiter,
             nodes: nodes::Live::default(),
             leases: lease::Leases::default(),
+            run: name::new_run_id(),
+            started_ms: nodes::now_ms(),
+            name_lost: std::sync::atomic::AtomicBool::new(false),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
+        // Before anything is written under the name: refuse to be a second node "a".
+        cluster.claim_at_start(cluster.started_ms).await?;
         let mut synced = cluster.invalidations.synced.subscribe();
         let mut tasks = vec![
             tokio::spawn(nodes::heartbeat_loop(cluster.clone())),
@@ -182,7 +196,7 @@ impl Cluster {
         for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             t.abort();
         }
-        nodes::leave(self).await;
+        self.leave().await;
     }
 
     /// Prometheus text for `/metrics`.

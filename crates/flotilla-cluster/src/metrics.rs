@@ -11,6 +11,7 @@ use crate::Cluster;
 pub(crate) struct Metrics {
     pub redis_up: Gauge,
     pub nodes: Gauge,
+    pub name_conflict: Gauge,
     pub journaled: Gauge,
     pub invalidations_taken: Counter,
     pub invalidations_published: Counter,
@@ -26,6 +27,7 @@ impl Default for Metrics {
         Metrics {
             redis_up: Gauge::default(),
             nodes: Gauge::default(),
+            name_conflict: Gauge::default(),
             journaled: Gauge::default(),
             invalidations_taken: Counter::default(),
             invalidations_published: Counter::default(),
@@ -44,6 +46,11 @@ impl Metrics {
         let mut r = Registry::with_prefix("flotilla_cluster");
         r.register("redis_up", "1 while Redis answers this node's heartbeats", self.redis_up.clone());
         r.register("nodes", "Live nodes this node sees (itself included)", self.nodes.clone());
+        r.register(
+            "name_conflict",
+            "1 while another process runs under this node's name (this one leads nothing meanwhile)",
+            self.name_conflict.clone(),
+        );
         r.register(
             "invalidations_journaled",
             "Invalidations applied here, waiting for Redis to be published",

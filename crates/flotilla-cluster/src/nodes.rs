@@ -30,6 +30,9 @@ pub struct NodeInfo {
     /// local copy says false when this node is cut off).
     #[serde(default = "yes")]
     pub connected: bool,
+    /// The node process's run id (random per start): two processes under one name differ here.
+    #[serde(default)]
+    pub run: String,
 }
 
 fn yes() -> bool {
@@ -69,7 +72,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Cluster {
-    fn describe(&self, started_ms: u64) -> NodeInfo {
+    pub(crate) fn describe(&self, started_ms: u64) -> NodeInfo {
         NodeInfo {
             name: self.cfg.node.clone(),
             address: self.identity.address.clone(),
@@ -80,6 +83,7 @@ impl Cluster {
             applied: self.invalidations.applied().to_string(),
             leads: self.leases.leading(),
             connected: true,
+            run: self.run.clone(),
         }
     }
 
@@ -131,7 +135,7 @@ impl Cluster {
 }
 
 pub(crate) async fn heartbeat_loop(cluster: std::sync::Arc<Cluster>) {
-    let started = now_ms();
+    let started = cluster.started_ms;
     let ttl = cluster.cfg.heartbeat * 3;
     let mut failures = 0u32;
     loop {
@@ -144,7 +148,7 @@ pub(crate) async fn heartbeat_loop(cluster: std::sync::Arc<Cluster>) {
                 }
                 failures = 0;
                 cluster.metrics.redis_up.set(1);
-                if !list.iter().any(|n| n.name == me.name) {
+                if !list.iter().any(|n| n.run == me.run) {
                     list.push(me);
                 }
                 cluster.metrics.nodes.set(list.len() as i64);
@@ -172,40 +176,11 @@ pub(crate) async fn heartbeat_loop(cluster: std::sync::Arc<Cluster>) {
     }
 }
 
+/// One heartbeat: a compare-and-set of this node's key (see `name.rs`), then the member list.
 async fn beat(cluster: &Cluster, me: &NodeInfo, ttl: Duration) -> Result<Vec<NodeInfo>, ClusterError> {
-    let mut conn = cluster.conn.clone();
-    let json = serde_json::to_string(me).unwrap_or_default();
-    let key = format!("{}{}", cluster.keys.node_prefix, me.name);
-    within(
-        redis::pipe()
-            .cmd("SET")
-            .arg(&key)
-            .arg(json)
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .ignore()
-            .cmd("SADD")
-            .arg(&cluster.keys.nodes)
-            .arg(&me.name)
-            .ignore()
-            .query_async::<()>(&mut conn),
-    )
-    .await?;
+    let holder = cluster.claim(me, ttl).await?;
+    cluster.note_claim(holder.as_ref().map(|(h, _)| h));
     cluster.fetch_nodes().await
-}
-
-pub(crate) async fn leave(cluster: &Cluster) {
-    let mut conn = cluster.conn.clone();
-    let key = format!("{}{}", cluster.keys.node_prefix, cluster.cfg.node);
-    let _ = within(
-        redis::pipe()
-            .del(&key)
-            .ignore()
-            .srem(&cluster.keys.nodes, &cluster.cfg.node)
-            .ignore()
-            .query_async::<()>(&mut conn),
-    )
-    .await;
 }
 
 impl Cluster {
@@ -242,11 +217,13 @@ impl Cluster {
                 "lag_ms": lag_ms,
                 "leads": n.leads,
                 "connected": n.connected,
-                "this": n.name == self.cfg.node,
+                "this": n.run == self.run,
             }));
         }
         serde_json::json!({
             "node": self.cfg.node,
+            // Another process runs under this node's name: this one leads nothing meanwhile.
+            "name_conflict": !self.holds_name(),
             "redis": { "url": self.cfg.redis.url, "up": redis_error.is_none(), "error": redis_error },
             "stream_head": head.map(|h| h.to_string()),
             "invalidations_journaled": self.invalidations.journal_len(),
@@ -301,6 +278,9 @@ impl Cluster {
     /// Publishes this node's per-period aggregates (opaque JSON for the caller) with a TTL, so
     /// a node that stops stops counting.
     pub async fn publish_stats(&self, json: String) -> Result<(), ClusterError> {
+        if !self.holds_name() {
+            return Ok(()); // the name's holder publishes under it, not this run
+        }
         let mut conn = self.conn.clone();
         let ttl = (self.cfg.heartbeat * 3).max(std::time::Duration::from_secs(3));
         let key = format!("{}:stats:{}", self.cfg.prefix, self.cfg.node);
