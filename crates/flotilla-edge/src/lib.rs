@@ -7,6 +7,7 @@
 mod balance;
 mod cached;
 mod error;
+mod fdlimit;
 mod files;
 mod forwarding;
 mod framing;
@@ -43,6 +44,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 pub use cached::Invalidation;
 pub use error::EdgeError;
+pub use fdlimit::raise_nofile;
 pub use latency::{bucket_bounds, CLASSIC as LATENCY_BOUNDS};
 pub use policy::{SharedLimiter, SharedVerdict};
 pub use proxy::Body;
@@ -158,7 +160,7 @@ impl Edge {
             tls: ArcSwapOption::from(tls.map(Arc::new)),
             managed,
             server_builders: ArcSwap::from_pointee(listener::server_builders(&cfg.edge)),
-            conn_limit: Arc::new(Semaphore::new(cfg.edge.limits.max_connections)),
+            conn_limit: Arc::new(Semaphore::new(fdlimit::connection_cap(cfg.edge.limits.max_connections))),
             per_ip: Arc::new(listener::PerIp::default()),
             image_pool: images::Pool::new(cfg.images.as_ref()),
             shared_limiter: std::sync::OnceLock::new(),

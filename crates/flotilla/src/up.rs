@@ -52,6 +52,11 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     for w in &cfg.warnings {
         tracing::warn!(warning = %w, "config");
     }
+    // Before anything opens a socket: a 1024 soft limit stalls clients under a slowloris flood.
+    match flotilla_edge::raise_nofile() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let edge = Arc::new(Edge::new(&cfg).context("starting the edge")?);
     // A cluster node catches up on invalidations it missed before it serves anything.
     let cluster = match &cfg.cluster {

@@ -206,10 +206,31 @@ impl Flotilla {
         level: &str,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_wrapped(dir, text, port, admin_port, level, env, &[])
+    }
+
+    /// Like `start_env`, run through `wrapper` (e.g. `["/usr/bin/prlimit", "--nofile=1024:"]`).
+    pub fn start_wrapped(
+        dir: &std::path::Path,
+        text: &str,
+        port: u16,
+        admin_port: u16,
+        level: &str,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Self {
         let config = dir.join("flotilla.toml");
         std::fs::write(&config, text).unwrap();
         let log = std::fs::File::create(dir.join("flotilla.log")).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["up", "--config", config.to_str().unwrap()])
             .env("FLOTILLA_LOG", level)
             .envs(env.iter().copied())
