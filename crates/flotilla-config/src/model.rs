@@ -245,6 +245,11 @@ pub struct CacheConfig {
     /// (a parent that accepts connections but stalls must not hold requests for the whole
     /// `timeouts.target_response`).
     pub parent_timeout: std::time::Duration,
+    /// Bytes all cache fills together may hold while they receive bodies; past it a fill
+    /// streams on without storing.
+    pub fill_buffer: u64,
+    /// A fill not complete after this long stops storing (its followers go to the origin).
+    pub fill_timeout: std::time::Duration,
 }
 
 /// The name of the target group the edge builds for `cache.parent` (reserved).
@@ -265,6 +270,8 @@ impl Default for CacheConfig {
             disk: None,
             parent: None,
             parent_timeout: std::time::Duration::from_secs(5),
+            fill_buffer: 64 << 20,
+            fill_timeout: std::time::Duration::from_secs(60),
         }
     }
 }

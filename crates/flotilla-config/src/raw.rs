@@ -161,6 +161,8 @@ pub(crate) struct RawCache {
     pub disk: Option<S<RawDisk>>,
     pub parent: Option<S<String>>,
     pub parent_timeout: Option<S<String>>,
+    pub fill_buffer: Option<S<SizeLit>>,
+    pub fill_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -176,6 +176,8 @@ fn cache_behaviours_and_routes() {
 listen=["127.0.0.1:1"]
 [cache]
 memory = "64MiB"
+fill_buffer = "16MiB"
+fill_timeout = "5s"
 [cache_behaviors.static]
 default_ttl = "1h"
 key = { query = ["v", "w"], headers = ["X-Tenant"], cookies = ["lang"] }
@@ -190,6 +192,7 @@ cache = "static"
 targets = ["127.0.0.1:2"]
 "#);
     assert_eq!(c.cache.memory, 64 << 20);
+    assert_eq!((c.cache.fill_buffer, c.cache.fill_timeout), (16 << 20, Duration::from_secs(5)));
     let b = &c.cache_behaviors["static"];
     assert_eq!(b.default_ttl, Duration::from_secs(3600));
     assert_eq!(b.max_ttl, Duration::from_secs(365 * 86_400));

@@ -665,7 +665,14 @@ fn cache(cx: &mut Ctx<'_>, raw: &S<RawCache>) -> CacheConfig {
         disk,
         parent,
         parent_timeout: cx.duration(&r.parent_timeout, "cache.parent_timeout", d.parent_timeout),
+        fill_buffer: cx.size(&r.fill_buffer, "cache.fill_buffer", d.fill_buffer),
+        fill_timeout: cx.duration(&r.fill_timeout, "cache.fill_timeout", d.fill_timeout),
     };
+    if c.fill_timeout.is_zero() {
+        if let Some(t) = &r.fill_timeout {
+            cx.err(t, "cache.fill_timeout must be more than 0");
+        }
+    }
     if c.parent_timeout.is_zero() {
         if let Some(t) = &r.parent_timeout {
             cx.err(t, "cache.parent_timeout must be more than 0");

@@ -415,7 +415,7 @@ async fn fetch_unbounded(
             let (parts, body) = resp.into_parts();
             match collect_bounded(body, limit as usize).await {
                 Collected::All(b) => Ok(Ok(Original { body: b, headers: parts.headers })),
-                Collected::TooLarge(..) => Ok(Err(too_large(cx))),
+                Collected::TooLarge => Ok(Err(too_large(cx))),
                 Collected::Failed(e) => {
                     tracing::debug!(path, error = %e, "reading the original failed");
                     Err(ProxyError::TargetReset)

@@ -375,6 +375,7 @@ impl Edge {
         let (entries, bytes) = self.shared.cache.store.usage();
         m.cache_entries.set(entries.min(i64::MAX as u64) as i64);
         m.cache_bytes.set(bytes.min(i64::MAX as u64) as i64);
+        m.cache_fill_bytes.set(self.shared.cache.fill_budget.used().min(i64::MAX as usize) as i64);
         let evicted = self.shared.cache.store.evictions();
         m.cache_memory_evictions.inc_by(evicted.saturating_sub(m.cache_memory_evictions.get()));
         if let Some(disk) = &self.shared.cache.disk {

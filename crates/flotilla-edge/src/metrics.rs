@@ -88,6 +88,7 @@ pub struct EdgeMetrics {
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
     pub cache_disk_objects: Gauge,
+    pub cache_fill_bytes: Gauge,
     pub cache_disk_bytes: Gauge,
     pub cache_disk_errors: Counter,
     pub cache_disk_evictions: Counter,
@@ -121,6 +122,7 @@ impl EdgeMetrics {
         let cache_entries = Gauge::default();
         let cache_bytes = Gauge::default();
         let cache_disk_objects = Gauge::default();
+        let cache_fill_bytes = Gauge::default();
         let cache_disk_bytes = Gauge::default();
         let cache_disk_errors = Counter::default();
         let cache_disk_evictions = Counter::default();
@@ -185,6 +187,11 @@ impl EdgeMetrics {
         registry.register("cache_memory_entries", "URLs held in the memory tier", cache_entries.clone());
         registry.register("cache_memory_bytes", "Weighted bytes held in the memory tier", cache_bytes.clone());
         registry.register("cache_disk_objects", "Objects held in the disk tier", cache_disk_objects.clone());
+        registry.register(
+            "cache_fill_bytes",
+            "Body bytes cache fills hold while they receive them (bounded by cache.fill_buffer)",
+            cache_fill_bytes.clone(),
+        );
         registry.register("cache_disk_bytes", "Bytes of files held in the disk tier", cache_disk_bytes.clone());
         registry.register(
             "cache_disk_errors",
@@ -232,6 +239,7 @@ impl EdgeMetrics {
             cache_entries,
             cache_bytes,
             cache_disk_objects,
+            cache_fill_bytes,
             cache_disk_bytes,
             cache_disk_errors,
             cache_disk_evictions,

@@ -6,8 +6,15 @@
 //! within stale-while-revalidate, in the background; single ranges come from the stored object.
 //! Behind the memory tier sits an optional disk tier (`flotilla_cache::disk`): misses look
 //! there before the origin, and stored entries are written to it in the background.
+//!
+//! - `tiers`: the shared storage (`EdgeCache`), flights, API invalidation.
+//! - `fill`: an origin body read into a bounded buffer by its own task, stored, and streamed.
+//! - `revalidate`: validators, client conditionals, 304 refreshes.
+//! - `respond`: answers from a stored entry.
 
+mod fill;
 mod respond;
+mod revalidate;
 mod tiers;
 
 use std::sync::Arc;
@@ -22,12 +29,13 @@ use flotilla_cache::{
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Frame, Incoming};
+use hyper::body::{Body as _, Incoming};
 
 use crate::error::ProxyError;
 use crate::proxy::{origin, Body, BoxError, Origin, Outcome};
 use crate::route::CacheRule;
-use respond::{from_cache, full, gateway_timeout_only_if_cached, parts_with, respond, respond_with, with_cache_status};
+use respond::{from_cache, gateway_timeout_only_if_cached, parts_with, respond, respond_with, with_cache_status};
+use revalidate::{add_validators, refresh, request_directives, strip_conditionals};
 pub(crate) use tiers::EdgeCache;
 pub use tiers::Invalidation;
 use tiers::{join, Flight, Join};
@@ -70,7 +78,7 @@ pub(crate) async fn serve(
     // and never coalesced: its response may be that person's alone.
     let credentialed = credentials::carries_credentials(req.headers(), &rule.key.cookies, own.as_deref());
     let mut collapsed = false;
-    let (stale, fwd, _flight) = loop {
+    let (stale, fwd, flight) = loop {
         let (found, fwd) = match cache.lookup(&primary, req.headers()).await {
             Lookup::Hit(e) if !credentialed || e.shared => (Some(e), "stale"),
             _ if credentialed => (None, "bypass"),
@@ -150,7 +158,7 @@ pub(crate) async fn serve(
         }
     }
     let own = own.as_deref();
-    let fetch = Fetch { primary: &primary, path, request_headers: &client_conditions, own, head, since };
+    let fetch = Fetch { primary: &primary, path, request_headers: &client_conditions, own, head, since, flight };
     let settled = settle(cx, rule, fetch, request_time, stale.as_ref(), revalidating, resp).await?;
     // Not stored after all: an invalidation came in while this was fetched.
     let stored = |stored: bool| if stored { "stored" } else { "detail=invalidated" };
@@ -162,9 +170,13 @@ pub(crate) async fn serve(
         }
         Settled::Filled { entry, cookies, stored: s } => {
             rule.misses.inc();
-            rule.origin_bytes.inc_by(entry.body.len() as u64);
             let status = format!("flotilla; fwd={fwd}; {}", stored(s));
             with_cookies(respond_with(&entry, &client_conditions, false, &status), cookies)
+        }
+        Settled::Streamed(resp, detail) => {
+            // The fill counts its origin bytes itself.
+            rule.misses.inc();
+            with_cache_status(resp, &format!("flotilla; fwd={fwd}; detail={detail}"))
         }
         Settled::Passed(resp, detail) => {
             rule.misses.inc();
@@ -183,6 +195,8 @@ enum Settled {
     /// A storable response, read whole; `stored` unless an invalidation since the fill started
     /// covers it. The edge's own `Set-Cookie` lines (sticky cookie) go to the requesting client.
     Filled { entry: Arc<Entry>, cookies: Vec<HeaderValue>, stored: bool },
+    /// Streamed from a fill: still being stored (`storing`), or not stored (the detail says why).
+    Streamed(Response<Body>, &'static str),
     /// Not stored (the detail says why); the response streams through.
     Passed(Response<Body>, &'static str),
 }
@@ -198,6 +212,8 @@ struct Fetch<'a> {
     head: bool,
     /// When the fill started (see `EdgeCache::insert`).
     since: Generation,
+    /// This key's claim, when the request leads one: followers wait until the fill is stored.
+    flight: Option<Flight>,
 }
 
 /// The sticky cookie the edge itself sets for this route's group: it picks a target, never a
@@ -224,7 +240,7 @@ fn with_cookies(mut resp: Response<Body>, cookies: Vec<HeaderValue>) -> Response
 /// keep the response from being stored), and given back to this client whatever happens.
 async fn settle(
     cx: Origin<'_>,
-    rule: &CacheRule,
+    rule: &Arc<CacheRule>,
     fetch: Fetch<'_>,
     request_time: SystemTime,
     stale: Option<&Arc<Entry>>,
@@ -238,13 +254,14 @@ async fn settle(
             Settled::Refreshed { entry, cookies, stored }
         }
         Settled::Filled { entry, stored, .. } => Settled::Filled { entry, cookies: own_lines, stored },
+        Settled::Streamed(resp, detail) => Settled::Streamed(with_cookies(resp, own_lines), detail),
         Settled::Passed(resp, detail) => Settled::Passed(with_cookies(resp, own_lines), detail),
     })
 }
 
 async fn settle_inner(
     cx: Origin<'_>,
-    rule: &CacheRule,
+    rule: &Arc<CacheRule>,
     fetch: Fetch<'_>,
     request_time: SystemTime,
     stale: Option<&Arc<Entry>>,
@@ -252,7 +269,7 @@ async fn settle_inner(
     resp: Response<Body>,
 ) -> Result<Settled, ProxyError> {
     let cache = &cx.shared.cache;
-    let Fetch { primary, path, request_headers, own, head, since } = fetch;
+    let Fetch { primary, path, request_headers, own, head, since, flight } = fetch;
     if revalidating && resp.status() == StatusCode::NOT_MODIFIED {
         if let Some(old) = stale {
             let refreshed = Arc::new(refresh(old, resp.headers(), request_time, &rule.behavior));
@@ -311,53 +328,55 @@ async fn settle_inner(
         return Ok(Settled::Passed(resp, detail));
     }
     let (parts, body) = resp.into_parts();
-    let bytes = match collect_bounded(body, cache.max_object).await {
-        Collected::All(b) => b,
-        Collected::TooLarge(prefix, rest) => {
-            cache.pass.insert(primary.to_string(), ());
-            let body = PrefixBody { prefix: Some(prefix), rest }.boxed_unsync();
-            return Ok(Settled::Passed(Response::from_parts(parts, body), "too-large"));
-        }
-        Collected::Failed(e) => {
-            tracing::debug!(error = %e, "origin body failed while caching");
-            return Err(ProxyError::TargetReset);
-        }
-    };
     // The age is taken from the origin's Age/Date before Age is dropped from what is stored
     // (responses carry the current age computed at serve time).
     let timing = Timing::new(request_time, SystemTime::now(), &parts.headers);
     let mut headers = parts.headers;
     headers.remove(header::AGE);
     let Some(vary) = key::vary_names(&headers) else {
-        return Ok(Settled::Passed(Response::from_parts(parts_with(parts.status, headers), full(bytes)), "vary-star"));
+        return Ok(Settled::Passed(Response::from_parts(parts_with(parts.status, headers), body), "vary-star"));
     };
     let lifetime = freshness::lifetime(&cc, &headers, parts.status, Some(&rule.behavior));
-    let encoded = if rule.compress && compress::compressible(&headers, &cc) {
-        let raw = bytes.clone();
-        tokio::task::spawn_blocking(move || compress::all(&raw)).await.unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    if !encoded.is_empty() && !vary.contains(&header::ACCEPT_ENCODING) {
-        // Downstream caches must know the representation depends on Accept-Encoding; our own
-        // key does not (both representations live in this one entry).
-        headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
-    }
-    let entry = Arc::new(Entry {
+    let template = Entry {
         status: parts.status,
         secondary: key::secondary(&vary, request_headers),
         vary: vary.clone(),
-        encoded,
+        encoded: Vec::new(),
         host: cx.host.to_string(),
         path,
         tags: tags(&headers),
         freshness: Freshness::new(&cc, lifetime, timing, Some(&rule.behavior)),
         shared: credentials::shared_explicitly(&cc, &headers),
         headers: owned_headers(&headers),
-        body: bytes,
-    });
-    let stored = cache.insert(primary, vary, entry.clone(), since);
-    Ok(Settled::Filled { entry, cookies: Vec::new(), stored })
+        body: Bytes::new(),
+    };
+    let job = fill::Job {
+        shared: cx.shared.clone(),
+        rule: rule.clone(),
+        primary: primary.to_string(),
+        vary,
+        template: Some(template),
+        compressible: rule.compress && compress::compressible(&headers, &cc),
+        since,
+        flight,
+        idle: cx.rt.timeouts.target_response,
+        deadline: cache.fill_timeout,
+    };
+    let mut fill = fill::start(body, job);
+    let streamed = |fill: &mut fill::Fill, detail| {
+        Ok(Settled::Streamed(Response::from_parts(parts_with(parts.status, headers.clone()), fill.body()), detail))
+    };
+    match fill.progress().await {
+        fill::Progress::Complete(fill::Outcome::Stored { entry, stored }) => {
+            Ok(Settled::Filled { entry, cookies: Vec::new(), stored })
+        }
+        fill::Progress::Complete(fill::Outcome::NotStored(detail)) => streamed(&mut fill, detail),
+        fill::Progress::Stream(detail) => streamed(&mut fill, detail.unwrap_or("storing")),
+        fill::Progress::Complete(fill::Outcome::Failed(e)) => {
+            tracing::debug!(error = %e, "origin body failed while caching");
+            Err(ProxyError::TargetReset)
+        }
+    }
 }
 
 /// stale-while-revalidate: the client already has the stale copy; refresh it off the request.
@@ -380,13 +399,13 @@ fn refresh_in_background(
     let backend = cx.backend.to_owned();
     let (host, rid, rule) = (cx.host.to_string(), cx.rid.clone(), rule.clone());
     tokio::spawn(async move {
-        let _flight = flight;
         let backend = backend.borrow();
         let cx = Origin { shared: &shared, rt: &rt, conn: &conn, client: &client, backend, host: &host, rid: &rid };
         let request_time = SystemTime::now();
         let own = own_cookie(&cx);
         let request_headers = &request_headers;
-        let fetch = Fetch { primary: &primary, path, request_headers, own: own.as_deref(), head: false, since };
+        let own = own.as_deref();
+        let fetch = Fetch { primary: &primary, path, request_headers, own, head: false, since, flight: Some(flight) };
         let result = match origin(cx, background, &mut Outcome::default()).await {
             // Any Set-Cookie for the client is dropped: it already has its answer.
             Ok(resp) => settle(cx, &rule, fetch, request_time, Some(&stale), revalidating, resp).await.map(|_| ()),
@@ -408,71 +427,10 @@ fn same_host_uri(v: &HeaderValue, host: &str) -> Option<http::Uri> {
     }
 }
 
-/// Adds the stored response's validators to the origin request; false if it has none.
-fn add_validators(headers: &mut HeaderMap, stored: &Entry) -> bool {
-    let mut any = false;
-    if let Some(etag) = stored.headers.get(header::ETAG) {
-        headers.insert(header::IF_NONE_MATCH, etag.clone());
-        any = true;
-    }
-    if let Some(lm) = stored.headers.get(header::LAST_MODIFIED) {
-        headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
-        any = true;
-    }
-    any
-}
-
-/// The stored entry updated by a 304 (RFC 9111 §4.3.4): its header fields replace the stored
-/// ones (except framing), and freshness restarts from this exchange.
-fn refresh(
-    old: &Entry,
-    not_modified: &HeaderMap,
-    request_time: SystemTime,
-    behavior: &flotilla_cache::Behavior,
-) -> Entry {
-    let mut headers = old.headers.clone();
-    for name in not_modified.keys() {
-        // Framing, the validator itself, and per-message metadata stay as stored.
-        if matches!(
-            *name,
-            header::CONTENT_LENGTH
-                | header::TRANSFER_ENCODING
-                | header::CONTENT_ENCODING
-                | header::CONTENT_RANGE
-                | header::ETAG
-                | header::AGE
-                | header::SET_COOKIE
-        ) || matches!(name.as_str(), "cache-status" | "content-md5")
-        {
-            continue;
-        }
-        headers.remove(name);
-        for v in not_modified.get_all(name) {
-            headers.append(name.clone(), v.clone());
-        }
-    }
-    let cc = CacheControl::for_cdn(&headers);
-    let lifetime = freshness::lifetime(&cc, &headers, old.status, Some(behavior));
-    let timing = Timing::new(request_time, SystemTime::now(), not_modified);
-    Entry {
-        shared: credentials::shared_explicitly(&cc, &headers),
-        status: old.status,
-        freshness: Freshness::new(&cc, lifetime, timing, Some(behavior)),
-        secondary: old.secondary.clone(),
-        vary: old.vary.clone(),
-        encoded: old.encoded.clone(),
-        host: old.host.clone(),
-        path: old.path.clone(),
-        tags: tags(&headers),
-        body: old.body.clone(),
-        headers: owned_headers(&headers),
-    }
-}
-
 /// A copy of `headers` whose values own their bytes. hyper parses a response head into values
 /// that share its connection's read buffer (8 KiB and up), so a stored entry holding them pins
 /// that whole buffer: 40 000 small cached objects cost 300 MB instead of 30 MB before this.
-fn owned_headers(headers: &HeaderMap) -> HeaderMap {
+pub(super) fn owned_headers(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         let mut owned = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
@@ -482,36 +440,8 @@ fn owned_headers(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// Request directives, with `Pragma: no-cache` standing in for a missing Cache-Control (§5.4).
-fn request_directives(headers: &HeaderMap) -> CacheControl {
-    let mut cc = CacheControl::from_headers(headers);
-    if !headers.contains_key(header::CACHE_CONTROL)
-        && headers.get_all(header::PRAGMA).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
-    {
-        cc.no_cache = true;
-    }
-    cc
-}
-
-/// Removes the client's conditionals and ranges from what goes to the origin and returns the
-/// client's original headers, against which they are evaluated on the stored response instead.
-fn strip_conditionals(headers: &mut HeaderMap) -> HeaderMap {
-    let request = headers.clone();
-    for h in [
-        header::IF_NONE_MATCH,
-        header::IF_MODIFIED_SINCE,
-        header::IF_MATCH,
-        header::IF_UNMODIFIED_SINCE,
-        header::RANGE,
-        header::IF_RANGE,
-    ] {
-        headers.remove(h);
-    }
-    request
-}
-
 /// `Surrogate-Key` (space-separated) and `Cache-Tag` (comma-separated) values.
-fn tags(headers: &HeaderMap) -> Vec<String> {
+pub(super) fn tags(headers: &HeaderMap) -> Vec<String> {
     let mut out = Vec::new();
     for v in headers.get_all("surrogate-key").iter().filter_map(|v| v.to_str().ok()) {
         out.extend(v.split_ascii_whitespace().map(String::from));
@@ -524,12 +454,12 @@ fn tags(headers: &HeaderMap) -> Vec<String> {
 
 pub(crate) enum Collected {
     All(Bytes),
-    /// Over the limit: what was read so far, and the rest, to stream on uncached.
-    TooLarge(Bytes, Body),
+    /// Over the limit (what was read is dropped).
+    TooLarge,
     Failed(BoxError),
 }
 
-/// Reads a body up to `limit` bytes (shared with the image route's originals).
+/// Reads a body up to `limit` bytes (the image route's originals).
 pub(crate) async fn collect_bounded(mut body: Body, limit: usize) -> Collected {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
@@ -538,7 +468,7 @@ pub(crate) async fn collect_bounded(mut body: Body, limit: usize) -> Collected {
                 if let Ok(data) = f.into_data() {
                     buf.extend_from_slice(&data);
                     if buf.len() > limit {
-                        return Collected::TooLarge(buf.freeze(), body);
+                        return Collected::TooLarge;
                     }
                 }
             }
@@ -551,25 +481,4 @@ pub(crate) async fn collect_bounded(mut body: Body, limit: usize) -> Collected {
         return Collected::All(Bytes::copy_from_slice(&buf));
     }
     Collected::All(buf.freeze())
-}
-
-/// Bytes already read, then the rest of the stream.
-struct PrefixBody {
-    prefix: Option<Bytes>,
-    rest: Body,
-}
-
-impl hyper::body::Body for PrefixBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(p) = self.prefix.take() {
-            return std::task::Poll::Ready(Some(Ok(Frame::data(p))));
-        }
-        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
-    }
 }

@@ -22,6 +22,10 @@ use crate::Shared;
 /// URLs are not fetched one request at a time (Varnish's hit-for-miss).
 const PASS_FOR: Duration = Duration::from_secs(10);
 
+/// Disk writes queued or running at once (each is an fsync'd file of up to a quarter of the
+/// disk budget, and holds its entry until written).
+const MAX_DISK_WRITES: usize = 64;
+
 /// Shared by all workers: the store, in-flight fetches, recent invalidations.
 pub(crate) struct EdgeCache {
     pub store: MemoryStore,
@@ -30,6 +34,14 @@ pub(crate) struct EdgeCache {
     pub(super) max_object: usize,
     inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
     pub(super) pass: moka::sync::Cache<String, ()>,
+    /// Bytes fills hold while they receive bodies (`cache.fill_buffer`).
+    pub(crate) fill_budget: super::fill::Budget,
+    /// A fill not complete after this long stops storing (`cache.fill_timeout`).
+    pub(super) fill_timeout: Duration,
+    /// Concurrent compressions (one per CPU).
+    pub(super) compressions: tokio::sync::Semaphore,
+    /// Disk writes queued or running; past [`MAX_DISK_WRITES`] new objects stay in memory only.
+    disk_writes: Arc<std::sync::atomic::AtomicUsize>,
     invalidations: Mutex<VecDeque<Invalidation>>,
     next_id: AtomicU64,
 }
@@ -97,6 +109,10 @@ impl EdgeCache {
             max_object: cfg.max_object.min(usize::MAX as u64) as usize,
             inflight: Mutex::new(HashMap::new()),
             pass: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(PASS_FOR).build(),
+            fill_budget: super::fill::Budget::new(cfg.fill_buffer),
+            fill_timeout: cfg.fill_timeout,
+            compressions: super::fill::compression_permits(),
+            disk_writes: Arc::default(),
             invalidations: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(1),
         }
@@ -180,10 +196,17 @@ impl EdgeCache {
             return false;
         }
         let Some(disk) = self.disk.clone() else { return true };
-        let primary = primary.to_string();
+        // A slow disk must not queue unbounded copies of what memory already holds (each queued
+        // write keeps its entry alive): past the bound the object stays in memory only.
+        if self.disk_writes.fetch_add(1, Ordering::AcqRel) >= MAX_DISK_WRITES {
+            self.disk_writes.fetch_sub(1, Ordering::AcqRel);
+            return true;
+        }
+        let (primary, writes) = (primary.to_string(), self.disk_writes.clone());
         off_runtime(move || {
             let before = disk.errors.load(Ordering::Relaxed);
             disk.insert(&primary, &vary, &entry, since);
+            writes.fetch_sub(1, Ordering::AcqRel);
             if disk.errors.load(Ordering::Relaxed) != before {
                 let e = disk.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 tracing::warn!(error = e.as_deref().unwrap_or("?"), "cache disk write failed; the memory copy stays");
