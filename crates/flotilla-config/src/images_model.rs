@@ -127,6 +127,10 @@ pub struct ImagesConfig {
     /// The whole fetch of an original (response head and body): a stalled origin never holds
     /// an image worker longer than this.
     pub source_timeout: Duration,
+    /// The `Host` originals are asked for with (a target group source). Variants are shared by
+    /// every host the edge answers, so the original must not depend on the client's `Host`.
+    /// `None`: the source group's first configured target address, else `localhost`.
+    pub source_host: Option<String>,
 }
 
 impl ImagesConfig {

@@ -71,6 +71,7 @@ pub(crate) struct RawImages {
     pub avif_speed: Option<S<i64>>,
     pub ttl: Option<S<String>>,
     pub source_timeout: Option<S<String>>,
+    pub source_host: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -131,6 +131,16 @@ pub(crate) fn images(
             cx.err(v, "images.source_timeout must be greater than 0");
         }
     }
+    let source_host = r.source_host.as_ref().and_then(|h| {
+        let v = h.get_ref().trim().to_ascii_lowercase();
+        let ok = !v.is_empty()
+            && v.len() <= 255
+            && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'));
+        if !ok {
+            cx.err(h, format!("images.source_host {:?} is not a host name (host or host:port)", h.get_ref()));
+        }
+        ok.then_some(v)
+    });
     Some(ImagesConfig {
         route,
         source,
@@ -145,6 +155,7 @@ pub(crate) fn images(
         avif_speed,
         ttl,
         source_timeout,
+        source_host,
     })
 }
 

@@ -128,6 +128,36 @@ pub(crate) fn strip_nominated(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes request headers no client may send: names with `_` (nginx drops them by default:
+/// CGI-style servers — PHP, WSGI, Puma before 6.4.3 — read `X_Forwarded_Host` as
+/// `X-Forwarded-Host`, past every rule that matches the dashed name, and past the cache key)
+/// and, unless the peer is a trusted proxy, the shield's loop marker (a client could otherwise
+/// make a child skip its parent). One scan of the names; nothing allocated when none match.
+pub(crate) fn drop_untrusted(headers: &mut HeaderMap, trusted: bool) {
+    let bad = |k: &HeaderName| k.as_str().contains('_') || (!trusted && k.as_str() == "x-flotilla-shield");
+    if !headers.keys().any(bad) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|k| bad(k)).cloned().collect();
+    for name in names {
+        headers.remove(&name);
+    }
+}
+
+/// Joins several `Cookie` fields into one, separated by "; " (RFC 9113 §8.2.3).
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
+    let mut joined = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// True for a client's WebSocket handshake: `Connection: upgrade` + `Upgrade: websocket`. Only
 /// WebSocket is tunnelled: an `h2c` (or any other) upgrade accepted by a target would open a
 /// raw channel past routes, limits and header policies, so such requests are forwarded as plain
@@ -298,6 +328,19 @@ mod tests {
         }
         strip_hop_by_hop(&mut h, false);
         assert!(h.contains_key("host") && !h.contains_key("connection"));
+    }
+
+    #[test]
+    fn underscored_names_and_a_clients_shield_marker_go() {
+        let mut h = map(&[("x_forwarded_host", "evil"), ("x-flotilla-shield", "1"), ("x-app", "1")]);
+        drop_untrusted(&mut h, true);
+        assert!(!h.contains_key("x_forwarded_host") && h.contains_key("x-flotilla-shield"));
+        drop_untrusted(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut c = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        join_cookies(&mut c);
+        assert_eq!(c.get_all("cookie").iter().count(), 1);
+        assert_eq!(c["cookie"], "a=1; b=2");
     }
 
     #[test]

@@ -116,6 +116,9 @@ impl Drop for Waiting<'_> {
 pub(crate) struct ImageService {
     cfg: ImagesConfig,
     source: Source,
+    /// The authority variants are keyed under and originals are asked for with: fixed, so
+    /// neither a client's `Host` nor its port can make a new variant (a new transform each).
+    source_host: String,
     signing_key: Option<Vec<u8>>,
     rule: Arc<CacheRule>,
 }
@@ -135,6 +138,10 @@ impl ImageService {
             ImageSource::TargetGroup(name) => Source::Group(groups.get(name)?.clone()),
             ImageSource::Files(dir) => Source::Files(Arc::new(crate::files::FilesOrigin::new(dir))),
         };
+        let source_host = cfg.source_host.clone().unwrap_or_else(|| match &source {
+            Source::Group(g) => g.config().targets.first().map_or("localhost".into(), |t| t.addr.to_string()),
+            Source::Files(_) => "localhost".into(),
+        });
         // Variants live as long as the original says, or `ttl`; a failing origin is covered
         // by the stored copy for a day, and a stale one is refreshed in the background.
         let behavior = Behavior {
@@ -150,6 +157,7 @@ impl ImageService {
         Some(Self {
             cfg: cfg.clone(),
             source,
+            source_host,
             signing_key: cfg.signing_key.as_ref().map(|k| k.as_bytes().to_vec()),
             rule,
         })
@@ -210,6 +218,8 @@ pub(crate) async fn serve(
         return Ok(resp);
     }
     out.group = svc.source_group().cloned();
+    // Keyed, fetched and stored under the fixed source authority, not the client's `Host`.
+    let cx = Origin { host: &svc.source_host, ..cx };
     let parsed = svc.parse(req.uri().path(), req.uri().query());
     match parsed {
         Err(e) => {
@@ -393,10 +403,7 @@ async fn fetch_unbounded(
             let mut req = Request::new(http_body_util::Empty::<Bytes>::new());
             *req.uri_mut() = path.parse().map_err(|_| ProxyError::BadRequest)?;
             req.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("image/*"));
-            if let Ok(h) = HeaderValue::from_str(cx.host) {
-                req.headers_mut().insert(header::HOST, h);
-            }
-            let source_cx = Origin { backend: crate::proxy::Backend::Group(group), ..cx };
+            let source_cx = Origin { backend: crate::proxy::Backend::Group(group), host: &svc.source_host, ..cx };
             let resp = Box::pin(origin(source_cx, req, out)).await?;
             let status = resp.status();
             if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {

@@ -22,6 +22,7 @@ pub mod metrics;
 mod path;
 mod policy;
 mod pool;
+mod prefixed;
 mod proxy;
 mod proxy_protocol;
 mod route;

@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use crate::framing::{FramingFlags, Tracked, Tracker};
+use crate::prefixed::Prefixed;
 use crate::proxy::{self, Conn};
 use crate::streams::{StreamExec, WithStreams};
 use crate::worker::Worker;
@@ -103,25 +104,24 @@ impl ServerBuilders {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Decides between HTTP/1.1 and prior-knowledge HTTP/2 on a plain connection by peeking at the
-/// first bytes, within `limit`: a client that sends nothing is dropped instead of held forever.
-/// `None`: closed or too slow.
-async fn sniff_h2(stream: &TcpStream, limit: Duration) -> Option<bool> {
+/// Decides between HTTP/1.1 and prior-knowledge HTTP/2 on a plain connection from its first
+/// bytes, read into `buf` (replayed to hyper afterwards) within `limit`: a client that sends
+/// nothing, or a partial preface and then nothing, is dropped at the deadline and costs nothing
+/// until then. `None`: closed or too slow.
+async fn sniff_h2(stream: &mut TcpStream, buf: &mut Vec<u8>, limit: Duration) -> Option<bool> {
     let deadline = tokio::time::Instant::now() + limit;
-    let mut buf = [0u8; 24];
     loop {
-        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
-        if n == 0 {
-            return None;
-        }
+        let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] != H2_PREFACE[..n] {
             return Some(false);
         }
         if n == H2_PREFACE.len() {
             return Some(true);
         }
-        // A partial preface (rare): wait briefly for the rest rather than spin on peek.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        match crate::prefixed::read_more(stream, buf, deadline).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
     }
 }
 
@@ -205,9 +205,15 @@ impl Drop for PerIpGuard {
 }
 
 /// Who a new connection is from: its TCP peer, or with `edge.proxy_protocol` the client its
-/// PROXY header names (read within the head deadline; a connection without a valid one, or
-/// from a peer outside a non-empty `edge.trusted_proxies`, is closed). `None`: close it.
-async fn client_of(stream: &mut TcpStream, peer: SocketAddr, rt: &crate::Runtime) -> Option<SocketAddr> {
+/// PROXY header names (read within the head deadline into `buf`, which keeps what followed the
+/// header; a connection without a valid one, or from a peer outside a non-empty
+/// `edge.trusted_proxies`, is closed). `None`: close it.
+async fn client_of(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    peer: SocketAddr,
+    rt: &crate::Runtime,
+) -> Option<SocketAddr> {
     if !rt.proxy_protocol {
         return Some(peer);
     }
@@ -215,7 +221,7 @@ async fn client_of(stream: &mut TcpStream, peer: SocketAddr, rt: &crate::Runtime
         tracing::debug!(peer = %peer, "connection refused: PROXY header from a peer outside edge.trusted_proxies");
         return None;
     }
-    match crate::proxy_protocol::read(stream, rt.timeouts.header_read).await {
+    match crate::proxy_protocol::read(stream, buf, rt.timeouts.header_read).await {
         Ok(client) => Some(client.unwrap_or(peer)),
         Err(e) => {
             tracing::debug!(peer = %peer, error = %e, "connection closed: no valid PROXY header");
@@ -240,7 +246,10 @@ async fn serve(
     shared.metrics.active_connections.inc();
     let _active = scopeguard(&shared);
     let rt = shared.runtime.load_full();
-    let Some(peer) = client_of(&mut stream, tcp_peer, &rt).await else { return };
+    // Bytes read before hyper or rustls take over (a PROXY header's leftovers, the sniffed
+    // preface), replayed to them first.
+    let mut first = Vec::new();
+    let Some(peer) = client_of(&mut stream, &mut first, tcp_peer, &rt).await else { return };
     let per_ip_limit = rt.limits.max_connections_per_ip;
     let Some(_ip_guard) = shared.per_ip.admit(peer.ip(), per_ip_limit) else {
         shared.metrics.connections_refused_per_ip.inc();
@@ -265,7 +274,7 @@ async fn serve(
     drop(rt);
     let result = if tls {
         let Some(acceptor) = shared.tls.load_full() else { return };
-        let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        let stream = match tokio::time::timeout(timeout, acceptor.accept(Prefixed::new(first, stream))).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
@@ -289,11 +298,11 @@ async fn serve(
             drive!(builders.h1.serve_connection(io, svc).with_upgrades(), stop)
         }
     } else {
-        let Some(h2) = sniff_h2(&stream, timeout).await else {
+        let Some(h2) = sniff_h2(&mut stream, &mut first, timeout).await else {
             tracing::debug!(client = %peer, "connection closed or silent before a request");
             return;
         };
-        let io = TokioIo::new(Tracked::new(stream, tracker));
+        let io = TokioIo::new(Tracked::new(Prefixed::new(first, stream), tracker));
         if h2 {
             drive_h2!(builders, io, h2_svc, stop, idle)
         } else {

@@ -7,7 +7,8 @@
 //! - percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded, every other
 //!   escape is kept with upper-case hex (`%c3%a9` → `%C3%A9`); a malformed escape is a 400;
 //! - an encoded slash or backslash (`%2F`, `%5C`) and a literal backslash follow
-//!   `edge.escaped_slashes`: refused with 400 (the default), kept as data, or decoded to `/`;
+//!   `edge.escaped_slashes`: refused with 400 (the default), kept as data (but never next to a
+//!   `.`/`..`, which an origin that decodes them would climb with), or decoded to `/`;
 //! - runs of `/` become one;
 //! - `.` and `..` segments (also spelled `%2e`) are resolved, never above the root, and a segment
 //!   that is `.`/`..` followed by `;` (`..;/` — Tomcat reads it as `..`) is a 400.
@@ -57,6 +58,14 @@ fn rebuild(path: &str, slashes: EscapedSlashes) -> Result<String, BadPath> {
         let bare = seg.split(';').next().unwrap_or("");
         if (bare == "." || bare == "..") && seg.len() != bare.len() {
             return Err(BadPath::Malformed);
+        }
+        // Kept encoded, a slash is data to us but a separator to origins that decode it (nginx
+        // does): `..%2F` would climb out of the route there. Refused even in `keep` mode.
+        if slashes == EscapedSlashes::Keep
+            && seg.contains('%')
+            && seg.split("%2F").flat_map(|p| p.split("%5C")).any(|p| p == "." || p == "..")
+        {
+            return Err(BadPath::EscapedSlash);
         }
         match *seg {
             "" => trailing_slash = i == last,
@@ -186,8 +195,12 @@ mod tests {
     #[test]
     fn escaped_slash_policies() {
         let keep = |p| canonicalize(p, EscapedSlashes::Keep).unwrap().unwrap_or_else(|| p.to_string());
-        assert_eq!(keep("/static/..%2fprivate"), "/static/..%2Fprivate", "kept as data: not a dot segment");
+        assert_eq!(keep("/a%2fb"), "/a%2Fb", "kept as data");
         assert_eq!(keep("/a%5cb"), "/a%5Cb");
+        // A dot segment behind an encoded slash is refused even when slashes are kept: an origin
+        // that decodes them would climb out of the route.
+        assert_eq!(canonicalize("/static/..%2fprivate", EscapedSlashes::Keep), Err(BadPath::EscapedSlash));
+        assert_eq!(canonicalize("/static/x%2F..%2Fy", EscapedSlashes::Keep), Err(BadPath::EscapedSlash));
         let decode = |p| canonicalize(p, EscapedSlashes::Decode).unwrap().unwrap_or_else(|| p.to_string());
         assert_eq!(decode("/static/..%2fprivate"), "/private");
         assert_eq!(decode("/static\\..\\private"), "/private");

@@ -113,13 +113,29 @@ impl RateLimiter {
     }
 
     /// The key a request is counted under: its client address, or a header's value.
+    /// The bucket a request falls in. By address, an IPv6 client is its /64: one subscriber is
+    /// usually given a whole /64, so keying the full address would let it rotate through 2^64
+    /// buckets (Cloudflare and nginx deployments key IPv6 the same way). By header, several
+    /// lines of it are one value joined, so a duplicate cannot pick another bucket.
     pub(crate) fn key_of(&self, headers: &HeaderMap, peer: std::net::IpAddr) -> String {
+        let by_ip = || match peer {
+            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            std::net::IpAddr::V6(v6) => format!("ip:{}", v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4)),
+            v4 => format!("ip:{v4}"),
+        };
         match &self.key {
-            RateKey::Header(name) => match headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
-                Some(v) => format!("h:{v}"),
-                None => format!("ip:{peer}"),
-            },
-            RateKey::Ip => format!("ip:{peer}"),
+            RateKey::Header(name) => {
+                let mut values = headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok()).peekable();
+                if values.peek().is_none() {
+                    return by_ip();
+                }
+                let joined: Vec<&str> = values.collect();
+                format!("h:{}", joined.join(","))
+            }
+            RateKey::Ip => by_ip(),
         }
     }
 
@@ -210,6 +226,24 @@ mod tests {
         let tight = limiter(10, 1);
         assert!(matches!(tight.check_at("a", 1000 * ms, 3), Verdict::Allow));
         assert!(matches!(tight.check_at("a", 1000 * ms, 3), Verdict::Deny { .. }));
+    }
+
+    #[test]
+    fn keys_group_an_ipv6_64_and_join_duplicate_headers() {
+        let l = limiter(10, 5);
+        let h = HeaderMap::new();
+        let a = l.key_of(&h, "2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = l.key_of(&h, "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap());
+        assert_eq!(a, b, "one /64, one bucket");
+        assert_ne!(a, l.key_of(&h, "2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(l.key_of(&h, "::ffff:10.1.2.3".parse().unwrap()), "ip:10.1.2.3");
+        let cfg =
+            RateLimitConfig { interval: Duration::from_secs(1), burst: 1, key: RateKey::Header("x-api-key".into()) };
+        let by_header = RateLimiter::new("/*".into(), &cfg, Counter::default());
+        let mut two = HeaderMap::new();
+        two.append("x-api-key", "a".parse().unwrap());
+        two.append("x-api-key", "b".parse().unwrap());
+        assert_eq!(by_header.key_of(&two, "10.0.0.1".parse().unwrap()), "h:a,b");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 use crate::error::ProxyError;
 use crate::forwarding::{Client, ClientAddr};
@@ -186,6 +186,7 @@ async fn forward(
     // Before anything reads the headers: what `Connection` nominates is gone for the route, the
     // limiter, the cache key and the origin alike.
     headers::strip_nominated(req.headers_mut());
+    headers::drop_untrusted(req.headers_mut(), client.via_proxy);
     let host = match headers::authority_of(req.uri(), req.headers(), client.https) {
         Ok(Some(h)) => h,
         Ok(None) if req.version() == Version::HTTP_11 || req.version() == Version::HTTP_2 => {
@@ -260,6 +261,11 @@ async fn forward(
     };
     out.group = Some(group.clone());
     if req.version() != Version::HTTP_2 && headers::is_upgrade(req.headers()) {
+        if !req.body().is_end_stream() {
+            // A handshake has no body; one announced here could only be meant for the target's
+            // next request on the connection.
+            return Err(ProxyError::BadRequest);
+        }
         // Boxed: a rare path whose state would otherwise enlarge every request's future (which
         // tokio copies on each HTTP/2 stream spawn).
         let cx = Origin { shared, rt, conn, client, backend: Backend::Group(&group), host: host_str, rid };
@@ -458,6 +464,11 @@ pub(crate) fn prepare_headers(
     // each insert could otherwise grow and rehash it).
     parts.headers.reserve(8);
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // HTTP/2 may split `Cookie` into several fields; an HTTP/1.1 origin expects one (RFC 9113
+    // §8.2.3), and some read only the first.
+    if parts.headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+        headers::join_cookies(&mut parts.headers);
+    }
     if !host.is_empty() {
         if let Ok(v) = HeaderValue::from_str(host) {
             parts.headers.insert(header::HOST, v);
@@ -471,8 +482,16 @@ pub(crate) fn prepare_headers(
 /// key ignores never reach the origin, so they cannot change an answer stored for everyone;
 /// and method-override headers (`X-HTTP-Method-Override: DELETE` on a GET) are dropped, since a
 /// GET is keyed and stored as a GET.
-fn only_keyed_inputs<B>(req: &mut Request<B>, rule: &crate::route::CacheRule) -> Result<(), ProxyError> {
+fn only_keyed_inputs<B: hyper::body::Body>(
+    req: &mut Request<B>,
+    rule: &crate::route::CacheRule,
+) -> Result<(), ProxyError> {
     if req.method() == Method::GET || req.method() == Method::HEAD {
+        // A body on a cached GET is read by some frameworks (Rails merges it into params) but
+        // is in no key: refused, as CloudFront does.
+        if !req.body().is_end_stream() {
+            return Err(ProxyError::BadRequest);
+        }
         for h in ["x-http-method-override", "x-http-method", "x-method-override"] {
             req.headers_mut().remove(h);
         }
@@ -513,6 +532,12 @@ pub(crate) fn outgoing(parts: &Parts, body: Body) -> Request<Body> {
     *req.uri_mut() = Uri::from(path);
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = parts.headers.clone();
+    // Framing is the body's, never the copied head's: hyper frames from what is actually sent.
+    // A client's `Content-Length` on a request forwarded with another body (an upgrade, a
+    // background refresh, a shield ask — all sent empty) would make the target read the next
+    // request on the pooled connection as this one's body: smuggling.
+    req.headers_mut().remove(header::CONTENT_LENGTH);
+    req.headers_mut().remove(header::TRANSFER_ENCODING);
     req
 }
 

@@ -4,15 +4,13 @@
 //! start with one; its source address then drives access logs, rate limits, `hash_ip`,
 //! `max_connections_per_ip` and the forwarding headers, as if the client had connected directly.
 //!
-//! Parsing is `ppp`'s; this module reads exactly the header's bytes (peeking first), so what
-//! follows — a TLS ClientHello, an HTTP/2 preface, a request — is untouched.
+//! Parsing is `ppp`'s; what arrives after the header — a TLS ClientHello, an HTTP/2 preface, a
+//! request — is handed on untouched (see `prefixed.rs`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ppp::{v1, v2, PartialResult};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 /// v2 headers are 16 bytes plus a length of up to 64 KiB (TLVs); more than this is refused.
 const MAX_HEADER: usize = 4096;
@@ -34,38 +32,35 @@ pub(crate) enum PpError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads the PROXY header at the start of `stream`. `Ok(Some(addr))`: the client it names;
-/// `Ok(None)`: a `LOCAL` or `UNKNOWN` header (the balancer's own health check, or a client it
-/// cannot describe) — the connection's own peer stands.
-pub(crate) async fn read(stream: &mut TcpStream, limit: Duration) -> Result<Option<SocketAddr>, PpError> {
+/// Reads the PROXY header at the start of `io` into `buf` and takes it off the front, leaving
+/// what followed it (a ClientHello, a request) in `buf` for the protocol after it. `Ok(Some)`:
+/// the client it names; `Ok(None)`: a `LOCAL` or `UNKNOWN` header (the balancer's own health
+/// check, or a client it cannot describe) — the connection's own peer stands.
+pub(crate) async fn read<R: tokio::io::AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut Vec<u8>,
+    limit: Duration,
+) -> Result<Option<SocketAddr>, PpError> {
     let deadline = tokio::time::Instant::now() + limit;
-    let mut buf = vec![0u8; 256];
-    let (len, client) = loop {
-        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.map_err(|_| PpError::Timeout)??;
-        if n == 0 {
-            return Err(PpError::Closed);
-        }
-        match parse(&buf[..n]) {
-            Parsed::Done { len, client } => break (len, client),
-            Parsed::Invalid => return Err(PpError::Invalid),
-            Parsed::Need(total) if total > MAX_HEADER => return Err(PpError::TooLong),
-            Parsed::Need(total) => {
-                if total > buf.len() {
-                    buf.resize(total, 0);
-                } else if n == buf.len() {
-                    buf.resize((buf.len() * 2).min(MAX_HEADER), 0);
+    loop {
+        if !buf.is_empty() {
+            match parse(buf) {
+                Parsed::Done { len, client } => {
+                    buf.drain(..len);
+                    return Ok(client);
                 }
-                // The rest has not arrived yet (rare: balancers send the header in one segment).
-                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(5))).await;
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(PpError::Timeout);
-                }
+                Parsed::Invalid => return Err(PpError::Invalid),
+                Parsed::Need(total) if total > MAX_HEADER => return Err(PpError::TooLong),
+                Parsed::Need(_) => {}
             }
         }
-    };
-    let mut consumed = vec![0u8; len];
-    stream.read_exact(&mut consumed).await?;
-    Ok(client)
+        match crate::prefixed::read_more(io, buf, deadline).await {
+            Ok(0) => return Err(PpError::Closed),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(PpError::Timeout),
+            Err(e) => return Err(PpError::Io(e)),
+        }
+    }
 }
 
 enum Parsed {

@@ -227,7 +227,7 @@ async fn image_urls_are_keyed_forwarded_and_limited_like_routes() {
     let ngx = common::nginx::Nginx::start("images", &locations);
     let body = format!(
         "[images]\nsource = \"photos\"\nsource_timeout = \"1s\"\n\n\
-         [[routes]]\npath = \"/_img/*\"\ntarget_group = \"photos\"\nrate_limit = {{ rate = \"1/min\", burst = 5 }}\nheaders = {{ set = {{ \"x-policy\" = \"on\" }} }}\n\n\
+         [[routes]]\npath = \"/_img/*\"\ntarget_group = \"photos\"\nrate_limit = {{ rate = \"1/min\", burst = 8 }}\nheaders = {{ set = {{ \"x-policy\" = \"on\" }} }}\n\n\
          [target_groups.photos]\ntargets = [\"{}\"]\nhealth_check = {{ enabled = false }}\n",
         ngx.addr()
     );
@@ -242,6 +242,12 @@ async fn image_urls_are_keyed_forwarded_and_limited_like_routes() {
         "a query string must not be a new key: {:?}",
         second.headers
     );
+    // Nor is the client's Host: variants are keyed under the fixed source authority.
+    for host in ["other.example", "site:81", "SITE."] {
+        let (status, h, _) = request(&client(), "GET", &f.url(small), &[("host", host)], "").await.unwrap();
+        let cs = h.get("cache-status").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        assert!(status == 200 && cs.contains("hit"), "Host {host} must not be a new variant: {status} {cs}");
+    }
     let srcset = "/_img/srcset/photos/08_mate_Storm_1920x1280.jpg";
     let s1 = fetch(&f, srcset, None).await;
     assert_eq!(s1.status, 200, "{}", s1.text());
@@ -257,7 +263,7 @@ async fn image_urls_are_keyed_forwarded_and_limited_like_routes() {
     assert_eq!(slow.status, 504, "{}", slow.text());
     assert!(slow.text().contains("source_timeout"), "{}", slow.text());
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
-    // The route's rate limit holds on image URLs (five allowed, the sixth refused).
+    // The route's rate limit holds on image URLs (eight allowed, the ninth refused).
     let limited = fetch(&f, small, None).await;
     assert_eq!(limited.status, 429, "{}", limited.text());
 }

@@ -237,3 +237,62 @@ async fn a_shield_parent_sees_the_scheme_and_host_its_child_keyed() {
     let again = https_get(&cpki, ctls, "site", "/page", &[]).await;
     assert_eq!(status(&again), 200, "{again}");
 }
+
+/// A body nobody forwards, or nobody keys, is refused rather than smuggled: a `Content-Length`
+/// copied onto a request sent empty (an upgrade, a background refresh, a shield ask) made the
+/// target read the next client's request as its body, and a body on a cached GET reached
+/// frameworks that read it while the key did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_would_be_smuggled_or_unkeyed_are_refused() {
+    let ngx = Nginx::start("smuggle", &format!("location / {{ {ECHO} }}"));
+    let body = format!("[[routes]]\npath = \"/nc/*\"\ntarget_group = \"origin\"\n\n{CACHED}{}", origin_group(&ngx));
+    let f = Flotilla::start_with_edge("trust-smuggle", "workers = 1", &body);
+    // The reviewer's attack: an "upgrade" announcing a body it does not send...
+    let a = send(
+        f.port,
+        "GET /nc/a HTTP/1.1\r\nHost: site\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nContent-Length: 120\r\n\r\n",
+    );
+    assert_eq!(status(&a), 400, "{a}");
+    // ...then a request whose body is the request to smuggle.
+    let smuggled = "GET /nc/POISONED HTTP/1.1\r\nHost: evil.example\r\n\r\n";
+    let b = send(
+        f.port,
+        &format!(
+            "GET /victim HTTP/1.1\r\nHost: site\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        ),
+    );
+    assert_eq!(status(&b), 400, "a GET body on a cached route: {b}");
+    let v = send(f.port, "GET /victim HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n");
+    assert!(v.contains("uri=/victim ") && !v.contains("POISONED"), "{v}");
+    // Bodies still flow where they are forwarded: a POST, and a GET on an uncached route.
+    let p = send(f.port, "POST /nc/p HTTP/1.1\r\nHost: site\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(status(&p), 200, "{p}");
+    let g = send(f.port, "GET /nc/g HTTP/1.1\r\nHost: site\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(status(&g), 200, "{g}");
+    // The pooled connections were not desynchronised: every answer is its own.
+    for i in 0..5 {
+        let r = send(f.port, &format!("GET /nc/check{i} HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n"));
+        assert!(r.contains(&format!("uri=/nc/check{i} ")), "{r}");
+    }
+}
+
+/// Header names with underscores (read as dashes by CGI-style servers) and a client's shield
+/// marker never reach the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscored_headers_and_a_clients_shield_marker_are_dropped() {
+    let app = DemoApp::start("underscore");
+    let f = Flotilla::start("trust-underscore", &(ROUTE_ALL.to_string() + &group_toml("web", &[&app], "")));
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let r = send(
+        f.port,
+        "GET /echo HTTP/1.1\r\nHost: site\r\nConnection: close\r\nX_Forwarded_Host: evil.example\r\nX_Original_URL: /admin\r\nX-Flotilla-Shield: 1\r\nX-App: kept\r\n\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    let lower = r.to_ascii_lowercase();
+    assert!(
+        !lower.contains("evil.example") && !lower.contains("/admin") && !lower.contains("x-flotilla-shield"),
+        "{r}"
+    );
+    assert!(lower.contains("x-app"), "{r}");
+}
