@@ -412,6 +412,13 @@ webhook = "http://127.0.0.1:9999/hook"
     assert_eq!(a.labels["target_group"], "web");
     assert_eq!(c.notifiers["ops"].attempts, 5);
     assert_eq!(c.watch.resolution, Duration::from_secs(5));
+    // A year at 10 s fits, and the default 14 days at 100 ms; 30 days at 100 ms does not.
+    assert_eq!(ok("[watch]\nretention = \"365d\"\n").watch.retention, Duration::from_secs(365 * 86_400));
+    assert_eq!(ok("[watch]\nresolution = \"100ms\"\n").watch.retention, Duration::from_secs(14 * 86_400));
+    check_err(
+        "[watch]\nretention = \"30d\"\nresolution = \"100ms\"\n",
+        &["flotilla.toml:2:13: watch.retention / watch.resolution is 25920000 datapoints per series; at most 12096000 (a longer resolution or a shorter retention)"],
+    );
     check_err(
         r#"[[alarms]]
 name = "a"

@@ -25,6 +25,19 @@ pub(crate) fn watch(cx: &mut Ctx<'_>, raw: Option<&S<RawWatch>>) -> WatchConfig 
             cx.err(v, "watch.retention must hold at least two datapoints (2 × resolution)");
         }
     }
+    // Every series keeps every datapoint of the window: bound what one series may cost.
+    let per_series = retention.as_millis() / resolution.as_millis().max(1);
+    if per_series > u128::from(MAX_DATAPOINTS_PER_SERIES) {
+        if let Some(v) = r.retention.as_ref().or(r.resolution.as_ref()) {
+            cx.err(
+                v,
+                format!(
+                    "watch.retention / watch.resolution is {per_series} datapoints per series; at most \
+                     {MAX_DATAPOINTS_PER_SERIES} (a longer resolution or a shorter retention)"
+                ),
+            );
+        }
+    }
     let data_dir = r.data_dir.as_ref().map(|d| cx.base_dir.join(d.get_ref()));
     WatchConfig { retention, resolution, data_dir }
 }

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use crate::{Comparison, MissingData};
 
+/// Datapoints one series may keep (`retention / resolution`): the default retention (14 days)
+/// at the finest resolution (100 ms). The store holds each in about 0.5 to 8 bytes.
+pub const MAX_DATAPOINTS_PER_SERIES: u64 = 12_096_000;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchConfig {
     /// How long datapoints are kept.

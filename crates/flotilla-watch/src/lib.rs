@@ -6,9 +6,12 @@
 
 pub mod alarm;
 pub mod budget;
+mod chunk;
 pub mod expo;
 mod notify;
 pub mod persist;
+mod segment;
+mod series;
 pub mod slo;
 pub mod store;
 
@@ -59,7 +62,8 @@ pub struct Watch {
     budget: Mutex<Option<budget::Budget>>,
     notifiers: HashMap<String, Notifier>,
     resolution: Duration,
-    data_dir: Option<std::path::PathBuf>,
+    /// Appends the history to `data_dir` (one flush at a time).
+    writer: Option<Mutex<persist::Writer>>,
 }
 
 fn now_secs() -> f64 {
@@ -76,23 +80,30 @@ impl Watch {
         let w = &cfg.watch;
         let notifiers = cfg.notifiers.values().map(|n| (n.name.clone(), Notifier::start(n.clone()))).collect();
         let mut store = Store::new(w.retention.as_secs_f64(), w.resolution.as_secs_f64());
+        store.advance(store::ms(now_secs()));
+        let mut writer = None;
         if let Some(dir) = &w.data_dir {
-            match persist::load(dir) {
-                Ok(dump) => {
-                    let kept = store.restore(dump, now_secs() - w.retention.as_secs_f64());
-                    tracing::info!(dir = %dir.display(), points = kept, "watch history restored");
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    let aside = persist::file(dir).with_extension("bin.damaged");
-                    let _ = std::fs::rename(persist::file(dir), &aside);
-                    tracing::warn!(error = %e, moved_to = %aside.display(), "watch history unreadable; starting empty");
-                }
+            let (wr, loaded) = persist::load(dir, &mut store);
+            if loaded.segments > 0 || loaded.legacy_points > 0 {
+                let st = store.stats();
+                tracing::info!(
+                    dir = %dir.display(),
+                    points = loaded.points + loaded.legacy_points as u64,
+                    series = st.series,
+                    segments = loaded.segments,
+                    millis = loaded.took.as_millis() as u64,
+                    "watch history restored"
+                );
             }
+            writer = Some(wr);
+        }
+        let store = Mutex::new(store);
+        if let (Some(dir), Some(wr)) = (&w.data_dir, writer.as_mut()) {
+            persist::finish_migration(dir, wr, &store);
         }
         let watch = Arc::new(Self {
-            data_dir: w.data_dir.clone(),
-            store: Mutex::new(store),
+            writer: writer.map(Mutex::new),
+            store,
             cluster_gate: Mutex::new(None),
             alarms: Mutex::new(cfg.alarms.iter().cloned().map(Alarm::new).collect()),
             slos: Mutex::new(cfg.slos.iter().cloned().map(Slo::new).collect()),
@@ -179,13 +190,25 @@ impl Watch {
             .collect()
     }
 
-    /// Writes the history to `data_dir` (if set); called every minute and at shutdown.
+    /// Appends what the history gained to `data_dir` (if set); called every minute and at
+    /// shutdown.
     pub fn persist(&self) {
-        let Some(dir) = &self.data_dir else { return };
-        let dump = self.store().dump();
-        if let Err(e) = persist::save(dir, &dump) {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not save the watch history");
-        }
+        let Some(w) = &self.writer else { return };
+        let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
+        w.flush(&self.store);
+        let st = self.store().stats();
+        tracing::debug!(
+            series = st.series,
+            points = st.points,
+            chunk_bytes = st.chunk_bytes,
+            bits = st.bits,
+            "watch history flushed"
+        );
+    }
+
+    /// How much the store holds now.
+    pub fn store_stats(&self) -> store::Stats {
+        self.store().stats()
     }
 
     pub fn budget(&self) -> Option<BudgetView> {
@@ -204,9 +227,9 @@ impl Watch {
         self.slos.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(|s| s.last.clone()).collect()
     }
 
-    /// One scrape, then every alarm whose period ended since its last evaluation.
-    fn tick(&self, source: &Source) {
-        let t = now_secs();
+    /// One scrape taken at `t` (epoch seconds), then every alarm whose period ended since its
+    /// last evaluation.
+    fn tick(&self, t: f64, source: &Source) {
         let (samples, kinds) = expo::parse(&source());
         self.store().ingest(t, &samples, &kinds);
         let fired = match self.budget.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
@@ -323,17 +346,45 @@ async fn sample_loop(watch: std::sync::Weak<Watch>, source: Source) {
         None => return,
     };
     let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Skip, not Delay: a late tick keeps the schedule (Delay would shift it by the lateness).
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut next_save = tokio::time::Instant::now() + PERSIST_EVERY;
+    let mut clock = SampleClock::default();
     loop {
-        interval.tick().await;
+        let due = interval.tick().await;
         let Some(w) = watch.upgrade() else { return };
-        w.tick(&source);
+        w.tick(clock.at(due, now_secs()), &source);
         if tokio::time::Instant::now() >= next_save {
             next_save = tokio::time::Instant::now() + PERSIST_EVERY;
-            // Writing can take a moment for a large history: off the runtime thread.
+            // Writing waits for the disk: off the runtime thread.
             let w2 = w.clone();
             let _ = tokio::task::spawn_blocking(move || w2.persist()).await;
         }
+    }
+}
+
+/// Sample times on the interval's own schedule (whole milliseconds, exactly `resolution`
+/// apart), tied to the wall clock and re-tied when the two drift apart by more than this. A
+/// steady spacing costs the store one bit per timestamp instead of the ~9 that a few
+/// milliseconds of wake-up jitter would.
+const CLOCK_SLACK_MS: i64 = 250;
+
+#[derive(Default)]
+struct SampleClock {
+    anchor: Option<(tokio::time::Instant, i64)>,
+}
+
+impl SampleClock {
+    /// The time (epoch seconds) to record a sample due at `due` and taken at `wall`.
+    fn at(&mut self, due: tokio::time::Instant, wall: f64) -> f64 {
+        let wall_ms = store::ms(wall);
+        if let Some((at, ms)) = self.anchor {
+            let t = ms + due.saturating_duration_since(at).as_millis() as i64;
+            if (t - wall_ms).abs() <= CLOCK_SLACK_MS && due >= at {
+                return t as f64 / 1000.0;
+            }
+        }
+        self.anchor = Some((due, wall_ms));
+        wall_ms as f64 / 1000.0
     }
 }

@@ -1,19 +1,29 @@
-//! The in-process time-series store: one datapoint per series per sample, kept for the
-//! retention. Counters are stored as per-second rates (`x_total` → `x_rate`), gauges as they are,
-//! histograms as the quantiles of the observations between two samples (`x_p50`, `x_p95`,
-//! `x_p99`, plus `x_count_rate`), so a period with no traffic has no latency datapoint — missing
-//! data, as CloudWatch would see it.
+//! The in-process time-series store: one datapoint per series per sample, kept for exactly the
+//! retention. Counters are kept as their raw readings and read as per-second rates
+//! (`x_total` → `x_rate`), gauges as they are, histograms as cumulative bucket counts read as
+//! rates (`x_bucket_rate`, `x_count_rate`) plus the quantiles of the observations between two
+//! samples (`x_p50`, `x_p95`, `x_p99`), so a period with no traffic has no latency datapoint —
+//! missing data, as CloudWatch would see it.
+//!
+//! Points live in Gorilla-compressed chunks (`chunk.rs`), times in milliseconds. A chunk ends
+//! at each block boundary (a span of the retention, at most two hours), which is what
+//! persistence writes one segment file per.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
+use crate::chunk::Chunk;
 use crate::expo::{Kind, Sample};
+use crate::series::{Layout, Series, Stored};
 
 /// Series beyond this are dropped (with a log line), so label explosions cannot eat memory.
 pub const MAX_SERIES: usize = 20_000;
-/// Points per series at most, whatever retention / resolution asks for.
-pub const MAX_POINTS: usize = 100_000;
+/// Points per chunk at most (a chunk also ends with its block).
+pub const CHUNK_POINTS: u32 = 1024;
+/// Longest block (and so chunk) span; shorter retentions get an eighth of theirs, at least a
+/// minute.
+pub const MAX_BLOCK_MS: i64 = 2 * 3600 * 1000;
 
 pub type Labels = Vec<(String, String)>;
 
@@ -22,10 +32,6 @@ pub struct Point {
     /// Seconds since the Unix epoch.
     pub t: f64,
     pub v: f64,
-}
-
-struct Series {
-    points: VecDeque<Point>,
 }
 
 /// An alias: its name, the real series name, and labels it adds to the filter.
@@ -55,62 +61,139 @@ const ALIASES: &[Alias] = &[
     ("cluster_http_latency_p99", "flotilla_cluster_http_request_duration_seconds_p99", &[]),
 ];
 
+/// What persistence must write of one chunk: bits `from_bit..to_bit` and, the first time a
+/// segment sees it, its series and chunk.
+pub struct Outgoing {
+    pub name: String,
+    pub labels: Labels,
+    pub uid: u64,
+    pub counter: bool,
+    pub prev: Option<(i64, f64)>,
+    /// The block (`first_t / block_ms`) the chunk belongs to.
+    pub block: i64,
+    pub from_bit: u32,
+    pub to_bit: u32,
+    /// Bytes holding those bits (the first may start with bits written before).
+    pub bytes: Vec<u8>,
+}
+
+/// How much the store holds (logged, and the README's memory figures).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    pub series: usize,
+    pub points: u64,
+    /// Heap bytes of chunks (points and their bookkeeping), not counting names and labels.
+    pub chunk_bytes: usize,
+    /// Compressed bits of every point (the codec alone).
+    pub bits: u64,
+}
+
 pub struct Store {
-    max_points: usize,
-    retention_secs: f64,
+    retention_ms: i64,
+    layout: Layout,
+    /// The latest sample time: the retention window ends here.
+    now_ms: i64,
     series: HashMap<String, BTreeMap<Labels, Series>>,
     count: usize,
-    /// Previous raw counter values (for rates) and histogram buckets (for quantiles).
-    last_counters: HashMap<(String, Labels), (f64, f64)>,
+    /// Previous histogram buckets (for the quantiles of each interval).
     last_buckets: HashMap<(String, Labels), (f64, Buckets)>,
     dropped_logged: bool,
+    out_of_order_logged: bool,
+    /// Last chunk id given out.
+    uid: u64,
+    /// Chunks before a flushed one may still need writing (restored from the old format, or
+    /// to send again after a failed write): the next `outgoing` looks at every chunk.
+    rescan: bool,
+}
+
+/// Seconds → milliseconds (what chunks store).
+pub fn ms(secs: f64) -> i64 {
+    (secs * 1000.0).round() as i64
+}
+
+fn secs(ms: i64) -> f64 {
+    ms as f64 / 1000.0
 }
 
 impl Store {
     pub fn new(retention_secs: f64, resolution_secs: f64) -> Self {
-        let max_points = ((retention_secs / resolution_secs.max(0.001)).ceil() as usize).clamp(2, MAX_POINTS);
+        let retention_ms = ms(retention_secs).max(1);
+        let resolution_ms = ms(resolution_secs).max(1);
+        let block_ms = (retention_ms / 8).clamp(60_000, MAX_BLOCK_MS);
+        // Points arrive one per resolution at most; a chunk's worth more covers the one being
+        // filled at the retention's far end.
+        let max_points = (retention_ms / resolution_ms + 1) as u64 + u64::from(CHUNK_POINTS);
         Self {
-            max_points,
-            retention_secs,
+            retention_ms,
+            layout: Layout { block_ms, chunk_points: CHUNK_POINTS, max_points },
+            now_ms: i64::MIN,
             series: HashMap::new(),
             count: 0,
-            last_counters: HashMap::new(),
             last_buckets: HashMap::new(),
             dropped_logged: false,
+            out_of_order_logged: false,
+            uid: 0,
+            rescan: false,
+        }
+    }
+
+    pub fn block_ms(&self) -> i64 {
+        self.layout.block_ms
+    }
+
+    pub fn retention_ms(&self) -> i64 {
+        self.retention_ms
+    }
+
+    /// The latest time seen (epoch milliseconds): samples, or the start of this process.
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    /// Moves the window's end to `t` (ms). A new block seals every chunk of the old one, so
+    /// its segment is complete once flushed.
+    pub fn advance(&mut self, t: i64) {
+        if t <= self.now_ms {
+            return;
+        }
+        let old = self.now_ms;
+        self.now_ms = t;
+        if old != i64::MIN && old.div_euclid(self.layout.block_ms) != t.div_euclid(self.layout.block_ms) {
+            for family in self.series.values_mut() {
+                family.values_mut().for_each(Series::seal);
+            }
         }
     }
 
     /// Forgets what has had no sample for a whole retention window: series of targets and
     /// instances that are gone (a fleet replaces them on new ports for as long as it runs),
-    /// and the counter and bucket baselines kept for them.
-    fn prune(&mut self, t: f64) {
-        let horizon = t - self.retention_secs;
+    /// and the bucket baselines kept for them; and in other series, chunks wholly outside it.
+    fn prune(&mut self) {
+        let horizon = self.now_ms - self.retention_ms;
         let mut removed = 0;
         for family in self.series.values_mut() {
             family.retain(|_, s| {
-                let keep = s.points.back().is_some_and(|p| p.t >= horizon);
-                removed += usize::from(!keep);
-                keep
+                let gone = s.prune(horizon);
+                removed += usize::from(gone);
+                !gone
             });
         }
         self.series.retain(|_, f| !f.is_empty());
         self.count -= removed;
-        self.last_counters.retain(|_, (pt, _)| *pt >= horizon);
+        let horizon = secs(horizon);
         self.last_buckets.retain(|_, (pt, _)| *pt >= horizon);
     }
 
     /// At the series cap, makes room by dropping the series silent the longest (a hundredth of
     /// the cap at once), so new targets keep being recorded however long the process runs.
     fn evict_stalest(&mut self) {
-        let mut last: Vec<(f64, String, Labels)> = self
+        let mut last: Vec<(i64, String, Labels)> = self
             .series
             .iter()
-            .flat_map(|(name, f)| {
-                f.iter().map(move |(l, s)| (s.points.back().map_or(f64::MIN, |p| p.t), name.clone(), l.clone()))
-            })
+            .flat_map(|(name, f)| f.iter().map(move |(l, s)| (s.last_t().unwrap_or(i64::MIN), name.clone(), l.clone())))
             .collect();
         let n = (MAX_SERIES / 100).max(1).min(last.len());
-        last.select_nth_unstable_by(n.saturating_sub(1), |a, b| a.0.total_cmp(&b.0));
+        last.select_nth_unstable_by(n.saturating_sub(1), |a, b| a.0.cmp(&b.0));
         for (_, name, labels) in last.into_iter().take(n) {
             if let Some(f) = self.series.get_mut(&name) {
                 if f.remove(&labels).is_some() {
@@ -123,21 +206,15 @@ impl Store {
 
     /// Records one scrape taken at `t`.
     pub fn ingest(&mut self, t: f64, samples: &[Sample], kinds: &HashMap<String, Kind>) {
-        self.prune(t);
+        let t_ms = ms(t);
+        self.advance(t_ms);
+        self.prune();
         let mut buckets: HashMap<(String, Labels), Buckets> = HashMap::new();
         for s in samples {
             let family = family_of(&s.name, kinds);
             match family {
                 Some((f, Kind::Counter)) if s.name.ends_with("_total") => {
-                    let key = (format!("{f}_rate"), s.labels.clone());
-                    if let Some((pt, pv)) = self.last_counters.insert(key.clone(), (t, s.value)) {
-                        let dt = t - pt;
-                        // A counter that went down was reset: count from zero.
-                        let delta = if s.value >= pv { s.value - pv } else { s.value };
-                        if dt > 0.0 {
-                            self.push(&key.0, &key.1, Point { t, v: delta / dt });
-                        }
-                    }
+                    self.record(&format!("{f}_rate"), &s.labels, t_ms, s.value, true);
                 }
                 Some((f, Kind::Histogram)) if s.name.ends_with("_bucket") => {
                     let mut labels = s.labels.clone();
@@ -147,17 +224,37 @@ impl Store {
                     buckets.entry((f.to_string(), labels)).or_default().push((bound, s.value));
                 }
                 Some((_, Kind::Histogram)) | Some((_, Kind::Counter)) => {}
-                _ => self.push(&s.name, &s.labels, Point { t, v: s.value }),
+                _ => self.record(&s.name, &s.labels, t_ms, s.value, false),
             }
         }
         for ((family, labels), mut now) in buckets {
             now.sort_by(|a, b| a.0.total_cmp(&b.0));
             let key = (family.clone(), labels.clone());
-            let Some((pt, before)) = self.last_buckets.insert(key, (t, now.clone())) else { continue };
-            let dt = t - pt;
-            // Observations in this interval per bucket (cumulative counts, reset-safe). A bound
-            // the previous scrape did not list (sparse histograms list only buckets in use) had
-            // the cumulative count of the largest bound below it.
+            let before = self.last_buckets.insert(key, (t, now.clone()));
+            // Cumulative counts, read as rates: all requests, and per bucket (requests at most
+            // `le` seconds) for SLOs.
+            if let Some((_, total)) = now.last() {
+                self.record(&format!("{family}_count_rate"), &labels, t_ms, *total, true);
+            }
+            for (le, c) in now.iter().filter(|(le, _)| le.is_finite()) {
+                let mut with_le = labels.clone();
+                with_le.push(("le".into(), le.to_string()));
+                with_le.sort();
+                let name = format!("{family}_bucket_rate");
+                // A bound the previous scrape did not list (sparse histograms list only buckets
+                // in use) had the cumulative count of the largest bound below it then.
+                if let Some((pt, b)) = before.as_ref().filter(|(pt, _)| *pt < t) {
+                    if !self.series.get(&name).is_some_and(|f| f.contains_key(&with_le)) {
+                        self.record(&name, &with_le, ms(*pt), prev_cumulative(b, *le), true);
+                    }
+                }
+                self.record(&name, &with_le, t_ms, *c, true);
+            }
+            let Some((pt, before)) = before else { continue };
+            if t <= pt {
+                continue;
+            }
+            // Observations in this interval per bucket (cumulative counts, reset-safe).
             let delta: Vec<(f64, f64)> = now
                 .iter()
                 .map(|(le, c)| {
@@ -166,55 +263,63 @@ impl Store {
                 })
                 .collect();
             let total = delta.last().map_or(0.0, |d| d.1);
-            if dt > 0.0 {
-                self.push(&format!("{family}_count_rate"), &labels, Point { t, v: total / dt });
-                // Per-bucket rates (cumulative: requests at most `le` seconds), for SLOs.
-                for (le, c) in now.iter().filter(|(le, _)| le.is_finite()) {
-                    let prev = prev_cumulative(&before, *le);
-                    let d = if *c >= prev { c - prev } else { *c };
-                    let mut with_le = labels.clone();
-                    with_le.push(("le".into(), le.to_string()));
-                    with_le.sort();
-                    self.push(&format!("{family}_bucket_rate"), &with_le, Point { t, v: d / dt });
-                }
-            }
             if total <= 0.0 {
                 continue;
             }
             for (q, suffix) in [(0.5, "p50"), (0.95, "p95"), (0.99, "p99")] {
                 let v = quantile(&delta, q);
-                self.push(&format!("{family}_{suffix}"), &labels, Point { t, v });
+                self.record(&format!("{family}_{suffix}"), &labels, t_ms, v, false);
             }
         }
     }
 
-    fn push(&mut self, name: &str, labels: &Labels, p: Point) {
-        if !p.v.is_finite() {
+    /// Records a gauge's point (tests, and the synthetic history of the durability test).
+    pub fn push(&mut self, name: &str, labels: &Labels, p: Point) {
+        let t = ms(p.t);
+        self.advance(t);
+        self.record(name, labels, t, p.v, false);
+    }
+
+    /// Records a counter's raw reading at `p.t` (read back as rates).
+    pub fn push_counter(&mut self, name: &str, labels: &Labels, p: Point) {
+        let t = ms(p.t);
+        self.advance(t);
+        self.record(name, labels, t, p.v, true);
+    }
+
+    fn record(&mut self, name: &str, labels: &Labels, t: i64, v: f64, counter: bool) {
+        // Epoch milliseconds from 1970 to the year 287,000: what a clock can say.
+        if !v.is_finite() || !(0..1 << 53).contains(&t) {
             return;
         }
-        let known = self.series.get(name).is_some_and(|f| f.contains_key(labels));
-        if !known && self.count >= MAX_SERIES {
+        self.make_room(name, labels);
+        let Some(s) = self.series.get_mut(name).and_then(|f| f.get_mut(labels)) else { return };
+        let accepted = s.push(t, v, counter, &self.layout, &mut self.uid);
+        if !accepted && !self.out_of_order_logged {
+            self.out_of_order_logged = true;
+            tracing::warn!(metric = name, "a sample is not later than the last one (the clock went back?); dropped");
+        }
+    }
+
+    /// Creates the series if it is new, making room at the cap.
+    fn make_room(&mut self, name: &str, labels: &Labels) {
+        if self.series.get(name).is_some_and(|f| f.contains_key(labels)) {
+            return;
+        }
+        if self.count >= MAX_SERIES {
             if !self.dropped_logged {
                 self.dropped_logged = true;
                 tracing::warn!(limit = MAX_SERIES, metric = name, "too many series; dropping the longest silent ones");
             }
             self.evict_stalest();
         }
-        let family = self.series.entry(name.to_string()).or_default();
-        if !family.contains_key(labels) {
-            self.count += 1;
-            family.insert(labels.clone(), Series { points: VecDeque::new() });
-        }
-        if let Some(s) = family.get_mut(labels) {
-            if s.points.len() == self.max_points {
-                s.points.pop_front();
-            }
-            s.points.push_back(p);
-        }
+        self.count += 1;
+        self.series.entry(name.to_string()).or_default().insert(labels.clone(), Series::default());
     }
 
     /// Points of every series of `name` whose labels include `filter`, combined per timestamp:
-    /// summed (rates, gauges) or, for quantiles, the largest. Aliases resolve first.
+    /// summed (rates, gauges) or, for quantiles, the largest. Aliases resolve first. Nothing
+    /// older than the retention window is returned, whatever the chunks still hold.
     pub fn query(&self, name: &str, filter: &BTreeMap<String, String>, from: f64, to: f64) -> Vec<Point> {
         let (real, extra) = resolve(name);
         let mut filter = filter.clone();
@@ -223,18 +328,38 @@ impl Store {
         }
         let Some(family) = self.series.get(real) else { return vec![] };
         let quantile = ["_p50", "_p95", "_p99"].iter().any(|s| real.ends_with(s));
+        let oldest = self.now_ms.saturating_sub(self.retention_ms).saturating_add(1);
+        // Chunks are chosen on whole milliseconds around the range; points on exact seconds.
+        let from_ms = ((from * 1000.0).floor() as i64).max(oldest);
+        let to_ms = (to * 1000.0).ceil() as i64;
         let mut by_t: BTreeMap<u64, f64> = BTreeMap::new();
         for (labels, s) in family {
             if !filter.iter().all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v)) {
                 continue;
             }
-            for p in s.points.iter().filter(|p| p.t >= from && p.t <= to) {
-                let e = by_t.entry(p.t.to_bits()).or_insert(if quantile { f64::MIN } else { 0.0 });
-                *e = if quantile { e.max(p.v) } else { *e + p.v };
-            }
+            s.visit(from_ms, to_ms, |t, v| {
+                let t = secs(t);
+                if t < from || t > to {
+                    return;
+                }
+                let e = by_t.entry(t.to_bits()).or_insert(if quantile { f64::MIN } else { 0.0 });
+                *e = if quantile { e.max(v) } else { *e + v };
+            });
         }
         let mut out: Vec<Point> = by_t.into_iter().map(|(t, v)| Point { t: f64::from_bits(t), v }).collect();
         out.sort_by(|a, b| a.t.total_cmp(&b.t));
+        out
+    }
+
+    /// One series' stored values inside the retention window: a counter's raw readings (not
+    /// rates), anything else as recorded.
+    pub fn samples(&self, name: &str, labels: &Labels) -> Vec<Point> {
+        let Some(s) = self.series.get(name).and_then(|f| f.get(labels)) else { return vec![] };
+        let oldest = self.now_ms.saturating_sub(self.retention_ms);
+        let mut out = Vec::with_capacity(s.points() as usize);
+        for c in &s.chunks {
+            out.extend(c.chunk.points().filter(|(t, _)| *t > oldest).map(|(t, v)| Point { t: secs(t), v }));
+        }
         out
     }
 
@@ -259,31 +384,114 @@ impl Store {
         out
     }
 
-    /// Every series with its points, for persistence.
-    pub fn dump(&self) -> crate::persist::Dump {
-        let mut out = Vec::with_capacity(self.count);
+    pub fn series_count(&self) -> usize {
+        self.count
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut st = Stats { series: self.count, ..Stats::default() };
+        for s in self.series.values().flat_map(|f| f.values()) {
+            st.points += s.points();
+            st.chunk_bytes += s.heap_bytes();
+            st.bits += s.chunks.iter().map(|c| u64::from(c.chunk.bits())).sum::<u64>();
+        }
+        st
+    }
+
+    /// Every chunk with bits not yet written, in series order, oldest chunk first.
+    pub fn outgoing(&self) -> Vec<Outgoing> {
+        let mut out = Vec::new();
         for (name, family) in &self.series {
             for (labels, s) in family {
-                out.push((name.clone(), labels.clone(), s.points.iter().copied().collect()));
+                // Chunks are flushed in order: the unwritten ones are at the end, unless a
+                // rescan was asked for.
+                let first = if self.rescan {
+                    0
+                } else {
+                    s.chunks.len() - s.chunks.iter().rev().take_while(|c| c.flushed < c.chunk.bits()).count()
+                };
+                for c in s.chunks.range(first..).filter(|c| c.flushed < c.chunk.bits()) {
+                    out.push(Outgoing {
+                        name: name.clone(),
+                        labels: labels.clone(),
+                        uid: c.uid,
+                        counter: c.counter,
+                        prev: c.prev,
+                        block: c.chunk.first_t().div_euclid(self.layout.block_ms),
+                        from_bit: c.flushed,
+                        to_bit: c.chunk.bits(),
+                        bytes: c.chunk.bits_from(c.flushed).to_vec(),
+                    });
+                }
             }
         }
         out
     }
 
-    /// Restores persisted series, dropping points older than `oldest`. Returns the points kept.
-    pub fn restore(&mut self, dump: crate::persist::Dump, oldest: f64) -> usize {
-        let mut kept = 0;
-        for (name, labels, points) in dump {
-            for p in points.into_iter().filter(|p| p.t >= oldest) {
-                self.push(&name, &labels, p);
-                kept += 1;
+    /// Notes what persistence wrote: chunk `uid` is on disk up to its bit `to_bit`.
+    pub fn flushed(&mut self, written: &HashMap<u64, u32>) {
+        if written.is_empty() {
+            return;
+        }
+        for s in self.series.values_mut().flat_map(|f| f.values_mut()) {
+            for c in s.chunks.iter_mut().rev() {
+                match written.get(&c.uid) {
+                    Some(&to) => c.flushed = c.flushed.max(to),
+                    None if !self.rescan => break,
+                    None => {}
+                }
             }
         }
-        kept
+        self.rescan = false;
     }
 
-    pub fn series_count(&self) -> usize {
-        self.count
+    /// Chunks whose segment file was abandoned after a failed write: written whole again.
+    pub fn resend(&mut self, uids: &HashSet<u64>) {
+        if uids.is_empty() {
+            return;
+        }
+        for s in self.series.values_mut().flat_map(|f| f.values_mut()) {
+            for c in s.chunks.iter_mut().filter(|c| uids.contains(&c.uid)) {
+                c.flushed = 0;
+            }
+        }
+        self.rescan = true;
+    }
+
+    /// Adds a chunk read back from the data directory (after the series' last point, inside
+    /// the retention window; false otherwise). `written`: already in a segment file.
+    pub fn restore_chunk(
+        &mut self,
+        name: &str,
+        labels: &Labels,
+        counter: bool,
+        prev: Option<(i64, f64)>,
+        chunk: Chunk,
+        written: bool,
+    ) -> bool {
+        if chunk.count() == 0 || chunk.last_t() <= self.now_ms.saturating_sub(self.retention_ms) {
+            return false;
+        }
+        let bits = chunk.bits();
+        self.uid += 1;
+        let stored =
+            Stored { chunk, uid: self.uid, counter, prev, sealed: true, flushed: if written { bits } else { 0 } };
+        if !written {
+            self.rescan = true;
+        }
+        self.make_room(name, labels);
+        let Some(s) = self.series.get_mut(name).and_then(|f| f.get_mut(labels)) else { return false };
+        let ok = s.restore(stored);
+        if s.chunks.is_empty() {
+            if let Some(f) = self.series.get_mut(name) {
+                f.remove(labels);
+                self.count -= 1;
+                if f.is_empty() {
+                    self.series.remove(name);
+                }
+            }
+        }
+        ok
     }
 }
 
