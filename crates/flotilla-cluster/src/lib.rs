@@ -54,6 +54,8 @@ pub struct Identity {
     pub version: String,
     /// A hash of the config file, so nodes running a different config are flagged.
     pub config_hash: String,
+    /// `fleet.deployment`: nodes of one cluster must agree on it (swarm services carry it).
+    pub deployment: String,
 }
 
 /// Redis key names, all under the configured prefix.

@@ -84,6 +84,7 @@ impl Cluster {
                 leads: Vec::new(),
                 connected: true,
                 run: "?".into(),
+                deployment: String::new(),
             });
             (info, pttl)
         }))

@@ -33,6 +33,9 @@ pub struct NodeInfo {
     /// The node process's run id (random per start): two processes under one name differ here.
     #[serde(default)]
     pub run: String,
+    /// The node's `fleet.deployment`.
+    #[serde(default)]
+    pub deployment: String,
 }
 
 fn yes() -> bool {
@@ -84,6 +87,7 @@ impl Cluster {
             leads: self.leases.leading(),
             connected: true,
             run: self.run.clone(),
+            deployment: self.identity.deployment.clone(),
         }
     }
 
@@ -209,6 +213,8 @@ impl Cluster {
                 "version": n.version,
                 "config_hash": n.config_hash,
                 "config_differs": n.config_hash != self.identity.config_hash,
+                "deployment": n.deployment,
+                "deployment_differs": n.deployment != self.identity.deployment,
                 "started_ms": n.started_ms,
                 "last_heartbeat_ms": n.heartbeat_ms,
                 "heartbeat_age_ms": now.saturating_sub(n.heartbeat_ms),

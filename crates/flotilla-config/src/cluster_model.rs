@@ -99,6 +99,33 @@ impl RedisConfig {
         Ok((url, password.filter(|p| !p.is_empty())))
     }
 
+    /// Where this Redis is, written one way whatever the URL's spelling of it (no credentials,
+    /// host in lower case, default port and database filled in): nodes of one cluster derive
+    /// their shared deployment id from it.
+    pub fn location(&self) -> String {
+        let Some((scheme, rest)) = self.url.split_once("://") else { return self.url.clone() };
+        if scheme == "unix" {
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let db = query.split('&').find_map(|p| p.strip_prefix("db=")).unwrap_or("0");
+            return format!("unix:{path}/{db}");
+        }
+        let rest = rest.split(['?', '#']).next().unwrap_or("");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h).to_ascii_lowercase();
+        let has_port = match host_port.rsplit_once(':') {
+            Some((h, p)) => {
+                !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (!h.starts_with('[') || h.ends_with(']'))
+            }
+            None => false,
+        };
+        let host_port = if has_port { host_port } else { format!("{host_port}:6379") };
+        let db = match path.trim_matches('/') {
+            "" => "0",
+            d => d,
+        };
+        format!("tcp:{host_port}/{db}")
+    }
+
     /// `text` with the password (as written and percent-encoded) replaced by `***`: for error
     /// messages from the Redis client before they are logged or shown.
     pub fn scrub(&self, text: String) -> String {

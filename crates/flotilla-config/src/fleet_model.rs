@@ -5,6 +5,17 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `[fleet]`: what the fleet as a whole needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetSettings {
+    /// Scopes this Flotilla's Docker containers and Swarm services (their names and the
+    /// `flotilla.deployment` label), so another Flotilla on the same host or swarm never
+    /// removes or adopts them. Stable across restarts; the same on every node of a cluster.
+    pub deployment: String,
+    /// True when the config names it; false when derived (see `validate_fleet::settings`).
+    pub deployment_configured: bool,
+}
+
 /// One `[groups.NAME]`: instances kept between `min` and `max`, registered into `target_group`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupConfig {

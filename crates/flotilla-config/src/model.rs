@@ -28,6 +28,8 @@ pub struct Config {
     pub images: Option<crate::ImagesConfig>,
     /// `[cluster]`: absent on a single node (no Redis needed).
     pub cluster: Option<crate::ClusterConfig>,
+    /// `[fleet]`: the deployment id that scopes this Flotilla's containers and services.
+    pub fleet: crate::FleetSettings,
     /// Non-fatal findings (unset environment variables, groups with no targets) to log at start.
     pub warnings: Vec<String>,
 }

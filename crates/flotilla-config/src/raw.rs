@@ -32,6 +32,14 @@ pub(crate) struct RawConfig {
     pub budget: Option<S<RawAccountBudget>>,
     pub images: Option<S<RawImages>>,
     pub cluster: Option<S<RawCluster>>,
+    pub fleet: Option<S<RawFleet>>,
+}
+
+/// `[fleet]`: settings of the fleet as a whole.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleet {
+    pub deployment: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

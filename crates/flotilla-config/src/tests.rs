@@ -656,3 +656,30 @@ fn a_password_in_the_redis_url_never_reaches_url_debug_or_errors() {
         &["flotilla.toml:2:9: cluster.redis: give the password in the URL or as password, not both"],
     );
 }
+
+#[test]
+fn the_deployment_id_is_configured_or_derived_from_what_makes_the_deployment() {
+    assert_eq!(ok("[fleet]\ndeployment = \"shop-eu\"\n").fleet.deployment, "shop-eu");
+    let single = ok("").fleet;
+    assert!(!single.deployment_configured && single.deployment.len() == 8, "{single:?}");
+    assert_eq!(ok("").fleet.deployment, single.deployment, "stable for one file on one host");
+    let other = parse(Path::new("/elsewhere/flotilla.toml"), "", &env).unwrap().fleet.deployment;
+    assert_ne!(other, single.deployment, "another file, another deployment");
+    // Cluster nodes agree however they spell the same Redis, and differ by Redis or prefix.
+    let cl = |redis: &str, extra: &str| {
+        ok(&format!("[cluster]\nnode = \"n{}\"\nredis = \"{redis}\"\nsecret = \"x\"\n{extra}", redis.len()))
+            .fleet
+            .deployment
+    };
+    let a = cl("redis://10.0.0.5:6379/0", "");
+    assert_eq!(cl("redis://:pw@10.0.0.5", ""), a);
+    assert_eq!(cl("redis://user:pw@10.0.0.5:6379/", ""), a);
+    assert_ne!(cl("redis://10.0.0.6:6379/0", ""), a);
+    assert_ne!(cl("redis://10.0.0.5:6379/1", ""), a);
+    assert_ne!(cl("redis://10.0.0.5:6379/0", "prefix = \"shop\""), a);
+    check_err(
+        "[fleet]\ndeployment = \"Shop_EU\"\n",
+        &["flotilla.toml:2:14: fleet.deployment \"Shop_EU\" must be 1-16 lower-case letters, digits or '-' (not first or last)"],
+    );
+    check_err("[fleet]\ndeploy = \"x\"\n", &["flotilla.toml:2:1: unknown field `deploy`, expected `deployment`"]);
+}

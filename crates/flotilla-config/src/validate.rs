@@ -160,6 +160,7 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
     let budget = raw.budget.as_ref().and_then(|b| crate::validate_watch::budget(cx, b, &notifiers, &groups));
     let images = raw.images.as_ref().and_then(|i| crate::validate_images::images(cx, i, &target_groups));
     let cluster = raw.cluster.as_ref().and_then(|c| crate::validate_cluster::cluster(cx, c));
+    let fleet = crate::validate_fleet::settings(cx, raw.fleet.as_ref(), &source, cluster.as_ref());
     if let (Some(_), Some((name, _))) =
         (cache.parent, raw.target_groups.iter().find(|(n, _)| n.get_ref() == crate::SHIELD_GROUP))
     {
@@ -173,6 +174,7 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
     cx.errors.is_empty().then(|| Config {
         source,
         cluster,
+        fleet,
         edge,
         admin,
         routes,

@@ -100,7 +100,7 @@ pub(crate) fn cluster(cx: &mut Ctx<'_>, raw: &S<RawCluster>) -> Option<ClusterCo
 }
 
 /// The default node name: the kernel's host name (what `hostname` prints).
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let name: String = name.trim().chars().map(|c| if valid_name(&c.to_string()) { c } else { '-' }).collect();
     if name.is_empty() {

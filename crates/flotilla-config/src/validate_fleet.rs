@@ -512,6 +512,47 @@ fn adjustment(v: &Num) -> Result<Adjustment, String> {
     Ok(if percent { Adjustment::Percent(n) } else { Adjustment::Change(n) })
 }
 
+/// `[fleet]`. The deployment id, when not configured, is derived so that it is stable across
+/// restarts (nothing random) and differs between deployments: on a single node from the host
+/// name and the config file's path (two Flotillas on one host run from two files); in a cluster
+/// from the Redis it shares and its key prefix (what makes the nodes one cluster, so they agree
+/// without being told).
+pub(crate) fn settings(
+    cx: &mut Ctx<'_>,
+    raw: Option<&S<crate::raw::RawFleet>>,
+    source: &std::path::Path,
+    cluster: Option<&crate::ClusterConfig>,
+) -> FleetSettings {
+    if let Some(d) = raw.and_then(|r| r.get_ref().deployment.as_ref()) {
+        let v = d.get_ref().clone();
+        let ok = (1..=16).contains(&v.len())
+            && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !v.starts_with('-')
+            && !v.ends_with('-');
+        if !ok {
+            cx.err(
+                d,
+                format!("fleet.deployment {v:?} must be 1-16 lower-case letters, digits or '-' (not first or last)"),
+            );
+        }
+        return FleetSettings { deployment: v, deployment_configured: true };
+    }
+    let seed = match cluster {
+        Some(c) => format!("cluster\0{}\0{}", c.redis.location(), c.prefix),
+        None => {
+            let path = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+            format!("node\0{}\0{}", crate::validate_cluster::host_name(), path.display())
+        }
+    };
+    FleetSettings { deployment: format!("{:08x}", fnv1a(seed.as_bytes()) as u32), deployment_configured: false }
+}
+
+/// FNV-1a, 64 bits: a hash that never changes between builds (std's `DefaultHasher` may), so
+/// the derived deployment id survives upgrades.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

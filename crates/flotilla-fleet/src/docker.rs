@@ -108,9 +108,10 @@ impl Docker {
         tokio::time::timeout(Duration::from_secs(3), fut).await.ok().flatten().unwrap_or(false)
     }
 
-    /// Removes containers a previous run of this group left behind (after a crash).
-    pub async fn remove_stale(&self, group: &str) {
-        let filters = json!({ "label": [format!("flotilla.group={group}")] }).to_string();
+    /// Removes containers a previous run of this group left behind (after a crash): this
+    /// deployment's (and node's) only, never another Flotilla's on the same host.
+    pub(crate) async fn remove_stale(&self, scope: &crate::scope::Scope, group: &str) {
+        let filters = scope.filters(group, false);
         let path = format!("/containers/json?all=true&filters={}", urlencode(&filters));
         let Ok(list) = self.call("GET", &path, None).await else { return };
         for c in list.as_array().into_iter().flatten() {

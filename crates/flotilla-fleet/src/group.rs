@@ -177,10 +177,12 @@ pub(crate) struct GroupState {
 pub struct GroupHandle {
     state: Mutex<GroupState>,
     pub(crate) wake: Notify,
+    /// The deployment (and node) this group's containers and services are labelled with.
+    pub(crate) scope: crate::scope::Scope,
 }
 
 impl GroupHandle {
-    pub(crate) fn new(cfg: GroupConfig) -> Arc<Self> {
+    pub(crate) fn new(cfg: GroupConfig, scope: crate::scope::Scope) -> Arc<Self> {
         let desired = cfg.desired.clamp(cfg.min, cfg.max);
         let budget = cfg.budget.clone().map(BudgetState::new);
         Arc::new(Self {
@@ -203,6 +205,7 @@ impl GroupHandle {
                 stopping: false,
             }),
             wake: Notify::new(),
+            scope,
         })
     }
 
@@ -297,6 +300,8 @@ struct Local {
     last_step_unix_ms: Option<u64>,
     /// Unix milliseconds at `started`: the policies' clock zero, for handing their state over.
     epoch_ms: u64,
+    /// The handle's scope, for launches (which hold the state lock, not the handle).
+    scope: crate::scope::Scope,
 }
 
 /// Runs until the group is stopping and every instance has exited.
@@ -331,11 +336,11 @@ pub(crate) async fn run(
         let d = crate::docker::Docker::default();
         if d.available().await {
             if lead.is_none() {
-                d.remove_stale(&name).await;
+                d.remove_stale(&handle.scope, &name).await;
             }
             if swarm {
                 if lead.is_none() {
-                    crate::swarm::remove_stale(&d, &name).await;
+                    crate::swarm::remove_stale(&d, &handle.scope, &name).await;
                 }
                 if !crate::swarm::is_manager(&d).await {
                     handle.lock().record(
@@ -367,6 +372,7 @@ pub(crate) async fn run(
         next_launch: now,
         last_step_unix_ms: None,
         epoch_ms: coordinate::unix_ms(SystemTime::now()),
+        scope: handle.scope.clone(),
     };
     let mut leading: Option<u64> = None;
     let mut followed = std::collections::HashSet::new();
@@ -911,12 +917,14 @@ fn launch(s: &mut GroupState, registrar: &dyn Registrar, local: &mut Local, live
             return false;
         }
     };
+    let scope = local.scope.clone();
     let cx = LaunchContext {
         placeholders: Placeholders { port, instance: &id, group: &s.cfg.name, zone: zone.as_deref() },
         group: &s.cfg.name,
         launch_version: s.launch_version,
         stop_timeout: s.cfg.stop_timeout,
         stats_every: s.cfg.metrics_interval,
+        scope: &scope,
     };
     let runner = match Runner::start(&s.cfg.launch, cx) {
         Ok(r) => r,

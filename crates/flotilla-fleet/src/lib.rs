@@ -14,6 +14,7 @@ mod refresh;
 mod registrar;
 mod runner;
 mod schedule;
+mod scope;
 pub mod simulate;
 mod swarm;
 mod termination;
@@ -110,8 +111,13 @@ impl Fleet {
     ) -> Self {
         let mut groups = BTreeMap::new();
         let mut tasks = Vec::new();
+        // Read once: containers and services launched under one id must be found under it.
+        let scope = scope::Scope {
+            deployment: cfg.fleet.deployment.clone(),
+            node: cfg.cluster.as_ref().map(|c| c.node.clone()),
+        };
         for g in cfg.groups.values() {
-            let handle = GroupHandle::new(g.clone());
+            let handle = GroupHandle::new(g.clone(), scope.clone());
             let policies_version = Arc::new(AtomicU64::new(1));
             tasks.push(tokio::spawn(group::run(
                 handle.clone(),

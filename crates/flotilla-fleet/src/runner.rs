@@ -21,6 +21,8 @@ pub struct LaunchContext<'a> {
     pub launch_version: u32,
     pub stop_timeout: Duration,
     pub stats_every: Duration,
+    /// Names and labels containers and services with this deployment (and node).
+    pub scope: &'a crate::scope::Scope,
 }
 
 impl Runner {
@@ -36,16 +38,11 @@ impl Runner {
                 env.insert("PORT".into(), port.to_string());
                 env.insert("FLOTILLA_INSTANCE".into(), p.instance.to_string());
                 env.insert("FLOTILLA_GROUP".into(), cx.group.to_string());
-                let labels = [
-                    ("flotilla.group", cx.group.to_string()),
-                    ("flotilla.instance", p.instance.to_string()),
-                    ("flotilla.launch_version", cx.launch_version.to_string()),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
+                let mut labels = cx.scope.labels(cx.group, swarm.is_some());
+                labels.insert("flotilla.instance".into(), p.instance.to_string());
+                labels.insert("flotilla.launch_version".into(), cx.launch_version.to_string());
                 let spec = Spec {
-                    name: format!("flotilla-{}", p.instance),
+                    name: cx.scope.name(p.instance, swarm.is_some()),
                     image: image.clone(),
                     // In the container the app listens on the image's port, not the host's.
                     command: command.as_ref().map(|c| {

@@ -288,9 +288,10 @@ pub(crate) async fn mark_draining(docker: &Docker, service: &str) -> Result<(), 
     Err(last)
 }
 
-/// Removes services a previous run of this group left behind (after a crash).
-pub(crate) async fn remove_stale(docker: &Docker, group: &str) {
-    let filters = json!({ "label": [format!("flotilla.group={group}")] }).to_string();
+/// Removes services a previous run of this group left behind (after a crash): this
+/// deployment's only.
+pub(crate) async fn remove_stale(docker: &Docker, scope: &crate::scope::Scope, group: &str) {
+    let filters = scope.filters(group, true);
     let Ok(list) = docker.call("GET", &format!("/services?filters={}", urlencode(&filters)), None).await else {
         return;
     };
@@ -314,9 +315,14 @@ pub(crate) struct Existing {
     pub draining: bool,
 }
 
-/// Every service labelled with `group`, read from Swarm (the source of truth for what runs).
-pub(crate) async fn existing(docker: &Docker, group: &str) -> Result<Vec<Existing>, String> {
-    let filters = json!({ "label": [format!("flotilla.group={group}")] }).to_string();
+/// Every service of this deployment labelled with `group`, read from Swarm (the source of
+/// truth for what runs).
+pub(crate) async fn existing(
+    docker: &Docker,
+    scope: &crate::scope::Scope,
+    group: &str,
+) -> Result<Vec<Existing>, String> {
+    let filters = scope.filters(group, true);
     let list = docker
         .call("GET", &format!("/services?filters={}", urlencode(&filters)), None)
         .await

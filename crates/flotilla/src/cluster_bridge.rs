@@ -84,3 +84,33 @@ impl flotilla_fleet::Coordinator for FleetCoordinator {
         Box::pin(async move { self.0.fenced_set(&lease, token, &key, &state).await.map_err(|e| e.to_string()) })
     }
 }
+
+/// Nodes of one cluster lead each other's swarm groups, so they must label services alike: a
+/// node whose `fleet.deployment` differs from a live node's would neither adopt nor clean up
+/// the services the other launched. Refused when this node runs swarm groups; a warning
+/// otherwise. With Redis unreachable there is nothing to compare (the API flags it later).
+pub async fn check_deployment(
+    cfg: &flotilla_config::Config,
+    cluster: &flotilla_cluster::Cluster,
+) -> anyhow::Result<()> {
+    let Ok(nodes) = cluster.fetch_nodes().await else { return Ok(()) };
+    let mine = &cfg.fleet.deployment;
+    let Some(other) =
+        nodes.iter().find(|n| n.name != cluster.node() && !n.deployment.is_empty() && n.deployment != *mine)
+    else {
+        return Ok(());
+    };
+    let swarm = cfg
+        .groups
+        .values()
+        .any(|g| matches!(&g.launch.driver, flotilla_config::LaunchDriver::Docker { swarm: Some(_), .. }));
+    let msg = format!(
+        "fleet.deployment is {mine:?} here but {:?} on node {:?}: nodes of one cluster must agree (set [fleet] deployment to the same value on every node)",
+        other.deployment, other.name
+    );
+    if swarm {
+        anyhow::bail!(msg);
+    }
+    tracing::warn!("{msg}");
+    Ok(())
+}

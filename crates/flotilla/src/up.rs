@@ -57,6 +57,10 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
+    if cfg.groups.values().any(|g| matches!(g.launch.driver, flotilla_config::LaunchDriver::Docker { .. })) {
+        let configured = cfg.fleet.deployment_configured;
+        tracing::info!(deployment = %cfg.fleet.deployment, configured, "fleet: containers and services are named and labelled with this deployment id");
+    }
     let edge = Arc::new(Edge::new(&cfg).context("starting the edge")?);
     // A cluster node catches up on invalidations it missed before it serves anything.
     let cluster = match &cfg.cluster {
@@ -197,6 +201,7 @@ async fn join_cluster(
         address,
         version: env!("CARGO_PKG_VERSION").to_string(),
         config_hash: crate::cluster_bridge::config_hash(cfg),
+        deployment: cfg.fleet.deployment.clone(),
     };
     let state_dir = cfg.cache.disk.as_ref().map(|d| d.path.clone());
     let applier = Arc::new(crate::cluster_bridge::EdgeApplier(edge.clone()));
@@ -204,6 +209,10 @@ async fn join_cluster(
         flotilla_cluster::Cluster::start(cluster, identity, state_dir, applier, std::time::Duration::from_secs(5))
             .await
             .context("joining the cluster")?;
+    if let Err(e) = crate::cluster_bridge::check_deployment(cfg, &started).await {
+        started.stop().await;
+        return Err(e);
+    }
     edge.set_shared_limiter(Arc::new(crate::cluster_bridge::RedisLimits(started.clone())));
     tracing::info!(node = %cluster.node, redis = %cluster.redis.url, "joined the cluster");
     Ok(started)

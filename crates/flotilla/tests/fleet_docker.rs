@@ -5,58 +5,26 @@
 mod common;
 
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::docker::{image, swarm_image, IMAGE};
 use common::*;
 use serde_json::Value;
-
-const IMAGE: &str = "flotilla-test-demo:latest";
-
-/// Imports an image holding this build's `flotilla` and the libraries it links (no registry is
-/// reachable, and none is needed). None when Docker is not usable here.
-fn image() -> Option<&'static str> {
-    static READY: OnceLock<bool> = OnceLock::new();
-    let ok = *READY.get_or_init(|| {
-        let info = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();
-        if !info.is_ok_and(|o| o.status.success()) {
-            eprintln!("skipping: no Docker daemon answers here");
-            return false;
-        }
-        let root = scratch_dir("docker-rootfs").join("rootfs");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::copy(BIN, root.join("flotilla")).unwrap();
-        let ldd = Command::new("ldd").arg(BIN).output().unwrap();
-        for lib in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')) {
-            let dest = root.join(lib.trim_start_matches('/'));
-            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-            std::fs::copy(lib, &dest).unwrap();
-        }
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "tar -C '{}' -c . | docker import --change 'ENTRYPOINT [\"/flotilla\"]' - {IMAGE} >/dev/null",
-                root.display()
-            ))
-            .status()
-            .unwrap();
-        assert!(status.success(), "docker import failed");
-        // The image holds the files now; a copy of the binary and its libraries per run adds up.
-        let _ = std::fs::remove_dir_all(root.parent().unwrap());
-        true
-    });
-    ok.then_some(IMAGE)
-}
 
 /// A docker-driven group named `group` feeding the `web` target group behind `/*`.
 fn start(group: &str, keys: &str) -> Flotilla {
     start_driver(group, keys, "docker")
 }
 
-/// Like `start`, with another container driver (`swarm`).
+/// Like `start`, with another container driver (`swarm`). Each test's Flotilla has a
+/// deployment id of its own, the same on every run, so a run sweeps up what a killed run of the
+/// same test left.
 fn start_driver(group: &str, keys: &str, driver: &str) -> Flotilla {
     let body = format!(
-        r#"{ROUTE_ALL}{tg}
+        r#"[fleet]
+deployment = "t-{group}"
+
+{ROUTE_ALL}{tg}
 [groups.{group}]
 target_group = "web"
 instance_warmup = "0s"
@@ -73,23 +41,11 @@ command = ["demo-app", "--port", "{{port}}", "--bind", "0.0.0.0", "--id", "{{ins
     Flotilla::start(&format!("{driver}-{group}"), &body)
 }
 
-/// The image, on an engine that is a Swarm manager (`.ci/run` runs `docker swarm init`).
-fn swarm_image() -> Option<&'static str> {
-    let image = image()?;
-    let out = Command::new("docker").args(["info", "--format", "{{.Swarm.ControlAvailable}}"]).output().ok()?;
-    if String::from_utf8_lossy(&out.stdout).trim() != "true" {
-        eprintln!(
-            "skipping: this Docker engine is not a Swarm manager (run `docker swarm init --advertise-addr 127.0.0.1`)"
-        );
-        return None;
-    }
-    Some(image)
-}
-
 /// The Swarm services labelled with `group`.
 fn services(group: &str) -> Vec<String> {
     let out = Command::new("docker")
         .args(["service", "ls", "-q", "--filter", &format!("label=flotilla.group={group}")])
+        .args(["--filter", &format!("label=flotilla.deployment=t-{group}")])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
@@ -158,6 +114,7 @@ async fn wait_group(f: &Flotilla, name: &str, what: &str, pred: impl Fn(&Value) 
 fn containers(group: &str) -> Vec<String> {
     let out = Command::new("docker")
         .args(["ps", "-a", "-q", "--filter", &format!("label=flotilla.group={group}")])
+        .args(["--filter", &format!("label=flotilla.deployment=t-{group}")])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
@@ -431,7 +388,10 @@ async fn killing_the_swarm_groups_leader_hands_its_loop_to_another_node() {
     wait_for_port(redis_port);
     let body = |node: &str| {
         format!(
-            r#"[cluster]
+            r#"[fleet]
+deployment = "t-lead"
+
+[cluster]
 node = "{node}"
 redis = "redis://127.0.0.1:{redis_port}/0"
 lease = "2s"

@@ -123,7 +123,7 @@ pub(super) async fn take_over(
     token: u64,
 ) {
     let name = handle.lock().cfg.name.clone();
-    let existing = match crate::swarm::existing(&Docker::default(), &name).await {
+    let existing = match crate::swarm::existing(&Docker::default(), &handle.scope, &name).await {
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(group = %name, error = %e, "cannot list the group's Swarm services; adopting none");
@@ -168,7 +168,7 @@ pub(super) async fn take_over(
 /// launch) are adopted, so none runs unmanaged; scale-in then retires any beyond desired.
 pub(super) async fn reconcile(handle: &GroupHandle, registrar: &dyn Registrar, local: &mut Local) {
     let name = handle.lock().cfg.name.clone();
-    let Ok(existing) = crate::swarm::existing(&Docker::default(), &name).await else { return };
+    let Ok(existing) = crate::swarm::existing(&Docker::default(), &handle.scope, &name).await else { return };
     let unknown: Vec<_> =
         existing.into_iter().filter(|e| !e.draining && !local.runners.contains_key(&e.instance)).collect();
     if unknown.is_empty() {
@@ -252,7 +252,7 @@ pub(super) async fn follow(handle: &GroupHandle, registrar: &dyn Registrar, foll
         let s = handle.lock();
         (s.cfg.name.clone(), s.cfg.target_group.clone())
     };
-    let Ok(existing) = crate::swarm::existing(&Docker::default(), &name).await else { return };
+    let Ok(existing) = crate::swarm::existing(&Docker::default(), &handle.scope, &name).await else { return };
     // Services marked draining are on their way out: stop routing to them.
     let now: HashSet<SocketAddr> = existing.iter().filter(|e| !e.draining).filter_map(|e| e.addr).collect();
     for addr in now.difference(followed) {
