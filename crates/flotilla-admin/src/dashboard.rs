@@ -1,6 +1,7 @@
 //! The dashboard: one self-contained HTML page (`dashboard.html`, compiled in — no build step, no
-//! CDN) at `/`, and `/api/v1/dashboard`, the one call it polls. The data call needs the admin
-//! token (the page asks for it and keeps it for the browser session).
+//! CDN) at `/`, and `/api/v1/dashboard`, the one call it polls. The data call needs a token
+//! when one is configured, the admin or the read-only one (the page asks for it and keeps it for
+//! the browser session); the page itself holds no data, so it is served to anyone.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::{auth, error, AdminState};
+use crate::{error, AdminState};
 
 const PAGE: &str = include_str!("dashboard.html");
 /// How far back the charts reach.
@@ -38,8 +39,8 @@ fn series(state: &AdminState, name: &str, labels: &[(&str, &str)], from: f64, to
 
 /// Everything the page shows, in one answer.
 pub(crate) async fn data(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if state.token.is_some() && !auth::authorized(&headers, state.token.as_deref()) {
-        return error(StatusCode::UNAUTHORIZED, "the dashboard needs the admin token");
+    if state.access.has_tokens() && !state.access.reader(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "the dashboard needs the admin or the read-only token");
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let from = now - SPAN_SECS;

@@ -2,9 +2,11 @@
 //! invalidation, reload and metrics.
 //!
 //! `router(state)` is a plain axum `Router`, so it is tested with `oneshot` and no socket.
-//! Reads are open (the admin listener is meant for loopback or a private network); every
-//! mutating call needs `Authorization: Bearer <admin.token>`.
+//! Every mutating call needs `Authorization: Bearer <admin.token>`; reads are open unless
+//! `admin.protect_reads` (then they need the admin or the read-only token); every request's
+//! `Host` must name this API (see `access.rs`).
 
+pub mod access;
 mod auth;
 mod dashboard;
 mod groups;
@@ -15,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
@@ -42,7 +44,8 @@ pub struct AdminState {
     pub edge: Arc<Edge>,
     pub fleet: Arc<flotilla_fleet::Fleet>,
     pub watch: Arc<flotilla_watch::Watch>,
-    pub token: Option<String>,
+    /// Tokens, read protection and the host rule (`admin.*`).
+    pub access: access::Access,
     pub control: Arc<dyn Control>,
     /// Present when the node is part of a cluster (`[cluster]`).
     pub cluster: Option<Arc<flotilla_cluster::Cluster>>,
@@ -77,7 +80,7 @@ pub fn router(state: AdminState) -> Router {
             post(groups::start_refresh).get(groups::show_refresh).delete(groups::cancel_refresh),
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token_for_changes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
 }
@@ -121,29 +124,19 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-/// Every call that is not a read needs the token: one check in front of the router, so no
-/// mutating route can forget it. (Reads are open, except the dashboard's data, which checks.)
-async fn require_token_for_changes(
-    State(state): State<AdminState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD) {
-        if let Some(r) = unauthorized(&state, req.headers()) {
-            return r;
+/// One check in front of the router, so no route can forget it: the host, then the token a
+/// change (or, with `protect_reads`, a read) needs. See `access.rs`.
+async fn guard(State(state): State<AdminState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match state.access.check(req.method(), req.uri(), req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err((status, why)) => {
+            let mut resp = error(status, &why);
+            if status == StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            }
+            resp
         }
     }
-    next.run(req).await
-}
-
-/// `Some(401 response)` unless the request carries the admin bearer token.
-fn unauthorized(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
-    if auth::authorized(headers, state.token.as_deref()) {
-        return None;
-    }
-    let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-    resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-    Some(resp)
 }
 
 async fn certificates(State(state): State<AdminState>) -> Response {

@@ -47,7 +47,14 @@ timeout = "1s"
     let fleet = Arc::new(flotilla_fleet::Fleet::start(&cfg, Arc::new(NoRegistrar)));
     let (e2, f2) = (edge.clone(), fleet.clone());
     let watch = flotilla_watch::Watch::start(&cfg, Arc::new(move || exposition_for_watch(&e2, &f2, &NoReload)));
-    AdminState { edge, fleet, watch, token: Some("secret".into()), control: Arc::new(NoReload), cluster: None }
+    AdminState {
+        edge,
+        fleet,
+        watch,
+        access: access::Access::token_only(Some("secret".into())),
+        control: Arc::new(NoReload),
+        cluster: None,
+    }
 }
 
 async fn call(state: &AdminState, method: &str, uri: &str, token: Option<&str>, body: &str) -> (StatusCode, String) {

@@ -174,11 +174,36 @@ pub enum TlsVersion {
     V1_3,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token for mutating calls. `None` means mutating calls are refused.
     pub token: Option<String>,
+    /// Bearer token that reads (GET, HEAD) but never changes anything.
+    pub read_token: Option<String>,
+    /// Reads need a token (`token` or `read_token`) too, all but `/health`, the dashboard's
+    /// page (static; its data call is a read) and, with `open_metrics`, `/metrics`.
+    pub protect_reads: bool,
+    /// With `protect_reads`: `/metrics` stays open (a scraper without a token).
+    pub open_metrics: bool,
+    /// Host names the API answers to besides `localhost` and IP literals of its listen
+    /// address (any IP literal when it listens on all addresses): a `Host` header naming
+    /// anything else is refused, which stops DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |t: &Option<String>| t.as_ref().map(|_| "<hidden>");
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &hidden(&self.token))
+            .field("read_token", &hidden(&self.read_token))
+            .field("protect_reads", &self.protect_reads)
+            .field("open_metrics", &self.open_metrics)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -320,6 +320,10 @@ pub(crate) struct RawCert {
 pub(crate) struct RawAdmin {
     pub listen: Option<S<String>>,
     pub token: Option<S<String>>,
+    pub read_token: Option<S<String>>,
+    pub protect_reads: Option<S<bool>>,
+    pub open_metrics: Option<S<bool>>,
+    pub allowed_hosts: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -683,3 +683,27 @@ fn the_deployment_id_is_configured_or_derived_from_what_makes_the_deployment() {
     );
     check_err("[fleet]\ndeploy = \"x\"\n", &["flotilla.toml:2:1: unknown field `deploy`, expected `deployment`"]);
 }
+
+#[test]
+fn admin_reads_and_hosts() {
+    let c = ok("[admin]\ntoken = \"t\"\nread_token = \"r\"\nallowed_hosts = [\"Admin.Internal.\"]\n");
+    let a = c.admin.as_ref().unwrap();
+    assert!(a.protect_reads && !a.open_metrics, "a read token protects reads");
+    assert_eq!(a.allowed_hosts, ["admin.internal"]);
+    assert!(!format!("{a:?}").contains("\"t\"") && !format!("{a:?}").contains("\"r\""), "{a:?}");
+    let a = ok("[admin]\ntoken = \"t\"\nprotect_reads = true\nopen_metrics = true\n").admin.unwrap();
+    assert!(a.protect_reads && a.open_metrics && a.read_token.is_none());
+    assert!(!ok("[admin]\ntoken = \"t\"\n").admin.unwrap().protect_reads, "reads are open by default");
+    check_err(
+        "[admin]\ntoken = \"t\"\nread_token = \"t\"\nprotect_reads = false\nallowed_hosts = [\"http://x\"]\n",
+        &[
+            "flotilla.toml:3:14: admin.read_token must differ from admin.token (it may only read)",
+            "flotilla.toml:4:17: admin.protect_reads = false with admin.read_token set: the read token would do nothing",
+            "flotilla.toml:5:18: admin.allowed_hosts: \"http://x\" must be a host name, e.g. \"admin.internal\" (no scheme, port or '*')",
+        ],
+    );
+    check_err(
+        "[admin]\nprotect_reads = true\n",
+        &["flotilla.toml:2:17: admin.protect_reads needs admin.token or admin.read_token (else nothing could read)"],
+    );
+}

@@ -436,7 +436,42 @@ fn admin(cx: &mut Ctx<'_>, raw: &S<RawAdmin>) -> Option<AdminConfig> {
     if token.is_none() {
         cx.warnings.push("admin.token is empty: mutating admin API calls are disabled".into());
     }
-    Some(AdminConfig { listen, token })
+    let read_token = r.read_token.as_ref().map(|t| cx.expand(t, "admin.read_token")).filter(|t| !t.is_empty());
+    if let (Some(rt), true) = (&r.read_token, read_token.is_some() && read_token == token) {
+        cx.err(rt, "admin.read_token must differ from admin.token (it may only read)");
+    }
+    // A read token is only useful when reads need one, so it turns the protection on.
+    let protect_reads = r.protect_reads.as_ref().map_or(read_token.is_some(), |p| *p.get_ref());
+    match (&r.protect_reads, &r.read_token) {
+        (Some(p), _) if protect_reads && token.is_none() && read_token.is_none() => {
+            cx.err(p, "admin.protect_reads needs admin.token or admin.read_token (else nothing could read)")
+        }
+        (Some(p), Some(_)) if !protect_reads && read_token.is_some() => {
+            cx.err(p, "admin.protect_reads = false with admin.read_token set: the read token would do nothing")
+        }
+        _ => {}
+    }
+    let open_metrics = r.open_metrics.as_ref().is_some_and(|o| *o.get_ref());
+    let mut allowed_hosts = Vec::new();
+    for h in r.allowed_hosts.iter().flat_map(|l| l.get_ref()) {
+        let name = h.get_ref().trim_end_matches('.').to_ascii_lowercase();
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty() && !l.starts_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !ok {
+            cx.err(
+                h,
+                format!(
+                    "admin.allowed_hosts: {:?} must be a host name, e.g. \"admin.internal\" (no scheme, port or '*')",
+                    h.get_ref()
+                ),
+            );
+        }
+        allowed_hosts.push(name);
+    }
+    Some(AdminConfig { listen, token, read_token, protect_reads, open_metrics, allowed_hosts })
 }
 
 fn route(

@@ -10,21 +10,12 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// Sends `method path` with an optional JSON body; returns the response body on 2xx. Reads go
-/// without the token (the API's reads are open); mutations carry it.
+/// Sends `method path` with an optional JSON body; returns the response body on 2xx. Mutations
+/// carry the admin token; reads carry a token when the config has one (the admin token, else the
+/// read-only one), for APIs that protect reads (`admin.protect_reads`).
 pub async fn call(config: &Path, method: http::Method, path: &str, body: Option<String>) -> anyhow::Result<String> {
     let auth = method != http::Method::GET;
     send(config, method, path, body, auth).await
-}
-
-/// Like `call`, with the token on reads too (the dashboard's data).
-pub async fn call_authorized(
-    config: &Path,
-    method: http::Method,
-    path: &str,
-    body: Option<String>,
-) -> anyhow::Result<String> {
-    send(config, method, path, body, true).await
 }
 
 async fn send(
@@ -37,10 +28,15 @@ async fn send(
     let cfg = flotilla_config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let admin = cfg.admin.with_context(|| format!("{}: no [admin] section, so no API to call", config.display()))?;
     let mut req = http::Request::builder().method(method.clone()).uri(format!("http://{}{path}", admin.listen));
-    if auth {
-        let token = admin
-            .token
-            .with_context(|| format!("{}: admin.token is empty; mutating calls are disabled", config.display()))?;
+    let token = match auth {
+        true => Some(
+            admin
+                .token
+                .with_context(|| format!("{}: admin.token is empty; mutating calls are disabled", config.display()))?,
+        ),
+        false => admin.token.or(admin.read_token),
+    };
+    if let Some(token) = token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let req = req

@@ -141,7 +141,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
                 edge: edge.clone(),
                 fleet: fleet.clone(),
                 watch: watch.clone(),
-                token: admin.token.clone(),
+                access: flotilla_admin::access::Access::new(admin),
                 control: reloader.clone(),
                 cluster: cluster.clone(),
             };

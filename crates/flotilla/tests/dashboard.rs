@@ -29,6 +29,11 @@ impl Drop for Driver {
 
 impl Driver {
     async fn start() -> Option<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// With extra Chromium arguments (e.g. host resolver rules).
+    async fn start_with(extra: &[&str]) -> Option<Self> {
         let (chromium, driver) = ("/usr/bin/chromium", "/usr/bin/chromedriver");
         if !std::path::Path::new(chromium).exists() || !std::path::Path::new(driver).exists() {
             eprintln!("skipping: chromium and chromedriver are not installed (Debian: chromium chromium-driver)");
@@ -44,9 +49,17 @@ impl Driver {
             .unwrap();
         wait_for_port(port);
         let base = format!("http://127.0.0.1:{port}");
+        let mut args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,1100",
+        ];
+        args.extend_from_slice(extra);
         let caps = json!({ "capabilities": { "alwaysMatch": { "browserName": "chrome", "goog:chromeOptions": {
             "binary": chromium,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1100"],
+            "args": args,
         }}}});
         let mut d = Self { child, base, session: String::new() };
         let v = d.call("POST", "/session", caps).await;
@@ -220,6 +233,56 @@ command = ["flotilla", "demo-app", "--port", "{{port}}", "--id", "{{instance}}"]
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-phone.png");
     std::fs::write(&path, decode_base64(shot["value"].as_str().unwrap())).unwrap();
     eprintln!("dashboard phone screenshot: {}", path.display());
+}
+
+/// With reads protected, the dashboard logs in with the read-only token. And DNS rebinding, in a
+/// real browser: Chromium resolves `rebind.test` to 127.0.0.1 (as an attacker's DNS would after
+/// the page loaded), so a page from that name reaches the admin API's socket; the API refuses
+/// the name, so the page gets no data and no script of its can read an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_with_protected_reads_and_a_rebinding_domain() {
+    let Some(browser) = Driver::start_with(&["--host-resolver-rules=MAP rebind.test 127.0.0.1"]).await else {
+        return;
+    };
+    let app = DemoApp::start("a");
+    let (port, admin_port, dir) = (free_port(), free_port(), scratch_dir("dashboard-reads"));
+    let text = format!(
+        "[edge]\nlisten = [\"127.0.0.1:{port}\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"test-token\"\n\
+         read_token = \"read-token\"\n\n[watch]\nresolution = \"500ms\"\n\n{ROUTE_ALL}{}",
+        group_toml("web", &[&app], "")
+    );
+    let f = Flotilla::start_raw("", &dir, &text, port, admin_port);
+    browser.goto(&f.admin("/")).await;
+    browser
+        .wait_js(
+            "return !document.getElementById('login').classList.contains('hidden')",
+            "the login form",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.type_into("#token", "read-token").await;
+    browser.click("#login-button").await;
+    browser
+        .wait_js(
+            "return !document.getElementById('app').classList.contains('hidden') && \
+             document.getElementById('targets').textContent.includes('127.0.0.1')",
+            "the dashboard with the read token",
+            Duration::from_secs(15),
+        )
+        .await;
+
+    // The same API under a rebinding name: the page itself is refused, and so is its data.
+    browser.goto(&format!("http://rebind.test:{admin_port}/")).await;
+    let text = browser.js("return document.body ? document.body.textContent : ''").await;
+    assert!(text.as_str().unwrap_or("").contains("not one this admin API answers to"), "{text}");
+    let status = browser
+        .call(
+            "POST",
+            "/execute/async",
+            json!({ "script": "const done = arguments[0]; fetch('/api/v1/dashboard', { headers: { Authorization: 'Bearer read-token' } }).then(r => done(r.status), e => done(String(e)));", "args": [] }),
+        )
+        .await;
+    assert_eq!(status["value"], 421, "{status}");
 }
 
 /// Standard base64 (the WebDriver screenshot encoding), without a crate for one test.
