@@ -27,26 +27,31 @@ pub enum OtherCookies {
     Strip,
 }
 
-/// The request's cookies as (name, value) pairs, over every `Cookie` field line.
-fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-        .filter_map(|pair| {
-            let pair = std::str::from_utf8(pair).unwrap_or("\u{fffd}").trim();
-            (!pair.is_empty()).then(|| pair.split_once('=').unwrap_or((pair, "")))
-        })
-        .map(|(k, v)| (k.trim(), v.trim()))
-}
+use crate::key::cookie_pairs as pairs;
 
 fn kept(name: &str, keyed: &[String], own: Option<&str>) -> bool {
     keyed.iter().any(|k| k == name) || own == Some(name)
 }
 
-/// Does the request speak for someone: `Authorization`, or a cookie outside `keyed` and `own`?
+/// Does the request speak for someone: `Authorization`, a cookie outside `keyed` and `own`, or
+/// a keyed cookie named twice (the key reads the first, an origin may read the last: Django and
+/// Python's `SimpleCookie` do, so `lang=en; lang=evil` would store `evil` under `en`)?
 pub fn carries_credentials(headers: &HeaderMap, keyed: &[String], own: Option<&str>) -> bool {
-    headers.contains_key(header::AUTHORIZATION) || other_cookies(headers, keyed, own)
+    headers.contains_key(header::AUTHORIZATION) || cookie_credentials(headers, keyed, own)
+}
+
+/// The cookie half of [`carries_credentials`]: a cookie outside `keyed` and `own`, or a kept one
+/// named twice.
+pub fn cookie_credentials(headers: &HeaderMap, keyed: &[String], own: Option<&str>) -> bool {
+    other_cookies(headers, keyed, own) || repeated(headers, keyed, own)
+}
+
+fn repeated(headers: &HeaderMap, keyed: &[String], own: Option<&str>) -> bool {
+    if !headers.contains_key(header::COOKIE) {
+        return false;
+    }
+    let names: Vec<&str> = pairs(headers).map(|(k, _)| k).filter(|k| kept(k, keyed, own)).collect();
+    names.iter().enumerate().any(|(i, n)| names[..i].contains(n))
 }
 
 /// A cookie outside `keyed` and `own`.
@@ -125,6 +130,11 @@ mod tests {
         assert!(c(&[("cookie", "flag")]), "a cookie without a value still counts");
         assert!(c(&[("authorization", "Bearer x")]));
         assert!(carries_credentials(&h(&[("cookie", "flotilla_sticky=t1")]), &[], None), "stickiness off");
+        assert!(c(&[("cookie", "lang=en; lang=evil")]), "a keyed cookie twice");
+        assert!(c(&[("cookie", "lang=en"), ("cookie", "lang=evil")]));
+        // Whitespace around a name reads the same for the key and for this check.
+        assert!(!c(&[("cookie", "lang =de")]));
+        assert_eq!(crate::key::cookie(&h(&[("cookie", "lang =de")]), "lang"), Some("de"));
     }
 
     #[test]

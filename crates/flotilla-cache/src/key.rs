@@ -87,14 +87,27 @@ pub fn keyed_query<'a>(policy: &KeyPolicy, query: &'a str) -> Option<std::borrow
     }
 }
 
-/// A cookie's value from the request's Cookie header lines.
+/// The request's cookies as (name, value) pairs, over every `Cookie` field line: the one reading
+/// of `Cookie` the key, the credential check and the sticky cookie share, so no cookie can be
+/// one thing to the key and another to the credential check. Split on `;` as bytes, names and
+/// values trimmed; a pair that is not UTF-8 reads as a name no key lists ("\u{fffd}").
+pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| {
+            let pair = std::str::from_utf8(pair).unwrap_or("\u{fffd}").trim();
+            (!pair.is_empty()).then(|| pair.split_once('=').unwrap_or((pair, "")))
+        })
+        .map(|(k, v)| (k.trim(), v.trim()))
+}
+
+/// A cookie's value (its first occurrence; a request naming a keyed cookie twice is treated as
+/// carrying credentials, see `credentials.rs`, so the origin's choice between them never
+/// matters for a shared answer).
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(
-        |pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v)
-        },
-    )
+    cookie_pairs(headers).find_map(|(k, v)| (k == name).then_some(v))
 }
 
 fn normalize_ws(s: &str) -> String {

@@ -296,3 +296,54 @@ async fn underscored_headers_and_a_clients_shield_marker_are_dropped() {
     );
     assert!(lower.contains("x-app"), "{r}");
 }
+
+/// Review mends on the cache side: one Accept-Encoding reaches the origin, and an encoded body
+/// is keyed on it even when the origin does not say `Vary` (Debian's nginx `gzip on`); a keyed
+/// cookie named twice bypasses the cache; only methods that change something invalidate; and a
+/// Range on something that is not stored is answered by the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encodings_duplicate_cookies_odd_methods_and_ranges_on_passes() {
+    let ngx = Nginx::start(
+        "review-cache",
+        &format!(
+            "location /gz/ {{ gzip on; gzip_types text/plain; gzip_min_length 1; gzip_vary off; {ECHO} }}\n    location /files/ {{ }}\n    location / {{ return 200 \"uri=$request_uri lang=$cookie_lang\\n\"; }}"
+        ),
+    );
+    std::fs::create_dir_all(ngx.root.join("files")).unwrap();
+    let big: String = (0..5000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    std::fs::write(ngx.root.join("files/big.txt"), &big).unwrap();
+    let body = format!(
+        "[cache]\nmax_object = \"1KiB\"\n\n[cache_behaviors.main]\n[cache_behaviors.main.key]\ncookies = [\"lang\"]\n\n[[routes]]\npath = \"/*\"\ntarget_group = \"origin\"\ncache = \"main\"\n\n{}",
+        origin_group(&ngx)
+    );
+    let f = Flotilla::start("trust-review-cache", &body);
+    let get = |head: &str| send(f.port, &format!("GET {head}\r\nConnection: close\r\n\r\n"));
+    // An encoded body without Vary is not served to a client that did not ask for it.
+    let gz = get("/gz/a HTTP/1.1\r\nHost: site\r\nAccept-Encoding: gzip");
+    assert!(gz.to_ascii_lowercase().contains("content-encoding: gzip"), "{gz}");
+    let plain = get("/gz/a HTTP/1.1\r\nHost: site");
+    assert!(!plain.to_ascii_lowercase().contains("content-encoding"), "{plain}");
+    assert!(plain.contains("uri=/gz/a "), "{plain}");
+    // Two spellings of "no gzip" reach the origin as one.
+    let odd = get("/gz/b HTTP/1.1\r\nHost: site\r\nAccept-Encoding: gzip, gzip;q=0");
+    assert!(!odd.to_ascii_lowercase().contains("content-encoding"), "{odd}");
+    let after = get("/gz/b HTTP/1.1\r\nHost: site");
+    assert!(!after.to_ascii_lowercase().contains("content-encoding"), "{after}");
+    // A keyed cookie named twice is no one's shared answer.
+    let dup = get("/c HTTP/1.1\r\nHost: site\r\nCookie: lang=en; lang=evil");
+    assert!(dup.contains("fwd=bypass"), "{dup}");
+    let en = get("/c HTTP/1.1\r\nHost: site\r\nCookie: lang=en");
+    assert!(en.contains("fwd=miss"), "the duplicate's answer must not have been stored: {en}");
+    // An unknown method does not evict.
+    let _ = get("/hot HTTP/1.1\r\nHost: site");
+    let foo = send(f.port, "FOO /hot HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n");
+    assert_eq!(status(&foo), 200, "{foo}");
+    let hot = get("/hot HTTP/1.1\r\nHost: site");
+    assert!(hot.contains("hit"), "FOO evicted /hot: {hot}");
+    // A Range on an object too large to store is the origin's to answer.
+    let first = get("/files/big.txt HTTP/1.1\r\nHost: site");
+    assert!(first.contains("too-large"), "{first}");
+    let ranged = get("/files/big.txt HTTP/1.1\r\nHost: site\r\nRange: bytes=0-9");
+    assert_eq!(status(&ranged), 206, "{ranged}");
+    assert!(ranged.ends_with("abcdefghij"), "{ranged}");
+}

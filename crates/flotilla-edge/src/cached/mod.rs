@@ -56,8 +56,11 @@ pub(crate) async fn serve(
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let primary = key::primary(&rule.key, &cx.key_host(), &path, req.uri().query(), req.headers());
         let request_headers = req.headers().clone();
+        // Only the methods that change something invalidate: any other (OPTIONS, a made-up
+        // `FOO`) would let every client evict every object on demand.
+        let invalidates = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
         let resp = origin(cx, req, out).await?;
-        if resp.status().is_success() || resp.status().is_redirection() {
+        if invalidates && (resp.status().is_success() || resp.status().is_redirection()) {
             // RFC 9111 §4.4: a successful unsafe request invalidates the target URI, and the
             // URIs in Location and Content-Location when they are on the same host.
             cache.remove(&primary);
@@ -127,8 +130,15 @@ pub(crate) async fn serve(
         }
     };
 
-    // Ask for the full object: the client's own validators and ranges are answered from it.
-    let client_conditions = strip_conditionals(req.headers_mut());
+    // The origin is asked with one Accept-Encoding, the coding the secondary key picked for
+    // this client: two spellings of one preference (`gzip, gzip;q=0`, two lines) must not get
+    // the origin to answer one thing and the key to file it under another.
+    normalize_accept_encoding(req.headers_mut());
+    // Ask for the full object: the client's own validators and ranges are answered from it —
+    // unless nothing will be stored for anyone (a known pass, a credentialed bypass), when the
+    // origin answers them itself (a Range on a file too large to cache gets its 206).
+    let passing = flight.is_none() && stale.is_none();
+    let client_conditions = if passing { req.headers().clone() } else { strip_conditionals(req.headers_mut()) };
     // A stale entry with validators is revalidated: a 304 refreshes it without a new body.
     let revalidating = stale.as_ref().is_some_and(|s| add_validators(req.headers_mut(), s));
     let request_time = SystemTime::now();
@@ -216,6 +226,12 @@ struct Fetch<'a> {
     flight: Option<Flight>,
 }
 
+/// Replaces the client's Accept-Encoding with the one coding the key chose for it.
+fn normalize_accept_encoding(headers: &mut HeaderMap) {
+    let pick = key::preferred_encoding(headers, &flotilla_cache::Encoding::ALL);
+    headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(pick.as_str()));
+}
+
 /// The sticky cookie the edge itself sets for this route's group: it picks a target, never a
 /// page, so it is no one's credential and its `Set-Cookie` does not make a response private.
 fn own_cookie(cx: &Origin<'_>) -> Option<String> {
@@ -287,7 +303,7 @@ async fn settle_inner(
         response_headers: resp.headers(),
         response_cc: &cc,
         behavior: Some(&rule.behavior),
-        cookies: credentials::other_cookies(request_headers, &rule.key.cookies, own),
+        cookies: credentials::cookie_credentials(request_headers, &rule.key.cookies, own),
     })
     .and_then(|()| match stale {
         // A client may force a revalidation and craft it so the origin fails: that error is
@@ -333,9 +349,20 @@ async fn settle_inner(
     let timing = Timing::new(request_time, SystemTime::now(), &parts.headers);
     let mut headers = parts.headers;
     headers.remove(header::AGE);
-    let Some(vary) = key::vary_names(&headers) else {
+    let Some(mut vary) = key::vary_names(&headers) else {
         return Ok(Settled::Passed(Response::from_parts(parts_with(parts.status, headers), body), "vary-star"));
     };
+    // A body the origin encoded depends on Accept-Encoding whether or not it says so (nginx's
+    // `gzip on` sends no Vary unless `gzip_vary` is set): never hand it to a client that did
+    // not ask for that coding.
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+    if encoded && !vary.contains(&header::ACCEPT_ENCODING) {
+        vary.push(header::ACCEPT_ENCODING);
+        vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
     let lifetime = freshness::lifetime(&cc, &headers, parts.status, Some(&rule.behavior));
     let template = Entry {
         status: parts.status,
