@@ -6,11 +6,14 @@
 //! - [`storable`]: may a shared cache store this response?
 //! - [`freshness`]: lifetime (with behaviour clamps), age, and the fresh/stale/revalidate decision.
 //! - [`key`]: primary keys from a behaviour's key policy, Vary secondary keys, Accept-Encoding.
+//! - [`conditional`], [`range`]: conditional requests and ranges against a representation's
+//!   validators (shared by stored entries and `files:` origins).
 //! - [`credentials`]: which requests speak for someone, and what may be shared with others.
 //! - [`ledger`]: invalidations by generation, so a fill under way cannot undo one.
 //! - [`store`], [`disk`]: the memory and disk tiers.
 
 pub mod compress;
+pub mod conditional;
 pub mod credentials;
 pub mod directives;
 pub mod disk;

@@ -11,13 +11,14 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper::body::Frame;
 use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 
-use flotilla_cache::range::{self, Ranges};
+use flotilla_cache::conditional::{self, Validators};
+use flotilla_cache::range::Ranges;
 
-use crate::proxy::{Body, BoxError};
+use crate::body::{empty, Body, BoxError};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -212,10 +213,11 @@ pub(crate) async fn serve(
     if let Some(v) = last_modified.as_deref().and_then(|lm| HeaderValue::from_str(lm).ok()) {
         out.insert(header::LAST_MODIFIED, v);
     }
-    if not_modified(headers, &etag, found.modified) {
+    let validators = Validators { etag: Some(&etag), last_modified: last_modified.as_deref() };
+    if conditional::not_modified(headers, &validators) {
         return with_headers(StatusCode::NOT_MODIFIED, out, empty());
     }
-    let (status, start, len) = match range(headers, &etag, last_modified.as_deref(), found.len) {
+    let (status, start, len) = match range(headers, &validators, found.len) {
         Ranges::Full => (StatusCode::OK, 0, found.len),
         Ranges::Satisfiable(r) => {
             let (start, end) = r[0];
@@ -237,7 +239,7 @@ pub(crate) async fn serve(
     }
     if let Some(bytes) = &found.small {
         let (from, to) = (start as usize, (start + len) as usize);
-        return with_headers(status, out, Full::new(bytes.slice(from..to)).map_err(|e| match e {}).boxed_unsync());
+        return with_headers(status, out, crate::body::full(bytes.slice(from..to)));
     }
     let Some(file) = found.file else { return plain(StatusCode::INTERNAL_SERVER_ERROR, "read failed\n") };
     let mut file = tokio::fs::File::from_std(file);
@@ -262,34 +264,10 @@ fn read_small(f: &mut Found) {
     }
 }
 
-/// RFC 9110 §13.1.2 / §13.1.3: If-None-Match (weak comparison) wins over If-Modified-Since.
-fn not_modified(h: &HeaderMap, etag: &str, modified: Option<SystemTime>) -> bool {
-    if let Some(inm) = h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        let bare = etag.trim_start_matches("W/");
-        return inm.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == bare);
-    }
-    let since =
-        h.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok());
-    match (since, modified) {
-        (Some(since), Some(m)) => {
-            let m_secs = m.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let s_secs = since.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            m_secs <= s_secs
-        }
-        _ => false,
-    }
-}
-
 /// One range is served; several get the whole file (RFC 9110 §14.2 allows it), which keeps
-/// the streamed body simple. `If-Range` needs a strong match: our ETag or the exact date.
-fn range(h: &HeaderMap, etag: &str, last_modified: Option<&str>, len: u64) -> Ranges {
-    let Some(spec) = h.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return Ranges::Full };
-    if let Some(cond) = h.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
-        if cond != etag && Some(cond) != last_modified {
-            return Ranges::Full;
-        }
-    }
-    match range::parse(spec, len) {
+/// the streamed body simple.
+fn range(h: &HeaderMap, v: &Validators<'_>, len: u64) -> Ranges {
+    match conditional::requested_ranges(h, v, len) {
         Ranges::Satisfiable(r) if r.len() > 1 => Ranges::Full,
         other => other,
     }
@@ -378,14 +356,10 @@ impl hyper::body::Body for FileBody {
     }
 }
 
-fn empty() -> Body {
-    Empty::new().map_err(|e| match e {}).boxed_unsync()
-}
-
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    with_headers(status, h, Full::new(Bytes::from_static(text.as_bytes())).map_err(|e| match e {}).boxed_unsync())
+    with_headers(status, h, crate::body::full(Bytes::from_static(text.as_bytes())))
 }
 
 fn with_headers(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
@@ -409,15 +383,16 @@ mod tests {
 
     #[test]
     fn ranges() {
-        let e = "\"1-64\"";
+        let v = Validators { etag: Some("\"1-64\""), last_modified: None };
+        let e = &v;
         let part = |r: Ranges| match r {
             Ranges::Satisfiable(v) => Some(v),
             _ => None,
         };
-        assert_eq!(part(range(&h(&[("range", "bytes=-10")]), e, None, 100)), Some(vec![(90, 99)]));
-        assert_eq!(range(&h(&[("range", "bytes=0-1,5-6")]), e, None, 100), Ranges::Full);
-        assert_eq!(range(&h(&[("range", "bytes=0-9"), ("if-range", "\"old\"")]), e, None, 100), Ranges::Full);
-        assert_eq!(part(range(&h(&[("range", "bytes=0-9"), ("if-range", e)]), e, None, 100)), Some(vec![(0, 9)]));
+        assert_eq!(part(range(&h(&[("range", "bytes=-10")]), e, 100)), Some(vec![(90, 99)]));
+        assert_eq!(range(&h(&[("range", "bytes=0-1,5-6")]), e, 100), Ranges::Full);
+        assert_eq!(range(&h(&[("range", "bytes=0-9"), ("if-range", "\"old\"")]), e, 100), Ranges::Full);
+        assert_eq!(part(range(&h(&[("range", "bytes=0-9"), ("if-range", "\"1-64\"")]), e, 100)), Some(vec![(0, 9)]));
     }
 
     #[test]

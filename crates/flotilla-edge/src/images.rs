@@ -19,16 +19,15 @@ use flotilla_images::url::{self as image_url, ImageUrl, Variant};
 use flotilla_images::{ImageError, Limits, Spec, Target};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
-use crate::cached::{collect_bounded, Collected};
+use crate::body::{collect_bounded, json_str, Body, Collected};
 use crate::error::ProxyError;
 use crate::files::ReadError;
 use crate::group::TargetGroup;
 use crate::metrics::{EdgeMetrics, ImageLabels, RefusalLabels};
-use crate::proxy::{origin, Body, Origin, Outcome};
+use crate::proxy::{origin, Origin, Outcome};
 use crate::route::CacheRule;
 use crate::Shared;
 
@@ -435,7 +434,7 @@ async fn fetch_unbounded(
 fn variant_response(img: flotilla_images::Output, source: &HeaderMap, svc: &ImageService) -> Response<Body> {
     let digest = ring::digest::digest(&ring::digest::SHA256, &img.bytes);
     let etag = format!("\"{}\"", digest.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
-    let mut resp = Response::new(Full::new(Bytes::from(img.bytes)).map_err(|e| match e {}).boxed_unsync());
+    let mut resp = Response::new(crate::body::full(Bytes::from(img.bytes)));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(img.format.mime()));
     h.insert(header::VARY, HeaderValue::from_static("Accept"));
@@ -525,25 +524,10 @@ async fn srcset(
             "application/json",
         )
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync());
+    let mut resp = Response::new(crate::body::full(Bytes::from(body)));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
     Ok(resp)
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn refused(shared: &Shared, reason: &'static str) {
@@ -551,15 +535,5 @@ fn refused(shared: &Shared, reason: &'static str) {
 }
 
 fn json_error(status: StatusCode, reason: &str, message: &str) -> Response<Body> {
-    let body = format!(
-        "{{\"status\":{},\"error\":{},\"message\":{}}}\n",
-        status.as_u16(),
-        json_str(reason),
-        json_str(message)
-    );
-    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync());
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    crate::body::json_error(status, reason, message, None)
 }

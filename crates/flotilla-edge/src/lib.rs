@@ -5,6 +5,7 @@
 //! The edge knows nothing of the fleet: targets arrive from config or from [`Edge::register`].
 
 mod balance;
+mod body;
 mod cached;
 mod error;
 mod fdlimit;
@@ -43,12 +44,12 @@ use flotilla_config::{Config, Limits, TargetConfig, Timeouts};
 use http::header::HeaderName;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+pub use body::Body;
 pub use cached::Invalidation;
 pub use error::EdgeError;
 pub use fdlimit::raise_nofile;
 pub use latency::{bucket_bounds, CLASSIC as LATENCY_BOUNDS};
 pub use policy::{SharedLimiter, SharedVerdict};
-pub use proxy::Body;
 pub use target::TargetState;
 
 use group::TargetGroup;

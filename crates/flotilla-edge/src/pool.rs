@@ -24,7 +24,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustc_hash::FxBuildHasher;
 
-use crate::proxy::Body;
+use crate::body::Body;
 use crate::target::InFlight;
 
 /// Idle connections older than this are closed rather than reused: many app servers close idle

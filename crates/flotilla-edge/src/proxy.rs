@@ -11,7 +11,7 @@ use flotilla_config::Algorithm;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 
 use crate::error::ProxyError;
@@ -23,9 +23,7 @@ use crate::route::RouteBackend;
 use crate::target::Target;
 use crate::{headers, upgrade, Runtime, Shared};
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type on both sides of the proxy: streamed, never buffered whole unless replayable.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) use crate::body::{Body, BoxError};
 
 /// Facts about the client connection a request arrived on.
 pub(crate) struct Conn {
@@ -237,7 +235,7 @@ async fn forward(
                 None => limiter.check(&key),
             };
             if let crate::policy::Verdict::Deny { retry_after } = verdict {
-                return Ok(Routed::Answered(too_many_requests(retry_after)));
+                return Ok(Routed::Answered(too_many_requests(retry_after, rid)));
             }
         }
     }
@@ -587,7 +585,7 @@ impl ReplayBody {
     fn next(&mut self) -> Option<Body> {
         match self {
             ReplayBody::Empty => Some(empty()),
-            ReplayBody::Buffered(b) => Some(Full::new(b.clone()).map_err(|e| match e {}).boxed_unsync()),
+            ReplayBody::Buffered(b) => Some(crate::body::full(b.clone())),
             ReplayBody::Stream(s) => s.take(),
         }
     }
@@ -642,27 +640,14 @@ where
     Ok(ReplayBody::Stream(Some(body.boxed_unsync())))
 }
 
-pub(crate) fn empty() -> Body {
-    Empty::new().map_err(|e| match e {}).boxed_unsync()
-}
+pub(crate) use crate::body::empty;
 
 fn small(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync());
-    *resp.status_mut() = status;
-    resp
+    crate::body::text(status, body)
 }
 
 pub(crate) fn error_response(e: ProxyError, rid: &HeaderValue) -> Response<Body> {
-    let status = e.status();
-    let body = format!(
-        "{{\"status\":{},\"error\":\"{}\",\"request_id\":\"{}\"}}\n",
-        status.as_u16(),
-        e.message(),
-        rid.to_str().unwrap_or("")
-    );
-    let mut resp = small(status, body);
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut resp = crate::body::json_error(e.status(), e.kind(), e.message(), Some(rid));
     if matches!(e, ProxyError::BadRequest | ProxyError::HeadTooLarge) {
         // After a framing problem the connection's byte stream cannot be trusted: close it.
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -671,12 +656,10 @@ pub(crate) fn error_response(e: ProxyError, rid: &HeaderValue) -> Response<Body>
 }
 
 /// 429 with the seconds until the client's bucket has a token again (rounded up).
-fn too_many_requests(retry_after: std::time::Duration) -> Response<Body> {
+fn too_many_requests(retry_after: std::time::Duration, rid: &HeaderValue) -> Response<Body> {
     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    let mut resp = small(StatusCode::TOO_MANY_REQUESTS, "{\"status\":429,\"error\":\"rate limited\"}\n".into());
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut resp = crate::body::json_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "rate limited", Some(rid));
     resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 

@@ -16,7 +16,8 @@ use flotilla_config::{Algorithm, HealthCheck, Passive, Stickiness, TargetConfig,
 use http::{HeaderValue, Request, Response};
 use http_body_util::Empty;
 
-use crate::proxy::{origin, Backend, Body, Origin, Outcome};
+use crate::body::Body;
+use crate::proxy::{origin, Backend, Origin, Outcome};
 use crate::target::TargetState;
 
 /// Answered `200` by every edge, for its children's health checks.

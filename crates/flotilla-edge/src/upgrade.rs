@@ -8,10 +8,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::body::{empty, Body};
 use crate::error::ProxyError;
 use crate::group::{PickRequest, TargetGroup};
 use crate::pool::SendError;
-use crate::proxy::{empty, finish, outgoing, prepare_headers, Body, Origin, Outcome};
+use crate::proxy::{finish, outgoing, prepare_headers, Origin, Outcome};
 
 pub(crate) async fn forward(
     cx: Origin<'_>,

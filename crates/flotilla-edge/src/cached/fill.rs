@@ -30,7 +30,7 @@ use hyper::body::Frame;
 use tokio::sync::{oneshot, Notify, Semaphore};
 
 use super::tiers::Flight;
-use crate::proxy::{Body, BoxError};
+use crate::body::{Body, BoxError};
 use crate::route::CacheRule;
 use crate::Shared;
 

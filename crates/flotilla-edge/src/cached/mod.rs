@@ -20,7 +20,7 @@ mod tiers;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use flotilla_cache::freshness::{self, Freshness, Timing};
 use flotilla_cache::storable::{self, Exchange};
 use flotilla_cache::{
@@ -28,11 +28,11 @@ use flotilla_cache::{
 };
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 
+use crate::body::Body;
 use crate::error::ProxyError;
-use crate::proxy::{origin, Body, BoxError, Origin, Outcome};
+use crate::proxy::{origin, Origin, Outcome};
 use crate::route::CacheRule;
 use respond::{from_cache, gateway_timeout_only_if_cached, parts_with, respond, respond_with, with_cache_status};
 use revalidate::{add_validators, refresh, request_directives, strip_conditionals};
@@ -477,35 +477,4 @@ pub(super) fn tags(headers: &HeaderMap) -> Vec<String> {
         out.extend(v.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()));
     }
     out
-}
-
-pub(crate) enum Collected {
-    All(Bytes),
-    /// Over the limit (what was read is dropped).
-    TooLarge,
-    Failed(BoxError),
-}
-
-/// Reads a body up to `limit` bytes (the image route's originals).
-pub(crate) async fn collect_bounded(mut body: Body, limit: usize) -> Collected {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(f) => {
-                if let Ok(data) = f.into_data() {
-                    buf.extend_from_slice(&data);
-                    if buf.len() > limit {
-                        return Collected::TooLarge;
-                    }
-                }
-            }
-            Err(e) => return Collected::Failed(e),
-        }
-    }
-    // Doubling growth can leave up to half the capacity unused, and what is collected here is
-    // often kept (cached): give it back rather than pin it.
-    if buf.capacity() - buf.len() > buf.len() / 4 {
-        return Collected::All(Bytes::copy_from_slice(&buf));
-    }
-    Collected::All(buf.freeze())
 }

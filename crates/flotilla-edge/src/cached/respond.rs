@@ -4,14 +4,14 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use flotilla_cache::conditional::{self, Validators};
 use flotilla_cache::range::{self, Ranges};
-use flotilla_cache::{freshness, key, Encoding, Entry};
+use flotilla_cache::{key, Encoding, Entry};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 
-use crate::proxy::Body;
+use crate::body::Body;
 use crate::route::CacheRule;
 
 pub(super) fn respond(entry: &Entry, req: &Request<Incoming>, cache_status: &str) -> Response<Body> {
@@ -83,19 +83,9 @@ pub(super) fn respond_with(entry: &Entry, request: &HeaderMap, head: bool, cache
     resp
 }
 
-/// The ranges the client asked for, if they apply to this entry (RFC 9110 §14): `If-Range`
-/// must match the stored validator (strongly), else the whole body is sent.
+/// The ranges the client asked for, if they apply to this entry (`If-Range` must match it).
 fn requested_range(entry: &Entry, request: &HeaderMap) -> Option<Ranges> {
-    let spec = request.get(header::RANGE)?.to_str().ok()?;
-    if let Some(if_range) = request.get(header::IF_RANGE) {
-        let matches_etag =
-            entry.headers.get(header::ETAG).is_some_and(|e| e == if_range && !e.as_bytes().starts_with(b"W/"));
-        let matches_date = entry.headers.get(header::LAST_MODIFIED).is_some_and(|lm| lm == if_range);
-        if !(matches_etag || matches_date) {
-            return None;
-        }
-    }
-    match range::parse(spec, entry.body.len() as u64) {
+    match conditional::requested_ranges(request, &Validators::of(&entry.headers), entry.body.len() as u64) {
         Ranges::Full => None,
         r => Some(r),
     }
@@ -135,17 +125,7 @@ fn ranged(entry: &Entry, mut headers: HeaderMap, ranges: Ranges, head: bool) -> 
 }
 
 fn not_modified(entry: &Entry, request: &HeaderMap) -> bool {
-    if let Some(inm) = request.get(header::IF_NONE_MATCH) {
-        let Some(etag) = entry.headers.get(header::ETAG).and_then(|e| e.to_str().ok()) else { return false };
-        let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
-        return inm.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim() == "*" || weak(t) == weak(etag)));
-    }
-    if let (Some(ims), Some(lm)) = (request.get(header::IF_MODIFIED_SINCE), entry.headers.get(header::LAST_MODIFIED)) {
-        if let (Some(ims), Some(lm)) = (freshness::http_date(ims), freshness::http_date(lm)) {
-            return lm <= ims;
-        }
-    }
-    false
+    conditional::not_modified(request, &Validators::of(&entry.headers))
 }
 
 static CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
@@ -169,13 +149,7 @@ pub(super) fn gateway_timeout_only_if_cached() -> Response<Body> {
     with_cache_status(resp, "flotilla; fwd=miss; detail=only-if-cached")
 }
 
-pub(super) fn empty() -> Body {
-    crate::proxy::empty()
-}
-
-pub(super) fn full(b: Bytes) -> Body {
-    Full::new(b).map_err(|e| match e {}).boxed_unsync()
-}
+pub(super) use crate::body::{empty, full};
 
 pub(super) fn parts_with(status: StatusCode, headers: HeaderMap) -> http::response::Parts {
     let (mut parts, ()) = Response::new(()).into_parts();
