@@ -18,16 +18,15 @@ use flotilla_config::{ImageFormat, ImageSource, ImagesConfig};
 use flotilla_images::url::{self as image_url, ImageUrl, Variant};
 use flotilla_images::{ImageError, Limits, Spec, Target};
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
 use crate::body::{collect_bounded, json_str, Body, Collected};
+use crate::context::{Call, Outcome};
 use crate::error::ProxyError;
 use crate::files::ReadError;
 use crate::group::TargetGroup;
 use crate::metrics::{EdgeMetrics, ImageLabels, RefusalLabels};
-use crate::proxy::{origin, Origin, Outcome};
 use crate::route::CacheRule;
 use crate::Shared;
 
@@ -113,13 +112,14 @@ impl Drop for Waiting<'_> {
 
 /// `[images]` as the request path uses it; rebuilt on reload.
 pub(crate) struct ImageService {
-    cfg: ImagesConfig,
+    pub(crate) cfg: ImagesConfig,
     source: Source,
     /// The authority variants are keyed under and originals are asked for with: fixed, so
     /// neither a client's `Host` nor its port can make a new variant (a new transform each).
-    source_host: String,
-    signing_key: Option<Vec<u8>>,
-    rule: Arc<CacheRule>,
+    pub(crate) source_host: String,
+    pub(crate) signing_key: Option<Vec<u8>>,
+    /// The cache behaviour variants are stored under.
+    pub(crate) rule: Arc<CacheRule>,
 }
 
 enum Source {
@@ -175,7 +175,7 @@ impl ImageService {
         path.strip_prefix(self.cfg.route.as_str()).filter(|r| r.starts_with('/'))
     }
 
-    fn parse(&self, path: &str, query: Option<&str>) -> Result<ImageUrl, image_url::UrlError> {
+    pub(crate) fn parse(&self, path: &str, query: Option<&str>) -> Result<ImageUrl, image_url::UrlError> {
         let rest = self.rest(path).unwrap_or("");
         image_url::parse(rest, query, &self.cfg.presets, self.signing_key.as_deref())
     }
@@ -203,68 +203,10 @@ impl ImageService {
     }
 }
 
-/// Entry point for `{route}/…` requests.
-pub(crate) async fn serve(
-    cx: Origin<'_>,
-    svc: &Arc<ImageService>,
-    mut req: Request<Incoming>,
-    out: &mut Outcome,
-) -> Result<Response<Body>, ProxyError> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut resp =
-            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "images are read with GET or HEAD");
-        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return Ok(resp);
-    }
-    out.group = svc.source_group().cloned();
-    // Keyed, fetched and stored under the fixed source authority, not the client's `Host`.
-    let cx = Origin { host: &svc.source_host, ..cx };
-    let parsed = svc.parse(req.uri().path(), req.uri().query());
-    match parsed {
-        Err(e) => {
-            refused(cx.shared, e.reason());
-            Ok(json_error(
-                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
-                e.reason(),
-                &e.to_string(),
-            ))
-        }
-        Ok(ImageUrl::Srcset { path, html }) => {
-            // Cached like a variant (one entry per path and form), so a flood of srcset requests
-            // costs the origin one fetch and the pool one probe.
-            let pq = format!("{}/srcset{path}{}", svc.cfg.route, if html { "?html" } else { "" });
-            *req.uri_mut() = pq.parse().map_err(|_| ProxyError::BadPath)?;
-            Box::pin(crate::cached::serve(cx, &svc.rule, req, out)).await
-        }
-        Ok(ImageUrl::Variant { variant, path }) => {
-            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
-            let format = match &variant {
-                Variant::Adhoc(a) if a.format.is_some() => a.format.unwrap_or(ImageFormat::Jpeg),
-                _ => image_url::negotiate(accept, &svc.cfg.formats),
-            };
-            // One Accept value per format: the cache's Vary: Accept then keys on the format.
-            req.headers_mut().insert(header::ACCEPT, HeaderValue::from_static(format.mime()));
-            // Only what the URL grammar reads stays in the query — for an ad-hoc size its
-            // signature, re-encoded canonically; anything else a client appends (`?x=1`) would
-            // otherwise be a fresh cache key per request (a transform each) and reach the origin.
-            let query = match (&variant, svc.signing_key.as_deref()) {
-                (Variant::Adhoc(a), Some(key)) => Some(image_url::sign(key, &a.canonical, &path)),
-                _ => None,
-            };
-            let pq = match query {
-                Some(sig) => format!("{}?s={sig}", req.uri().path()),
-                None => req.uri().path().to_string(),
-            };
-            *req.uri_mut() = pq.parse().map_err(|_| ProxyError::BadPath)?;
-            Box::pin(crate::cached::serve(cx, &svc.rule, req, out)).await
-        }
-    }
-}
-
 /// A place in the bounded image queue and then a worker: only `workers` originals are ever in
 /// memory at once, whatever the flood (waiting requests hold nothing but their connection).
 /// `Err`: the 503 to send when the queue is full.
-async fn admit<'p>(cx: &Origin<'_>, pool: &'p Pool) -> Result<tokio::sync::SemaphorePermit<'p>, Response<Body>> {
+async fn admit<'p>(cx: &Call<'_>, pool: &'p Pool) -> Result<tokio::sync::SemaphorePermit<'p>, Response<Body>> {
     let waiting = Waiting::enter(&pool.waiting);
     if waiting.ahead >= pool.queue {
         refused(cx.shared, "busy");
@@ -279,7 +221,7 @@ async fn admit<'p>(cx: &Origin<'_>, pool: &'p Pool) -> Result<tokio::sync::Semap
 
 /// The cache layer's origin for image URLs: fetch the original, transform, answer.
 pub(crate) async fn render<B>(
-    cx: Origin<'_>,
+    cx: Call<'_>,
     svc: &Arc<ImageService>,
     req: Request<B>,
     out: &mut Outcome,
@@ -358,7 +300,7 @@ struct Original {
 /// response to send as is (not found, too large, too slow, origin error). The original is
 /// asked for by its path alone: nothing of the client's query reaches the origin.
 async fn fetch(
-    cx: Origin<'_>,
+    cx: Call<'_>,
     svc: &Arc<ImageService>,
     path: &str,
     out: &mut Outcome,
@@ -376,13 +318,13 @@ async fn fetch(
 }
 
 async fn fetch_unbounded(
-    cx: Origin<'_>,
+    cx: Call<'_>,
     svc: &Arc<ImageService>,
     path: &str,
     out: &mut Outcome,
 ) -> Result<Result<Original, Response<Body>>, ProxyError> {
     let limit = svc.cfg.max_source_bytes;
-    let too_large = |cx: Origin<'_>| {
+    let too_large = |cx: Call<'_>| {
         refused(cx.shared, "too_large");
         json_error(StatusCode::UNPROCESSABLE_ENTITY, "too_large", &format!("the original is larger than {limit} bytes"))
     };
@@ -402,8 +344,8 @@ async fn fetch_unbounded(
             let mut req = Request::new(http_body_util::Empty::<Bytes>::new());
             *req.uri_mut() = path.parse().map_err(|_| ProxyError::BadRequest)?;
             req.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("image/*"));
-            let source_cx = Origin { backend: crate::proxy::Backend::Group(group), host: &svc.source_host, ..cx };
-            let resp = Box::pin(origin(source_cx, req, out)).await?;
+            let source_cx = Call { host: &svc.source_host, ..cx };
+            let resp = Box::pin(crate::upstream::send(source_cx, group, req, out)).await?;
             let status = resp.status();
             if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
                 return Ok(Err(json_error(status, "source_not_found", "the origin has no such original")));
@@ -467,7 +409,7 @@ fn variant_response(img: flotilla_images::Output, source: &HeaderMap, svc: &Imag
 /// `{route}/srcset/{path}`, the cache's origin for it: the original's size, read on the image
 /// pool (a header probe, but of an arbitrary file) under a worker permit like any transform.
 async fn srcset(
-    cx: Origin<'_>,
+    cx: Call<'_>,
     svc: &Arc<ImageService>,
     path: &str,
     html: bool,
@@ -530,10 +472,10 @@ async fn srcset(
     Ok(resp)
 }
 
-fn refused(shared: &Shared, reason: &'static str) {
+pub(crate) fn refused(shared: &Shared, reason: &'static str) {
     shared.metrics.image_refusals.get_or_create(&RefusalLabels { reason }).inc();
 }
 
-fn json_error(status: StatusCode, reason: &str, message: &str) -> Response<Body> {
+pub(crate) fn json_error(status: StatusCode, reason: &str, message: &str) -> Response<Body> {
     crate::body::json_error(status, reason, message, None)
 }

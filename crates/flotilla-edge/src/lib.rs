@@ -4,9 +4,11 @@
 //! reload replaces atomically; requests already running keep the snapshot they started with.
 //! The edge knows nothing of the fleet: targets arrive from config or from [`Edge::register`].
 
+mod backend;
 mod balance;
 mod body;
 mod cached;
+mod context;
 mod error;
 mod fdlimit;
 mod files;
@@ -15,6 +17,7 @@ mod framing;
 mod group;
 mod headers;
 mod health;
+mod image_route;
 mod images;
 mod latency;
 mod listener;
@@ -32,6 +35,7 @@ mod streams;
 mod target;
 mod tls;
 mod upgrade;
+mod upstream;
 mod worker;
 
 use std::collections::HashMap;

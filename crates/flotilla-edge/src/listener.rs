@@ -12,11 +12,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
+use crate::context::Conn;
 use crate::framing::{FramingFlags, Tracked, Tracker};
 use crate::prefixed::Prefixed;
-use crate::proxy::{self, Conn};
+use crate::proxy;
 use crate::streams::{StreamExec, WithStreams};
-use crate::worker::Worker;
 use crate::{EdgeError, Shared};
 
 /// Binds a listening socket for one worker: SO_REUSEPORT so every worker has its own accept
@@ -123,6 +123,13 @@ async fn sniff_h2(stream: &mut TcpStream, buf: &mut Vec<u8>, limit: Duration) ->
             Ok(_) => {}
         }
     }
+}
+
+/// What every connection task of one worker shares (the worker's thread owns it).
+pub(crate) struct Worker {
+    pub pool: Arc<crate::pool::Pool>,
+    /// Each connection holds a clone; the worker waits for all of them before it exits.
+    pub alive: mpsc::Sender<()>,
 }
 
 pub(crate) async fn accept_loop(

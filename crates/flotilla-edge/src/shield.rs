@@ -17,7 +17,7 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::Empty;
 
 use crate::body::Body;
-use crate::proxy::{origin, Backend, Origin, Outcome};
+use crate::context::{Call, Outcome};
 use crate::target::TargetState;
 
 /// Answered `200` by every edge, for its children's health checks.
@@ -58,9 +58,9 @@ pub(crate) fn group_config(parent: SocketAddr) -> TargetGroupConfig {
 
 /// Asks the parent for a cached route's miss. `None`: no parent, this request came from a
 /// child, or the parent is down — the caller goes to the origin.
-pub(crate) async fn via_parent<B>(cx: &Origin<'_>, req: &Request<B>, out: &mut Outcome) -> Option<Response<Body>> {
+pub(crate) async fn via_parent<B>(cx: Call<'_>, req: &Request<B>, out: &mut Outcome) -> Option<Response<Body>> {
     let shield = cx.rt.shield.as_ref()?;
-    if req.headers().contains_key(HEADER) || !matches!(cx.backend, Backend::Group(_) | Backend::Files(_)) {
+    if req.headers().contains_key(HEADER) {
         return None;
     }
     let metrics = &cx.shared.metrics;
@@ -77,9 +77,8 @@ pub(crate) async fn via_parent<B>(cx: &Origin<'_>, req: &Request<B>, out: &mut O
     // sets it from `cx.host`) and, in X-Forwarded-Proto, the client's scheme — which the parent
     // believes because it lists its children in `edge.trusted_proxies`. Without that a child
     // behind TLS asked an `redirect_http` parent over plain HTTP and cached its 301.
-    let parent = Origin { backend: Backend::Group(shield), ..*cx };
     let limit = cx.rt.cache_parent_timeout;
-    let failed = match tokio::time::timeout(limit, origin(parent, ask, out)).await {
+    let failed = match tokio::time::timeout(limit, crate::upstream::send(cx, shield, ask, out)).await {
         Ok(Ok(resp)) => {
             metrics.shield_parent.inc();
             return Some(resp);

@@ -9,18 +9,19 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::body::{empty, Body};
+use crate::context::{Call, Outcome};
 use crate::error::ProxyError;
 use crate::group::{PickRequest, TargetGroup};
 use crate::pool::SendError;
-use crate::proxy::{finish, outgoing, prepare_headers, Origin, Outcome};
+use crate::upstream::{finish, outgoing, prepare_headers};
 
 pub(crate) async fn forward(
-    cx: Origin<'_>,
+    call: Call<'_>,
     group: &TargetGroup,
     mut req: Request<Incoming>,
     out: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
-    let Origin { rt, conn, client, host, rid, .. } = cx;
+    let Call { rt, conn, client, host, rid, .. } = call;
     let cfg = group.config();
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _body) = req.into_parts();

@@ -8,15 +8,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::listener::{self, Worker};
 use crate::pool::Pool;
-use crate::{listener, Shared};
-
-/// What every connection task of one worker shares.
-pub(crate) struct Worker {
-    pub pool: Arc<Pool>,
-    /// Each connection holds a clone; the worker waits for all of them before it exits.
-    pub alive: mpsc::Sender<()>,
-}
+use crate::Shared;
 
 /// Starts worker `index` on its own thread. `_edge_alive` keeps `Edge::shutdown` waiting until
 /// this worker has drained its connections and exited.

@@ -30,9 +30,10 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::{Body as _, Incoming};
 
+use crate::backend::{fetch as origin, Backend, Ctx};
 use crate::body::Body;
+use crate::context::{Outcome, OwnedCall};
 use crate::error::ProxyError;
-use crate::proxy::{origin, Origin, Outcome};
 use crate::route::CacheRule;
 use respond::{from_cache, gateway_timeout_only_if_cached, parts_with, respond, respond_with, with_cache_status};
 use revalidate::{add_validators, refresh, request_directives, strip_conditionals};
@@ -42,7 +43,7 @@ use tiers::{join, Flight, Join};
 
 /// Serves one request on a cached route.
 pub(crate) async fn serve(
-    cx: Origin<'_>,
+    cx: Ctx<'_>,
     rule: &Arc<CacheRule>,
     mut req: Request<Incoming>,
     out: &mut Outcome,
@@ -143,10 +144,7 @@ pub(crate) async fn serve(
     let revalidating = stale.as_ref().is_some_and(|s| add_validators(req.headers_mut(), s));
     let request_time = SystemTime::now();
     let head = req.method() == Method::HEAD;
-    let fetched = match crate::shield::via_parent(&cx, &req, out).await {
-        Some(resp) => Ok(resp),
-        None => origin(cx, req, out).await,
-    };
+    let fetched = crate::backend::fill(cx, req, out).await;
     let resp = match fetched {
         Ok(r) => r,
         Err(e) => {
@@ -234,9 +232,9 @@ fn normalize_accept_encoding(headers: &mut HeaderMap) {
 
 /// The sticky cookie the edge itself sets for this route's group: it picks a target, never a
 /// page, so it is no one's credential and its `Set-Cookie` does not make a response private.
-fn own_cookie(cx: &Origin<'_>) -> Option<String> {
+fn own_cookie(cx: &Ctx<'_>) -> Option<String> {
     match cx.backend {
-        crate::proxy::Backend::Group(g) => {
+        Backend::Group(g) => {
             let cfg = g.config();
             cfg.stickiness.enabled.then(|| cfg.stickiness.cookie.clone())
         }
@@ -255,7 +253,7 @@ fn with_cookies(mut resp: Response<Body>, cookies: Vec<HeaderValue>) -> Response
 /// The edge's own sticky `Set-Cookie` is set aside first (it is this client's, and must not
 /// keep the response from being stored), and given back to this client whatever happens.
 async fn settle(
-    cx: Origin<'_>,
+    cx: Ctx<'_>,
     rule: &Arc<CacheRule>,
     fetch: Fetch<'_>,
     request_time: SystemTime,
@@ -276,7 +274,7 @@ async fn settle(
 }
 
 async fn settle_inner(
-    cx: Origin<'_>,
+    cx: Ctx<'_>,
     rule: &Arc<CacheRule>,
     fetch: Fetch<'_>,
     request_time: SystemTime,
@@ -409,7 +407,7 @@ async fn settle_inner(
 /// stale-while-revalidate: the client already has the stale copy; refresh it off the request.
 /// The flight keeps concurrent requests from starting refreshes of their own.
 fn refresh_in_background(
-    cx: Origin<'_>,
+    cx: Ctx<'_>,
     rule: &Arc<CacheRule>,
     flight: Flight,
     req: &Request<Incoming>,
@@ -422,12 +420,11 @@ fn refresh_in_background(
     let mut background = Request::new(http_body_util::Empty::<Bytes>::new());
     *background.uri_mut() = req.uri().clone();
     *background.headers_mut() = headers;
-    let (shared, rt, conn, client) = (cx.shared.clone(), cx.rt.clone(), cx.conn.clone(), cx.client.clone());
+    let call = OwnedCall::of(&cx.call);
     let backend = cx.backend.to_owned();
-    let (host, rid, rule) = (cx.host.to_string(), cx.rid.clone(), rule.clone());
+    let rule = rule.clone();
     tokio::spawn(async move {
-        let backend = backend.borrow();
-        let cx = Origin { shared: &shared, rt: &rt, conn: &conn, client: &client, backend, host: &host, rid: &rid };
+        let cx = Ctx { call: call.borrow(), backend: backend.borrow() };
         let request_time = SystemTime::now();
         let own = own_cookie(&cx);
         let request_headers = &request_headers;
