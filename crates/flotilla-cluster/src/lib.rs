@@ -7,8 +7,12 @@
 //! longer than `cluster.timeout`, and nothing here fails a request when Redis is down: the node
 //! keeps its own state, journals what it could not publish and catches up when Redis returns.
 //!
+//! Each node also publishes its traffic counts every second and folds the others' into
+//! cluster totals ([`stats::ClusterStats`]) that swarm groups' policies scale on.
+//!
 //! The edge does not import this crate (the binary bridges them), so everything the edge must
-//! do is behind [`Applier`].
+//! do is behind [`Applier`], and what the cluster totals read from it behind
+//! [`stats::LocalStats`].
 
 mod id;
 mod invalidations;
@@ -17,6 +21,7 @@ mod limiter;
 mod metrics;
 mod name;
 mod nodes;
+pub mod stats;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,12 +1,17 @@
-//! Where the edge meets the cluster: the cluster applies other nodes' invalidations to this
-//! node's edge, and the edge asks the cluster for shared rate-limit decisions. Neither crate
-//! imports the other.
+//! Where the edge and the fleet meet the cluster: the cluster applies other nodes' invalidations
+//! to this node's edge, the edge asks the cluster for shared rate-limit decisions, the cluster's
+//! traffic totals read this node's edge, and a swarm group's leader sees every node's requests.
+//! None of these crates imports another.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_cluster::stats::{BucketLayout, ClusterStats, LocalStats, Published, TargetStat};
 use flotilla_cluster::{Applier, Cluster, Decision, InvalidationSpec};
 use flotilla_edge::{Edge, SharedLimiter, SharedVerdict};
+use flotilla_fleet::{Registrar, TargetStatus};
 
 pub struct EdgeApplier(pub Arc<Edge>);
 
@@ -36,6 +41,59 @@ impl SharedLimiter for RedisLimits {
 
     fn nodes(&self) -> usize {
         self.0.live_node_count()
+    }
+}
+
+/// The edge's fine latency histogram, as the cluster's merged buckets are read.
+pub const LATENCY_LAYOUT: BucketLayout =
+    BucketLayout { bounds: flotilla_edge::bucket_bounds, classic: &flotilla_edge::LATENCY_BOUNDS };
+
+/// This node's per-target counts and latency buckets, read from the edge for the cluster totals.
+pub struct EdgeStats(pub Arc<Edge>);
+
+impl LocalStats for EdgeStats {
+    fn snapshot(&self) -> Published {
+        let mut p = Published::default();
+        for g in self.0.target_groups() {
+            let t = p.targets.entry(g.name.clone()).or_default();
+            for target in g.targets {
+                let stat =
+                    TargetStat { requests: target.requests, in_flight: target.in_flight, classes: target.classes };
+                t.insert(target.addr.to_string(), stat);
+            }
+        }
+        p.latency = self.0.latency_buckets().into_iter().collect();
+        p
+    }
+}
+
+/// The fleet's view of targets with every node's requests added: what a leader scales on.
+pub struct ClusterRegistrar {
+    pub inner: Arc<dyn Registrar>,
+    pub stats: Arc<ClusterStats>,
+    /// Target groups of swarm groups: the only ones whose targets are the same on every node
+    /// (a process or docker group's 127.0.0.1:port is another instance on each node).
+    pub shared: HashSet<String>,
+}
+
+impl Registrar for ClusterRegistrar {
+    fn register(&self, target_group: &str, addr: SocketAddr, zone: Option<&str>) -> Result<(), String> {
+        self.inner.register(target_group, addr, zone)
+    }
+
+    fn deregister(&self, target_group: &str, addr: SocketAddr) {
+        self.inner.deregister(target_group, addr)
+    }
+
+    fn status(&self, target_group: &str, addr: SocketAddr) -> Option<TargetStatus> {
+        let mut st = self.inner.status(target_group, addr)?;
+        if !self.shared.contains(target_group) {
+            return Some(st);
+        }
+        let (requests, in_flight) = self.stats.remote_counts(target_group, addr);
+        st.requests += requests;
+        st.in_flight += in_flight;
+        Some(st)
     }
 }
 

@@ -5,7 +5,6 @@
 mod admin_client;
 mod certs;
 mod cluster_bridge;
-mod cluster_stats;
 mod demo;
 mod fleet_bridge;
 mod groups_cli;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use flotilla_admin::{AdminState, Control};
+use flotilla_cluster::stats::ClusterStats;
 use flotilla_edge::Edge;
 use flotilla_fleet::Fleet;
 
@@ -77,9 +78,10 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let local_registrar: Arc<dyn flotilla_fleet::Registrar> = Arc::new(EdgeRegistrar(edge.clone()));
     let (registrar, stats) = match &cluster {
         Some(c) => {
-            let stats = crate::cluster_stats::ClusterStats::start(c.clone(), edge.clone());
+            let local = Arc::new(crate::cluster_bridge::EdgeStats(edge.clone()));
+            let stats = ClusterStats::start(c.clone(), local, crate::cluster_bridge::LATENCY_LAYOUT);
             let shared = swarm_target_groups(&cfg);
-            let r = crate::cluster_stats::ClusterRegistrar { inner: local_registrar, stats: stats.clone(), shared };
+            let r = crate::cluster_bridge::ClusterRegistrar { inner: local_registrar, stats: stats.clone(), shared };
             (Arc::new(r) as Arc<dyn flotilla_fleet::Registrar>, Some((stats, swarm_target_groups(&cfg))))
         }
         None => (local_registrar, None),
