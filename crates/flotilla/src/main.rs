@@ -1,11 +1,11 @@
 //! `flotilla`: the one binary. Parses the command line, sets up logging, and hands off to a
 //! subcommand: `up` (run everything the config describes), `validate`, `invalidate`, `status`,
-//! `groups`, `scale`, `refresh`, `activity`, `simulate`, `demo-app`.
+//! `groups`, `scale`, `refresh`, `activity`, `simulate`, `demo-app` (with the `demo` feature, on
+//! by default: the app is the `flotilla-demo` crate).
 
 mod admin_client;
 mod certs;
 mod cluster_bridge;
-mod demo;
 mod fleet_bridge;
 mod groups_cli;
 mod invalidate;
@@ -149,6 +149,7 @@ enum Command {
         json: bool,
     },
     /// A small web app for the quickstart and tests (/, /whoami, /health, /work, /ws, /static, /photos, /orders, /chaos).
+    #[cfg(feature = "demo")]
     DemoApp {
         #[arg(long)]
         port: u16,
@@ -214,10 +215,11 @@ fn main() -> ExitCode {
         Command::Certs { config, json } => {
             report_plain(runtime().and_then(|rt| rt.block_on(certs::print(&config, json))))
         }
+        #[cfg(feature = "demo")]
         Command::DemoApp { port, id, bind, photos, journal } => {
             let _guard = logging::init(&cli.log_format);
-            let opts = demo::Options { photos, journal };
-            report(runtime().and_then(|rt| rt.block_on(demo::run(bind, port, id, opts))))
+            let opts = flotilla_demo::Options { photos, journal };
+            report(runtime().and_then(|rt| rt.block_on(flotilla_demo::run(bind, port, id, opts))))
         }
     }
 }
