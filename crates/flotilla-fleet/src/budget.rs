@@ -1,12 +1,22 @@
 //! The group's monthly budget: instance-seconds priced as they accrue, alerts when actual spend
 //! crosses a threshold, and (with `hard_cap`) no scale-out once the budget is spent.
 //!
-//! Spend is kept in memory for the current UTC calendar month; a restart starts from zero.
+//! Spend is kept for the current UTC calendar month. With `[watch] data_dir` the group saves it
+//! with the thresholds already alerted on (`Saved`), so a restart keeps the spend, the cap and
+//! the alerts sent; without it a restart starts from zero.
 
 use std::time::{Instant, SystemTime};
 
 use flotilla_config::BudgetConfig;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// What a restart keeps of the month.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    pub month: (i64, u32),
+    pub spent: f64,
+    pub alerted: Vec<u32>,
+}
 
 use crate::time::{days_in_month, month_of};
 
@@ -94,11 +104,58 @@ impl BudgetState {
         }
     }
 
+    pub fn export(&self) -> Saved {
+        Saved { month: self.month, spent: self.spent, alerted: self.alerted.clone() }
+    }
+
+    /// Takes back the saved month; another month's (or an amount that is not a finite,
+    /// non-negative number) is ignored and the month starts from zero.
+    pub fn import(&mut self, saved: Saved) -> bool {
+        if saved.month != self.month || !saved.spent.is_finite() || !(0.0..1e15).contains(&saved.spent) {
+            return false;
+        }
+        self.spent = saved.spent;
+        self.alerted = saved.alerted.into_iter().filter(|a| self.cfg.alerts.contains(a)).collect();
+        // Billing restarts now: instances do not outlive flotilla, so the downtime cost nothing.
+        self.last = Instant::now();
+        true
+    }
+
     pub fn monthly(&self) -> f64 {
         self.cfg.monthly
     }
 
     pub fn spent(&self) -> f64 {
         self.spent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> BudgetConfig {
+        BudgetConfig { price_per_instance_hour: 3600.0, monthly: 10.0, alerts: vec![50, 100], hard_cap: true }
+    }
+
+    #[test]
+    fn a_restart_keeps_the_spend_the_cap_and_the_alerts_sent() {
+        let mut b = BudgetState::new(cfg());
+        b.spent = 9.0;
+        assert_eq!(b.accrue(0), vec![50]);
+        b.spent = 10.5;
+        assert_eq!(b.accrue(0), vec![100]);
+        assert!(b.capped());
+        let saved = b.export();
+        let mut again = BudgetState::new(cfg());
+        assert!(again.import(saved.clone()));
+        assert!(again.capped(), "the cap holds across the restart");
+        assert!(again.accrue(1).is_empty(), "no alert is repeated");
+        assert!(again.spent() >= 10.5);
+        // Another month, or a damaged amount, starts from zero.
+        let mut other = BudgetState::new(cfg());
+        assert!(!other.import(Saved { month: (1999, 1), ..saved.clone() }));
+        assert!(!other.import(Saved { spent: f64::NAN, ..saved }));
+        assert!(!other.capped());
     }
 }

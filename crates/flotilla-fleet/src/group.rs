@@ -24,6 +24,7 @@ use crate::termination::{self, Candidate};
 use crate::time::rfc3339;
 
 mod coordinate;
+mod saved;
 
 /// Activity records kept per group (oldest dropped first).
 const MAX_ACTIVITY: usize = 500;
@@ -172,6 +173,8 @@ pub(crate) struct GroupState {
     /// When a budget-blocked scale-out was last recorded (to record it once, not every tick).
     blocked_noted: Option<Instant>,
     pub role: Role,
+    /// Set by the fleet with `[watch] data_dir`: where budget and schedule state are saved.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 pub struct GroupHandle {
@@ -195,6 +198,7 @@ impl GroupHandle {
                 next_refresh_id: 1,
                 blocked_noted: None,
                 role: Role::Single,
+                state_file: None,
                 cfg,
                 launch_version: 1,
                 desired,
@@ -302,6 +306,8 @@ struct Local {
     epoch_ms: u64,
     /// The handle's scope, for launches (which hold the state lock, not the handle).
     scope: crate::scope::Scope,
+    /// Saves budget and schedule state (with `[watch] data_dir`).
+    saver: Option<saved::Saver>,
 }
 
 /// Runs until the group is stopping and every instance has exited.
@@ -373,7 +379,17 @@ pub(crate) async fn run(
         last_step_unix_ms: None,
         epoch_ms: coordinate::unix_ms(SystemTime::now()),
         scope: handle.scope.clone(),
+        saver: None,
     };
+    let state_file = handle.lock().state_file.clone();
+    if let Some(path) = state_file {
+        let (saver, minute) = saved::restore(&handle, path);
+        if let Some(minute) = minute {
+            let s = handle.lock();
+            local.scheduler = Scheduler::resume(&s.cfg.schedules, minute, SystemTime::now());
+        }
+        local.saver = Some(saver);
+    }
     let mut leading: Option<u64> = None;
     let mut followed = std::collections::HashSet::new();
     let mut next_swarm_check = Instant::now();
@@ -401,6 +417,7 @@ pub(crate) async fn run(
                 if leading.is_some() {
                     coordinate::step_down(&handle, &mut local);
                 }
+                saved::save_local(&handle, &mut local, true).await;
                 return;
             }
             handle.lock().role = if leading.is_some() { Role::Leader } else { Role::Follower };
@@ -436,8 +453,10 @@ pub(crate) async fn run(
         }
         step_refresh(&handle, &*registrar);
         if resize(&handle, &*registrar, &mut local) {
+            saved::save_local(&handle, &mut local, true).await;
             return;
         }
+        saved::save_local(&handle, &mut local, false).await;
         if let (Some((c, _)), Some(token)) = (&lead, leading) {
             let policies = Some(local.scaler.export(local.epoch_ms));
             let snapshot = handle.lock().snapshot(local.last_step_unix_ms, policies);
@@ -671,6 +690,10 @@ fn run_schedules(handle: &GroupHandle, local: &mut Local) {
         s.cfg.max = max;
         s.desired = desired;
         s.record(what, format!("cron \"{}\" in {}", sc.cron_text, sc.timezone), "successful");
+        if let Some(sv) = local.saver.as_mut() {
+            sv.scheduled = Some((min, max, desired));
+            sv.actions += 1;
+        }
     }
 }
 

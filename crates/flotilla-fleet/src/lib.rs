@@ -118,6 +118,9 @@ impl Fleet {
         };
         for g in cfg.groups.values() {
             let handle = GroupHandle::new(g.clone(), scope.clone());
+            // Budget and schedule state live with the watch's data.
+            handle.lock().state_file =
+                cfg.watch.data_dir.as_ref().map(|d| d.join("groups").join(format!("{}.state", g.name)));
             let policies_version = Arc::new(AtomicU64::new(1));
             tasks.push(tokio::spawn(group::run(
                 handle.clone(),

@@ -1,5 +1,9 @@
 //! Scheduled actions: each minute a cron expression matches in its time zone, set the group's
 //! min, max and/or desired. Used by the live group and by `flotilla simulate` (trace time).
+//!
+//! The only state is the last minute considered. A live group saves it (with `[watch] data_dir`)
+//! and `resume`s from it after a restart: minutes already considered are not run again, and
+//! those that passed while flotilla was down are (up to a week back).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -8,11 +12,16 @@ use jiff::tz::TimeZone;
 
 /// Minutes replayed after a pause (a suspended machine, a stalled loop); older ones are skipped.
 const MAX_CATCH_UP: i64 = 60;
+/// Minutes replayed after a restart: the actions due while flotilla was down, so the bounds in
+/// force are those the schedule says. Longer downtimes start from the last week's actions.
+pub const RESTART_CATCH_UP: i64 = 7 * 24 * 60;
 
 pub struct Scheduler {
     entries: Vec<(ScheduleConfig, TimeZone)>,
     /// The last minute (since the epoch) already considered.
     last_minute: i64,
+    /// How far back the next `due` may reach.
+    catch_up: i64,
 }
 
 /// New bounds after applying one action to (min, max, desired).
@@ -37,14 +46,31 @@ impl Scheduler {
                 (s.clone(), tz)
             })
             .collect();
-        Self { entries, last_minute: minute_of(now) }
+        Self { entries, last_minute: minute_of(now), catch_up: MAX_CATCH_UP }
+    }
+
+    /// Continues from a saved `last_minute` (see `last_minute`): the next `due` returns the
+    /// actions of the minutes after it, up to `RESTART_CATCH_UP` back, none twice.
+    pub fn resume(schedules: &[ScheduleConfig], last_minute: i64, now: SystemTime) -> Self {
+        let mut s = Self::new(schedules, now);
+        if last_minute < s.last_minute {
+            s.last_minute = last_minute;
+            s.catch_up = RESTART_CATCH_UP;
+        }
+        s
+    }
+
+    /// The last minute (since the epoch) already considered: what a restart resumes from.
+    pub fn last_minute(&self) -> i64 {
+        self.last_minute
     }
 
     /// The actions due in the minutes since the last call, oldest first.
     pub fn due(&mut self, now: SystemTime) -> Vec<&ScheduleConfig> {
         let current = minute_of(now);
-        let first = (self.last_minute + 1).max(current - MAX_CATCH_UP + 1);
+        let first = (self.last_minute + 1).max(current - self.catch_up + 1);
         self.last_minute = self.last_minute.max(current);
+        self.catch_up = MAX_CATCH_UP;
         let mut out = Vec::new();
         for minute in first..=current {
             for (s, tz) in &self.entries {
@@ -110,6 +136,29 @@ mod tests {
         let every = [sched("* * * * *", "UTC", Some(1))];
         let mut sch = Scheduler::new(&every, at(0.0));
         assert_eq!(sch.due(at(10.0 * 3600.0)).len(), 60);
+    }
+
+    #[test]
+    fn a_resumed_scheduler_runs_what_was_missed_and_nothing_twice() {
+        let monday_0700_utc = 1_796_022_000.0;
+        let s = [sched("0 8 * * MON-FRI", "Europe/Berlin", Some(4)), sched("0 20 * * *", "Europe/Berlin", Some(1))];
+        let mut sch = Scheduler::new(&s, at(monday_0700_utc - 120.0));
+        assert_eq!(sch.due(at(monday_0700_utc + 5.0)).len(), 1, "08:00 applied");
+        let saved = sch.last_minute();
+        // Restarted two minutes later: 08:00 is not applied again.
+        let mut again = Scheduler::resume(&s, saved, at(monday_0700_utc + 120.0));
+        assert!(again.due(at(monday_0700_utc + 125.0)).is_empty());
+        // Down from 19:00 to 21:30: the 20:00 action comes due at start, once.
+        let evening = monday_0700_utc + 11.0 * 3600.0; // 19:00 in Berlin
+        let mut sch = Scheduler::new(&s, at(evening - 60.0));
+        assert!(sch.due(at(evening)).is_empty());
+        let mut again = Scheduler::resume(&s, sch.last_minute(), at(evening + 2.5 * 3600.0));
+        let due: Vec<_> = again.due(at(evening + 2.5 * 3600.0)).into_iter().map(|s| s.min).collect();
+        assert_eq!(due, vec![Some(1)]);
+        assert!(again.due(at(evening + 2.5 * 3600.0 + 60.0)).is_empty());
+        // A saved minute from the future (a clock set back) changes nothing.
+        let sch = Scheduler::resume(&s, i64::MAX, at(evening));
+        assert_eq!(sch.last_minute(), minute_of(at(evening)));
     }
 
     #[test]

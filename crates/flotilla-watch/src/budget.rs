@@ -1,16 +1,27 @@
 //! `[budget]`: the month's spend on instance-hours across groups (instances counted from the
 //! fleet's `flotilla_group_instances` gauge at every sample, priced per group), a month-end
 //! forecast at the current rate, alerts when actual or forecast spend crosses a threshold, and
-//! the signal the fleet's guard reads to refuse scale-out (`hard_cap`). In memory, per UTC month.
+//! the signal the fleet's guard reads to refuse scale-out (`hard_cap`). Per UTC month; with
+//! `[watch] data_dir` the month's spend and the alerts already sent are saved (`Saved`) so a
+//! restart neither forgets the spend, lifts the cap, nor sends an alert twice.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_config::time::{days_in_month, month_of, secs_into_month};
 use flotilla_config::AccountBudgetConfig;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::expo::Sample;
+
+/// What a restart keeps: the month, its spend per group and the alerts sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    pub month: (i64, u32),
+    pub by_group: BTreeMap<String, f64>,
+    /// ("actual" | "forecast", threshold in thousandths).
+    pub fired: Vec<(String, u64)>,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BudgetView {
@@ -97,6 +108,33 @@ impl Budget {
         out
     }
 
+    pub fn export(&self) -> Saved {
+        Saved {
+            month: self.month,
+            by_group: self.by_group.clone(),
+            fired: self.fired.iter().map(|(k, th)| (k.to_string(), *th)).collect(),
+        }
+    }
+
+    /// Takes back a saved month (another month's state is ignored: the new month starts from
+    /// zero). Amounts that are not finite and non-negative, and unknown alert kinds, are dropped.
+    pub fn import(&mut self, saved: Saved) -> bool {
+        if saved.month != self.month {
+            return false;
+        }
+        self.by_group = saved.by_group.into_iter().filter(|(_, v)| v.is_finite() && *v >= 0.0 && *v < 1e15).collect();
+        self.fired = saved
+            .fired
+            .into_iter()
+            .filter_map(|(k, th)| match k.as_str() {
+                "actual" => Some(("actual", th)),
+                "forecast" => Some(("forecast", th)),
+                _ => None,
+            })
+            .collect();
+        true
+    }
+
     /// True when `hard_cap` is on and the month's budget is spent.
     pub fn capped(&self) -> bool {
         self.cfg.hard_cap && self.spent() >= self.cfg.monthly
@@ -173,6 +211,38 @@ mod tests {
         assert_eq!(fired.iter().map(|a| (a.kind, a.threshold)).collect::<Vec<_>>(), vec![("actual", 1.0)]);
         assert!(b.capped());
         assert!(b.accrue(t0 + 6.0 * 3600.0, &instances("web", 2.0)).is_empty());
+    }
+
+    #[test]
+    fn a_saved_month_is_taken_back_with_its_alerts() {
+        let cfg = AccountBudgetConfig {
+            currency: "EUR".into(),
+            monthly: 10.0,
+            instance_hour: BTreeMap::from([("web".into(), 1.0)]),
+            alerts: vec![0.5, 1.0],
+            notify: vec![],
+            hard_cap: true,
+        };
+        let t0 = 1_794_268_800.0;
+        let mut b = Budget::new(cfg.clone());
+        b.month = month_of(UNIX_EPOCH + Duration::from_secs_f64(t0));
+        b.accrue(t0, &instances("web", 10.0));
+        assert_eq!(b.accrue(t0 + 3600.0, &instances("web", 10.0)).len(), 2, "actual 50 % and 100 %");
+        let saved = b.export();
+        assert!(b.capped());
+        // A restart: the same month comes back, capped, and sends none of the alerts again.
+        let mut again = Budget::new(cfg.clone());
+        again.month = saved.month;
+        assert!(again.import(saved.clone()));
+        assert!(again.capped());
+        assert_eq!(again.view().spent, 10.0);
+        assert!(again.accrue(t0 + 3700.0, &instances("web", 10.0)).is_empty());
+        assert!(again.accrue(t0 + 7200.0, &instances("web", 10.0)).is_empty());
+        // Another month's state is not this month's.
+        let mut next = Budget::new(cfg);
+        next.month = (saved.month.0, saved.month.1 % 12 + 1);
+        assert!(!next.import(saved));
+        assert!(!next.capped());
     }
 
     #[test]

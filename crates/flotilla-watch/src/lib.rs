@@ -13,6 +13,7 @@ pub mod persist;
 mod segment;
 mod series;
 pub mod slo;
+pub mod state_file;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -60,6 +61,9 @@ pub struct Watch {
     alarms: Mutex<Vec<Alarm>>,
     slos: Mutex<Vec<Slo>>,
     budget: Mutex<Option<budget::Budget>>,
+    /// Where the account budget's month is saved (with `data_dir`), and what was written last.
+    budget_file: Option<std::path::PathBuf>,
+    budget_saved: Mutex<Option<budget::Saved>>,
     notifiers: HashMap<String, Notifier>,
     resolution: Duration,
     /// Appends the history to `data_dir` (one flush at a time).
@@ -98,6 +102,17 @@ impl Watch {
             writer = Some(wr);
         }
         let store = Mutex::new(store);
+        let mut account = cfg.budget.clone().map(budget::Budget::new);
+        let budget_file = w.data_dir.as_ref().map(|d| d.join("watch-budget.state"));
+        let mut budget_saved = None;
+        if let (Some(b), Some(path)) = (account.as_mut(), &budget_file) {
+            if let Some(saved) = state_file::read::<budget::Saved>(path, "account budget") {
+                if b.import(saved.clone()) {
+                    tracing::info!(spent = b.view().spent, capped = b.capped(), "the month's account budget restored");
+                    budget_saved = Some(saved);
+                }
+            }
+        }
         if let (Some(dir), Some(wr)) = (&w.data_dir, writer.as_mut()) {
             persist::finish_migration(dir, wr, &store);
         }
@@ -107,7 +122,9 @@ impl Watch {
             cluster_gate: Mutex::new(None),
             alarms: Mutex::new(cfg.alarms.iter().cloned().map(Alarm::new).collect()),
             slos: Mutex::new(cfg.slos.iter().cloned().map(Slo::new).collect()),
-            budget: Mutex::new(cfg.budget.clone().map(budget::Budget::new)),
+            budget: Mutex::new(account),
+            budget_file,
+            budget_saved: Mutex::new(budget_saved),
             notifiers,
             resolution: w.resolution,
         });
@@ -190,9 +207,10 @@ impl Watch {
             .collect()
     }
 
-    /// Appends what the history gained to `data_dir` (if set); called every minute and at
-    /// shutdown.
+    /// Appends what the history gained to `data_dir` (if set) and saves the account budget's
+    /// month; called every minute and at shutdown.
     pub fn persist(&self) {
+        self.save_budget();
         let Some(w) = &self.writer else { return };
         let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
         w.flush(&self.store);
@@ -204,6 +222,23 @@ impl Watch {
             bits = st.bits,
             "watch history flushed"
         );
+    }
+
+    /// Writes the account budget's month if it changed (at once after an alert, so a crash
+    /// cannot send it twice; otherwise with every `persist`).
+    fn save_budget(&self) {
+        let Some(path) = &self.budget_file else { return };
+        let Some(now) = self.budget.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.export()) else {
+            return;
+        };
+        let mut last = self.budget_saved.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_ref() == Some(&now) {
+            return;
+        }
+        match state_file::write(path, &now) {
+            Ok(()) => *last = Some(now),
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot save the account budget"),
+        }
     }
 
     /// How much the store holds now.
@@ -236,6 +271,11 @@ impl Watch {
             Some(b) => b.accrue(t, &samples).into_iter().map(|a| (a, b.notify().to_vec())).collect(),
             None => Vec::new(),
         };
+        if !fired.is_empty() {
+            // Saved before anyone is told, so a crash right after cannot send it twice (rare:
+            // a few alerts a month, worth one small synchronous write).
+            self.save_budget();
+        }
         for (a, notify) in fired {
             let pct = a.threshold * 100.0;
             tracing::warn!(

@@ -297,6 +297,82 @@ hard_cap = true
     assert!(body.contains("the account budget is spent"), "{body}");
 }
 
+/// The month's spend, the alerts already sent and both hard caps (the account's and a group's)
+/// survive a restart — a crash right after an alert, then a clean stop — and no alert is sent or
+/// recorded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_spend_alerts_and_caps_survive_a_restart() {
+    let (hook_port, mut hooks) = receiver().await;
+    let data = scratch_dir("budget-data");
+    // 3600 per instance-hour = 1 per instance-second.
+    let body = format!(
+        r#"{ROUTE_ALL}{tg}
+[groups.web]
+target_group = "web"
+min = 1
+max = 3
+[groups.web.launch]
+command = ["flotilla", "demo-app", "--port", "{{port}}", "--id", "{{instance}}"]
+[groups.web.budget]
+price_per_instance_hour = 3600
+monthly = 3
+alerts = [100]
+hard_cap = true
+
+[watch]
+resolution = "250ms"
+data_dir = "{data}"
+
+[notifiers.ops]
+webhook = "http://127.0.0.1:{hook_port}/hook"
+
+[budget]
+currency = "EUR"
+monthly = 4
+instance_hour = {{ web = 3600 }}
+alerts = [0.5, 1.0]
+notify = ["ops"]
+hard_cap = true
+"#,
+        tg = group_toml("web", &[], ""),
+        data = data.display()
+    );
+    let mut f = Flotilla::start("budget-keep-1", &body);
+    next_budget(&mut hooks, "forecast", 1.0).await;
+    next_budget(&mut hooks, "actual", 1.0).await;
+    // A crash right after the alert: nothing is saved on the way out.
+    f.proc.signal("KILL");
+    f.proc.wait_exit(Duration::from_secs(10));
+
+    let mut f2 = Flotilla::start("budget-keep-2", &body);
+    let b: Value = serde_json::from_str(&get(&f2.admin("/api/v1/budget")).await.1).unwrap();
+    assert_eq!(b["capped"], true, "the account's cap holds from the first moment: {b}");
+    assert!(b["spent"].as_f64().unwrap() >= 4.0, "{b}");
+    let fired = b["alerts_fired"].to_string();
+    assert!(fired.contains("actual 100 %") && fired.contains("forecast 100 %"), "{b}");
+    let g = f2.group("web").await;
+    assert_eq!(g["budget"]["capped"], true, "the group's cap holds too: {g}");
+    assert!(g["budget"]["spent"].as_f64().unwrap() >= 3.0, "{g}");
+    let (status, text) = f2.admin_call("PUT", "/api/v1/groups/web/desired", "{\"desired\": 2}").await;
+    assert_eq!(status, 422, "{text}");
+    // Spend goes on; no alert is sent or recorded again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    while let Ok(v) = hooks.try_recv() {
+        assert!(v.get("budget").is_none(), "an alert was sent twice: {v}");
+    }
+    let (_, activity) = get(&f2.admin("/api/v1/groups/web/activity")).await;
+    assert!(!activity.contains("Budget alert"), "{activity}");
+    let b: Value = serde_json::from_str(&get(&f2.admin("/api/v1/budget")).await.1).unwrap();
+    let spent = b["spent"].as_f64().unwrap();
+    // A clean stop saves what accrued since.
+    f2.proc.signal("TERM");
+    assert_eq!(f2.proc.wait_exit(Duration::from_secs(20)), Some(0));
+    let f3 = Flotilla::start("budget-keep-3", &body);
+    let b: Value = serde_json::from_str(&get(&f3.admin("/api/v1/budget")).await.1).unwrap();
+    assert!(b["spent"].as_f64().unwrap() >= spent, "{b} after {spent}");
+    assert!(f3.log().contains("the month's account budget restored"), "{}", f3.log());
+}
+
 async fn next_budget(rx: &mut mpsc::UnboundedReceiver<Value>, kind: &str, threshold: f64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
