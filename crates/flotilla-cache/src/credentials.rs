@@ -41,17 +41,19 @@ pub fn carries_credentials(headers: &HeaderMap, keyed: &[String], own: Option<&s
 }
 
 /// The cookie half of [`carries_credentials`]: a cookie outside `keyed` and `own`, or a kept one
-/// named twice.
+/// named twice. One pass over the cookies; one lookup when there are none.
 pub fn cookie_credentials(headers: &HeaderMap, keyed: &[String], own: Option<&str>) -> bool {
-    other_cookies(headers, keyed, own) || repeated(headers, keyed, own)
-}
-
-fn repeated(headers: &HeaderMap, keyed: &[String], own: Option<&str>) -> bool {
     if !headers.contains_key(header::COOKIE) {
         return false;
     }
-    let names: Vec<&str> = pairs(headers).map(|(k, _)| k).filter(|k| kept(k, keyed, own)).collect();
-    names.iter().enumerate().any(|(i, n)| names[..i].contains(n))
+    let mut seen: Vec<&str> = Vec::new();
+    for (name, _) in pairs(headers) {
+        if !kept(name, keyed, own) || seen.contains(&name) {
+            return true;
+        }
+        seen.push(name);
+    }
+    false
 }
 
 /// A cookie outside `keyed` and `own`.

@@ -128,20 +128,42 @@ pub(crate) fn strip_nominated(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes request headers no client may send: names with `_` (nginx drops them by default:
-/// CGI-style servers — PHP, WSGI, Puma before 6.4.3 — read `X_Forwarded_Host` as
-/// `X-Forwarded-Host`, past every rule that matches the dashed name, and past the cache key)
-/// and, unless the peer is a trusted proxy, the shield's loop marker (a client could otherwise
-/// make a child skip its parent). One scan of the names; nothing allocated when none match.
-pub(crate) fn drop_untrusted(headers: &mut HeaderMap, trusted: bool) {
-    let bad = |k: &HeaderName| k.as_str().contains('_') || (!trusted && k.as_str() == "x-flotilla-shield");
-    if !headers.keys().any(bad) {
-        return;
+/// The request-side header hygiene that runs before anything reads the headers, in one scan
+/// of the names (most requests match nothing and pay for that one scan only):
+/// - names with `_` go (nginx drops them by default: CGI-style servers — PHP, WSGI, Puma
+///   before 6.4.3 — read `X_Forwarded_Host` as `X-Forwarded-Host`, past every rule that
+///   matches the dashed name, and past the cache key);
+/// - unless the peer is a trusted proxy, the shield's loop marker goes (a client could
+///   otherwise make a child skip its parent);
+/// - on a GET or HEAD, method overrides (`X-HTTP-Method-Override: DELETE`) go: a GET is routed,
+///   limited and keyed as a GET, and must reach the origin as one;
+/// - what `Connection` nominates goes ([`strip_nominated`]).
+pub(crate) fn sanitize_request(headers: &mut HeaderMap, trusted: bool, get_or_head: bool) {
+    let mut drop_any = false;
+    let mut connection = false;
+    for k in headers.keys() {
+        if *k == header::CONNECTION {
+            connection = true;
+        } else if dropped(k, trusted, get_or_head) {
+            drop_any = true;
+        }
     }
-    let names: Vec<HeaderName> = headers.keys().filter(|k| bad(k)).cloned().collect();
-    for name in names {
-        headers.remove(&name);
+    if drop_any {
+        let names: Vec<HeaderName> = headers.keys().filter(|k| dropped(k, trusted, get_or_head)).cloned().collect();
+        for name in names {
+            headers.remove(&name);
+        }
     }
+    if connection {
+        strip_nominated(headers);
+    }
+}
+
+fn dropped(k: &HeaderName, trusted: bool, get_or_head: bool) -> bool {
+    let n = k.as_str();
+    n.contains('_')
+        || (!trusted && n == "x-flotilla-shield")
+        || (get_or_head && matches!(n, "x-http-method-override" | "x-http-method" | "x-method-override"))
 }
 
 /// Joins several `Cookie` fields into one, separated by "; " (RFC 9113 §8.2.3).
@@ -254,10 +276,26 @@ pub(crate) fn authority_of(uri: &http::Uri, headers: &HeaderMap, https: bool) ->
     let mut text = host.to_ascii_lowercase();
     let host_len = text.len();
     if let Some(p) = port.filter(|&p| p != default) {
-        use std::fmt::Write as _;
-        let _ = write!(text, ":{p}");
+        text.push(':');
+        push_u16(&mut text, p);
     }
     Ok(Some(Authority { text, host_len }))
+}
+
+/// Appends `n` in decimal (no formatter on the request path).
+fn push_u16(out: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| d as char));
 }
 
 /// "example.com:8080" → ("example.com", Some(8080)), "[::1]:80" → ("[::1]", Some(80)),
@@ -332,11 +370,20 @@ mod tests {
 
     #[test]
     fn underscored_names_and_a_clients_shield_marker_go() {
-        let mut h = map(&[("x_forwarded_host", "evil"), ("x-flotilla-shield", "1"), ("x-app", "1")]);
-        drop_untrusted(&mut h, true);
-        assert!(!h.contains_key("x_forwarded_host") && h.contains_key("x-flotilla-shield"));
-        drop_untrusted(&mut h, false);
-        assert_eq!(h.len(), 1, "{h:?}");
+        let mut h = map(&[
+            ("x_forwarded_host", "evil"),
+            ("x-flotilla-shield", "1"),
+            ("x-http-method-override", "DELETE"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("x-app", "1"),
+        ]);
+        sanitize_request(&mut h, true, false);
+        assert!(!h.contains_key("x_forwarded_host") && !h.contains_key("x-hop"));
+        assert!(h.contains_key("x-flotilla-shield") && h.contains_key("x-http-method-override"));
+        sanitize_request(&mut h, false, true);
+        assert!(!h.contains_key("x-flotilla-shield") && !h.contains_key("x-http-method-override"));
+        assert!(h.contains_key("x-app") && h.contains_key("connection"), "{h:?}");
         let mut c = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
         join_cookies(&mut c);
         assert_eq!(c.get_all("cookie").iter().count(), 1);

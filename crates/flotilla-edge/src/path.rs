@@ -36,10 +36,11 @@ pub(crate) fn canonicalize(path: &str, slashes: EscapedSlashes) -> Result<Option
         // `*` (OPTIONS) and anything else that is not origin-form is left to routing (no match).
         return if path == "*" { Ok(None) } else { Err(BadPath::Malformed) };
     }
-    let suspicious = b.iter().any(|&c| c == b'%' || c == b'\\') || memchr::memmem::find(b, b"//").is_some() || {
-        // A `.` right after a `/` may start a dot segment.
-        memchr::memmem::find_iter(b, b"/.").next().is_some()
-    };
+    // One pass: an escape, a backslash, `//` or a `/.` that may start a dot segment.
+    let suspicious = b
+        .iter()
+        .enumerate()
+        .any(|(i, &c)| c == b'%' || c == b'\\' || (c == b'/' && matches!(b.get(i + 1), Some(b'/') | Some(b'.'))));
     if !suspicious {
         return Ok(None);
     }

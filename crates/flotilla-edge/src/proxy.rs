@@ -146,8 +146,8 @@ async fn forward(
     }
     // Before anything reads the headers: what `Connection` nominates is gone for the route, the
     // limiter, the cache key and the origin alike.
-    headers::strip_nominated(req.headers_mut());
-    headers::drop_untrusted(req.headers_mut(), client.via_proxy);
+    let get_or_head = req.method() == Method::GET || req.method() == Method::HEAD;
+    headers::sanitize_request(req.headers_mut(), client.via_proxy, get_or_head);
     let host = match headers::authority_of(req.uri(), req.headers(), client.https) {
         Ok(Some(h)) => h,
         Ok(None) if req.version() == Version::HTTP_11 || req.version() == Version::HTTP_2 => {
@@ -239,22 +239,16 @@ async fn forward(
 }
 
 /// A cached route forwards only what its key reads (CloudFront's rule): query parameters the
-/// key ignores never reach the origin, so they cannot change an answer stored for everyone;
-/// and method-override headers (`X-HTTP-Method-Override: DELETE` on a GET) are dropped, since a
-/// GET is keyed and stored as a GET.
+/// key ignores never reach the origin, so they cannot change an answer stored for everyone.
+/// (Method overrides on a GET went in `headers::sanitize_request`.)
 fn only_keyed_inputs<B: hyper::body::Body>(
     req: &mut Request<B>,
     rule: &crate::route::CacheRule,
 ) -> Result<(), ProxyError> {
-    if req.method() == Method::GET || req.method() == Method::HEAD {
-        // A body on a cached GET is read by some frameworks (Rails merges it into params) but
-        // is in no key: refused, as CloudFront does.
-        if !req.body().is_end_stream() {
-            return Err(ProxyError::BadRequest);
-        }
-        for h in ["x-http-method-override", "x-http-method", "x-method-override"] {
-            req.headers_mut().remove(h);
-        }
+    // A body on a cached GET is read by some frameworks (Rails merges it into params) but is in
+    // no key: refused, as CloudFront does.
+    if (req.method() == Method::GET || req.method() == Method::HEAD) && !req.body().is_end_stream() {
+        return Err(ProxyError::BadRequest);
     }
     let Some(query) = req.uri().query() else { return Ok(()) };
     let kept = flotilla_cache::key::keyed_query(&rule.key, query);

@@ -85,6 +85,9 @@ pub(super) fn respond_with(entry: &Entry, request: &HeaderMap, head: bool, cache
 
 /// The ranges the client asked for, if they apply to this entry (`If-Range` must match it).
 fn requested_range(entry: &Entry, request: &HeaderMap) -> Option<Ranges> {
+    if !request.contains_key(header::RANGE) {
+        return None;
+    }
     match conditional::requested_ranges(request, &Validators::of(&entry.headers), entry.body.len() as u64) {
         Ranges::Full => None,
         r => Some(r),
@@ -125,7 +128,9 @@ fn ranged(entry: &Entry, mut headers: HeaderMap, ranges: Ranges, head: bool) -> 
 }
 
 fn not_modified(entry: &Entry, request: &HeaderMap) -> bool {
-    conditional::not_modified(request, &Validators::of(&entry.headers))
+    // Most requests carry no conditional: two lookups, and the entry's validators only then.
+    (request.contains_key(header::IF_NONE_MATCH) || request.contains_key(header::IF_MODIFIED_SINCE))
+        && conditional::not_modified(request, &Validators::of(&entry.headers))
 }
 
 static CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
