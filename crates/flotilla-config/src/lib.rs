@@ -3,34 +3,30 @@
 //! Two stages, as in ripgrep's low/high args: `raw` mirrors the TOML with spans, then `validate`
 //! produces the typed [`Config`] or *every* error as `FILE:LINE:COL: message`.
 
-mod cluster_model;
+mod cluster;
 pub mod cron;
+mod ctx;
 mod env;
 mod error;
-mod fleet_model;
-mod images_model;
+mod fleet;
+mod images;
 mod model;
 mod net;
 mod raw;
 pub mod time;
 pub mod units;
 mod validate;
-mod validate_cluster;
-mod validate_fleet;
-mod validate_images;
-mod validate_watch;
-mod watch_model;
+mod watch;
 
 use std::path::{Path, PathBuf};
 
-pub use cluster_model::*;
+pub use cluster::model::*;
 pub use error::{ConfigError, LoadError};
-pub use fleet_model::*;
-pub use images_model::*;
+pub use fleet::model::*;
+pub use images::model::*;
 pub use model::*;
 pub use net::{any_contains, Cidr};
-pub use validate_fleet::recommended_policy;
-pub use watch_model::*;
+pub use watch::model::*;
 
 /// Reads and validates a config file, expanding `${VAR}` from the process environment.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
@@ -49,7 +45,7 @@ pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
         LoadError::Invalid(vec![loc.error(offset, msg)])
     })?;
     let base_dir: PathBuf = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut cx = validate::Ctx { loc, base_dir: &base_dir, env, errors: vec![], warnings: vec![] };
+    let mut cx = ctx::Ctx { loc, base_dir: &base_dir, env, errors: vec![], warnings: vec![] };
     match validate::config(&mut cx, raw, path.to_path_buf()) {
         Some(cfg) => Ok(cfg),
         None => Err(LoadError::Invalid(cx.errors)),

@@ -6,6 +6,11 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::cluster::raw::RawCluster;
+use crate::fleet::raw::{RawFleet, RawGroup};
+use crate::images::raw::RawImages;
+use crate::watch::raw::{RawAccountBudget, RawAlarm, RawNotifier, RawSlo, RawWatch};
+
 pub(crate) type S<T> = Spanned<T>;
 
 #[derive(Debug, Deserialize)]
@@ -33,133 +38,6 @@ pub(crate) struct RawConfig {
     pub images: Option<S<RawImages>>,
     pub cluster: Option<S<RawCluster>>,
     pub fleet: Option<S<RawFleet>>,
-}
-
-/// `[fleet]`: settings of the fleet as a whole.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawFleet {
-    pub deployment: Option<S<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawCluster {
-    pub node: Option<S<String>>,
-    pub redis: Option<S<RawRedis>>,
-    pub lease: Option<S<String>>,
-    pub prefix: Option<S<String>>,
-    pub secret: Option<S<String>>,
-    pub timeout: Option<S<String>>,
-    pub invalidation_wait: Option<S<String>>,
-    pub heartbeat: Option<S<String>>,
-}
-
-/// `redis = "redis://…"` or `redis = { url = "…", password = "${REDIS_PASSWORD}" }`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum RawRedis {
-    Url(String),
-    Table { url: String, password: Option<String> },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawImages {
-    pub route: Option<S<String>>,
-    pub source: Option<S<String>>,
-    pub formats: Option<S<Vec<S<String>>>>,
-    pub quality: Option<S<RawImageQuality>>,
-    pub max_source_pixels: Option<S<i64>>,
-    pub max_source_bytes: Option<S<SizeLit>>,
-    pub signing_key: Option<S<String>>,
-    pub presets: Option<BTreeMap<S<String>, S<RawPreset>>>,
-    pub workers: Option<S<i64>>,
-    pub queue: Option<S<i64>>,
-    pub avif_speed: Option<S<i64>>,
-    pub ttl: Option<S<String>>,
-    pub source_timeout: Option<S<String>>,
-    pub source_host: Option<S<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawImageQuality {
-    pub jpeg: Option<S<i64>>,
-    pub webp: Option<S<i64>>,
-    pub avif: Option<S<i64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawPreset {
-    pub width: Option<S<i64>>,
-    pub height: Option<S<i64>>,
-    pub fit: Option<S<String>>,
-    pub quality: Option<S<i64>>,
-    pub upscale: Option<S<bool>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawAccountBudget {
-    pub currency: Option<S<String>>,
-    pub monthly: Option<S<Num>>,
-    #[serde(default)]
-    pub instance_hour: BTreeMap<S<String>, S<Num>>,
-    pub alerts: Option<Vec<S<Num>>>,
-    #[serde(default)]
-    pub notify: Vec<S<String>>,
-    pub hard_cap: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawSlo {
-    pub name: Option<S<String>>,
-    pub target_group: Option<S<String>>,
-    pub objective: Option<S<Num>>,
-    pub latency: Option<S<String>>,
-    pub kind: Option<S<String>>,
-    pub window: Option<S<String>>,
-    #[serde(default)]
-    pub notify: Vec<S<String>>,
-    pub scope: Option<S<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawWatch {
-    pub retention: Option<S<String>>,
-    pub resolution: Option<S<String>>,
-    pub data_dir: Option<S<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawAlarm {
-    pub name: Option<S<String>>,
-    pub metric: Option<S<String>>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    pub statistic: Option<S<String>>,
-    pub period: Option<S<String>>,
-    pub evaluation_periods: Option<S<i64>>,
-    pub datapoints_to_alarm: Option<S<i64>>,
-    pub threshold: Option<S<Num>>,
-    pub comparison: Option<S<String>>,
-    pub missing_data: Option<S<String>>,
-    #[serde(default)]
-    pub notify: Vec<S<String>>,
-    pub scope: Option<S<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawNotifier {
-    pub webhook: Option<S<String>>,
-    pub timeout: Option<S<String>>,
-    pub attempts: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -426,80 +304,6 @@ pub(crate) enum SizeLit {
     Text(String),
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawGroup {
-    pub target_group: Option<S<String>>,
-    pub min: Option<S<i64>>,
-    pub max: Option<S<i64>>,
-    pub desired: Option<S<i64>>,
-    pub health_check_grace: Option<S<String>>,
-    pub instance_warmup: Option<S<String>>,
-    pub cooldown: Option<S<String>>,
-    pub termination_policy: Option<Vec<S<String>>>,
-    #[serde(default)]
-    pub zones: Vec<S<String>>,
-    pub launch: Option<S<RawLaunch>>,
-    /// None = the recommended default policy; `[]` = no scaling policy.
-    pub policies: Option<Vec<S<RawPolicy>>>,
-    #[serde(default)]
-    pub schedules: Vec<S<RawSchedule>>,
-    pub metrics_interval: Option<S<String>>,
-    pub stop_timeout: Option<S<String>>,
-    pub budget: Option<S<RawBudget>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawBudget {
-    pub price_per_instance_hour: Option<S<Num>>,
-    pub monthly: Option<S<Num>>,
-    pub alerts: Option<Vec<S<i64>>>,
-    pub hard_cap: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawLaunch {
-    pub driver: Option<S<String>>,
-    pub command: Option<S<Vec<String>>>,
-    #[serde(default)]
-    pub env: BTreeMap<String, S<String>>,
-    pub workdir: Option<S<String>>,
-    pub image: Option<S<String>>,
-    pub port: Option<S<i64>>,
-    pub cpus: Option<S<Num>>,
-    pub memory: Option<S<SizeLit>>,
-    pub constraints: Option<S<Vec<String>>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawPolicy {
-    #[serde(rename = "type")]
-    pub kind: Option<S<String>>,
-    pub metric: Option<S<String>>,
-    pub statistic: Option<S<String>>,
-    pub period: Option<S<String>>,
-    pub evaluation_periods: Option<S<i64>>,
-    pub datapoints_to_alarm: Option<S<i64>>,
-    pub threshold: Option<S<Num>>,
-    pub comparison: Option<S<String>>,
-    pub adjustment: Option<S<Num>>,
-    pub missing_data: Option<S<String>>,
-    pub target: Option<S<Num>>,
-    pub tolerance: Option<S<Num>>,
-    pub scale_in_stabilization: Option<S<String>>,
-    pub scale_out_stabilization: Option<S<String>>,
-    pub scale_in_cooldown: Option<S<String>>,
-    pub disable_scale_in: Option<bool>,
-    pub max_scale_in_fraction: Option<S<Num>>,
-    pub headroom: Option<S<Num>>,
-    pub predictive: Option<bool>,
-    pub noise_margin: Option<S<Num>>,
-    pub scale_in_margin: Option<S<Num>>,
-}
-
 /// A number written as an integer, a float, or (for adjustments) a string like "+2" or "50%".
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -507,14 +311,4 @@ pub(crate) enum Num {
     Int(i64),
     Float(f64),
     Text(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawSchedule {
-    pub cron: Option<S<String>>,
-    pub timezone: Option<S<String>>,
-    pub min: Option<S<i64>>,
-    pub max: Option<S<i64>>,
-    pub desired: Option<S<i64>>,
 }

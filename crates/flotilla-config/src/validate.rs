@@ -1,122 +1,14 @@
 //! Raw → typed: checks every value, collects every error with its location, fills defaults.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::error::{ConfigError, Locator};
+use crate::ctx::{http_token, resolve, valid_name, Ctx};
 use crate::model::*;
 use crate::raw::*;
-use crate::{env, units};
-
-pub(crate) struct Ctx<'a> {
-    pub loc: Locator<'a>,
-    pub base_dir: &'a Path,
-    pub env: &'a dyn Fn(&str) -> Option<String>,
-    pub errors: Vec<ConfigError>,
-    pub warnings: Vec<String>,
-}
-
-impl Ctx<'_> {
-    pub(crate) fn err<T>(&mut self, spanned: &S<T>, msg: impl Into<String>) {
-        self.err_at(spanned.span().start, msg);
-    }
-
-    pub(crate) fn err_at(&mut self, offset: usize, msg: impl Into<String>) {
-        let e = self.loc.error(offset, msg);
-        self.errors.push(e);
-    }
-
-    pub(crate) fn duration(&mut self, v: &Option<S<String>>, key: &str, default: Duration) -> Duration {
-        let Some(v) = v else { return default };
-        match units::parse_duration(v.get_ref()) {
-            Ok(d) => d,
-            Err(e) => {
-                self.err(v, format!("{key}: {e}"));
-                default
-            }
-        }
-    }
-
-    pub(crate) fn size(&mut self, v: &Option<S<SizeLit>>, key: &str, default: u64) -> u64 {
-        let Some(v) = v else { return default };
-        let parsed = match v.get_ref() {
-            SizeLit::Bytes(n) if *n >= 0 => Ok(*n as u64),
-            SizeLit::Bytes(n) => Err(format!("must not be negative, got {n}")),
-            SizeLit::Text(t) => units::parse_size(t),
-        };
-        parsed.unwrap_or_else(|e| {
-            self.err(v, format!("{key}: {e}"));
-            default
-        })
-    }
-
-    pub(crate) fn int(
-        &mut self,
-        v: &Option<S<i64>>,
-        key: &str,
-        range: std::ops::RangeInclusive<i64>,
-        default: i64,
-    ) -> i64 {
-        let Some(v) = v else { return default };
-        let n = *v.get_ref();
-        if range.contains(&n) {
-            n
-        } else {
-            self.err(v, format!("{key} must be between {} and {}, got {n}", range.start(), range.end()));
-            default
-        }
-    }
-
-    fn socket_addr(&mut self, v: &S<String>, key: &str) -> Option<SocketAddr> {
-        match resolve(v.get_ref()) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                self.err(v, format!("{key}: {e}"));
-                None
-            }
-        }
-    }
-
-    pub(crate) fn expand(&mut self, v: &S<String>, key: &str) -> String {
-        match env::expand(v.get_ref(), self.env) {
-            Ok((s, unset)) => {
-                for name in unset {
-                    self.warnings.push(format!("{key}: environment variable {name} is not set; using an empty value"));
-                }
-                s
-            }
-            Err(e) => {
-                self.err(v, format!("{key}: {e}"));
-                String::new()
-            }
-        }
-    }
-
-    fn existing_file(&mut self, v: &S<String>, key: &str) -> PathBuf {
-        let raw = self.expand(v, key);
-        let path = self.base_dir.join(raw);
-        if !path.is_file() {
-            self.err(v, format!("{key}: file {} does not exist", path.display()));
-        }
-        path
-    }
-}
-
-/// Accepts "127.0.0.1:80", "[::1]:80" and "localhost:80" (resolved once, now).
-fn resolve(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = s.parse() {
-        return Ok(a);
-    }
-    if !s.contains(':') {
-        return Err(format!("{s:?} is not an address: expected host:port, e.g. \"127.0.0.1:8080\""));
-    }
-    s.to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{s:?} resolves to no address"))
-}
+use crate::units;
 
 pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Option<Config> {
     let edge = edge(cx, raw.edge.as_ref());
@@ -151,16 +43,16 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
             cx.err(edge_raw, "[edge] needs at least one address in listen (or in [edge.tls].listen)");
         }
     }
-    let groups = crate::validate_fleet::groups(cx, &raw.groups, &target_groups);
-    let watch = crate::validate_watch::watch(cx, raw.watch.as_ref());
-    let notifiers = crate::validate_watch::notifiers(cx, &raw.notifiers);
+    let groups = crate::fleet::validate::groups(cx, &raw.groups, &target_groups);
+    let watch = crate::watch::validate::watch(cx, raw.watch.as_ref());
+    let notifiers = crate::watch::validate::notifiers(cx, &raw.notifiers);
     let has_cluster = raw.cluster.is_some();
-    let alarms = crate::validate_watch::alarms(cx, &raw.alarms, &notifiers, has_cluster);
-    let slos = crate::validate_watch::slos(cx, &raw.slos, &notifiers, &target_groups, has_cluster);
-    let budget = raw.budget.as_ref().and_then(|b| crate::validate_watch::budget(cx, b, &notifiers, &groups));
-    let images = raw.images.as_ref().and_then(|i| crate::validate_images::images(cx, i, &target_groups));
-    let cluster = raw.cluster.as_ref().and_then(|c| crate::validate_cluster::cluster(cx, c));
-    let fleet = crate::validate_fleet::settings(cx, raw.fleet.as_ref(), &source, cluster.as_ref());
+    let alarms = crate::watch::validate::alarms(cx, &raw.alarms, &notifiers, has_cluster);
+    let slos = crate::watch::validate::slos(cx, &raw.slos, &notifiers, &target_groups, has_cluster);
+    let budget = raw.budget.as_ref().and_then(|b| crate::watch::validate::budget(cx, b, &notifiers, &groups));
+    let images = raw.images.as_ref().and_then(|i| crate::images::validate::images(cx, i, &target_groups));
+    let cluster = raw.cluster.as_ref().and_then(|c| crate::cluster::validate::cluster(cx, c));
+    let fleet = crate::fleet::validate::settings(cx, raw.fleet.as_ref(), &source, cluster.as_ref());
     if let (Some(_), Some((name, _))) =
         (cache.parent, raw.target_groups.iter().find(|(n, _)| n.get_ref() == crate::SHIELD_GROUP))
     {
@@ -190,10 +82,6 @@ pub(crate) fn config(cx: &mut Ctx<'_>, raw: RawConfig, source: PathBuf) -> Optio
         images,
         warnings: std::mem::take(&mut cx.warnings),
     })
-}
-
-pub(crate) fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn edge(cx: &mut Ctx<'_>, raw: Option<&S<RawEdge>>) -> EdgeConfig {
@@ -303,10 +191,6 @@ fn edge(cx: &mut Ctx<'_>, raw: Option<&S<RawEdge>>) -> EdgeConfig {
         proxy_protocol: r.proxy_protocol.unwrap_or(false),
         escaped_slashes,
     }
-}
-
-fn http_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn tls(cx: &mut Ctx<'_>, raw: &S<RawTls>) -> Option<TlsConfig> {

@@ -1,5 +1,6 @@
-//! The typed `[watch]`, `[[alarms]]` and `[notifiers.*]` config: the in-process metrics store,
-//! CloudWatch-style alarms and where their state changes go.
+//! The typed `[watch]`, `[[alarms]]`, `[notifiers.*]`, `[[slos]]` and `[budget]` config: the
+//! in-process metrics store, CloudWatch-style alarms, where their state changes go, service
+//! level objectives and the account's budget.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

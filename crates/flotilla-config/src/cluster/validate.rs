@@ -1,10 +1,11 @@
-//! Validation of `[cluster]`.
+//! Raw → typed for `[cluster]`.
 
 use std::time::Duration;
 
-use crate::raw::{RawCluster, RawRedis, S};
-use crate::validate::{valid_name, Ctx};
-use crate::{ClusterConfig, RedisConfig};
+use super::model::{ClusterConfig, RedisConfig};
+use super::raw::{RawCluster, RawRedis};
+use crate::ctx::{valid_name, Ctx};
+use crate::raw::S;
 
 pub(crate) fn cluster(cx: &mut Ctx<'_>, raw: &S<RawCluster>) -> Option<ClusterConfig> {
     let r = raw.get_ref();

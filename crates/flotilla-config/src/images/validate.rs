@@ -3,10 +3,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use crate::images_model::*;
-use crate::model::TargetGroupConfig;
-use crate::raw::{RawImages, RawPreset, S};
-use crate::validate::{valid_name, Ctx};
+use super::model::*;
+use super::raw::{RawImages, RawPreset};
+use crate::ctx::{valid_name, Ctx};
+use crate::raw::S;
+use crate::TargetGroupConfig;
 
 const DEFAULT_MAX_PIXELS: i64 = 50_000_000;
 /// A preset may not ask for more than this many pixels per side (the output is held in memory).

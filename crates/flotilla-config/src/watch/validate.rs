@@ -1,13 +1,13 @@
-//! Raw → typed for `[watch]`, `[[alarms]]` and `[notifiers.*]`.
+//! Raw → typed for `[watch]`, `[[alarms]]`, `[notifiers.*]`, `[[slos]]` and `[budget]`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use crate::model::TargetGroupConfig;
-use crate::raw::{Num, RawAccountBudget, RawAlarm, RawNotifier, RawSlo, RawWatch, S};
-use crate::validate::{valid_name, Ctx};
-use crate::watch_model::*;
-use crate::{Comparison, MissingData};
+use super::model::*;
+use super::raw::{RawAccountBudget, RawAlarm, RawNotifier, RawSlo, RawWatch};
+use crate::ctx::{valid_name, Ctx};
+use crate::raw::{Num, S};
+use crate::{Comparison, MissingData, TargetGroupConfig};
 
 pub(crate) fn watch(cx: &mut Ctx<'_>, raw: Option<&S<RawWatch>>) -> WatchConfig {
     let d = WatchConfig::default();

@@ -1,5 +1,5 @@
-//! The typed `[groups.*]` config: auto scaling groups of app instances and their policies.
-//! Kept apart from `model.rs` because only the fleet (and `flotilla simulate`) reads it.
+//! The typed `[fleet]` and `[groups.*]` config: auto scaling groups of app instances and their
+//! policies. Only the fleet (and `flotilla simulate`) reads it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ pub struct FleetSettings {
     /// `flotilla.deployment` label), so another Flotilla on the same host or swarm never
     /// removes or adopts them. Stable across restarts; the same on every node of a cluster.
     pub deployment: String,
-    /// True when the config names it; false when derived (see `validate_fleet::settings`).
+    /// True when the config names it; false when derived (see `validate::settings`).
     pub deployment_configured: bool,
 }
 
@@ -230,4 +230,23 @@ pub enum MissingData {
     Ignore,
     Breaching,
     NotBreaching,
+}
+
+/// The policy a group gets when it names none: `examples/scaling/recommended.toml` (predictive
+/// CPU target tracking; see bench/scaling.sh for how it compares). `policies = []` turns it off.
+pub fn recommended_policy() -> PolicyConfig {
+    PolicyConfig::TargetTracking(TargetTracking {
+        metric: "cpu".into(),
+        target: 100.0,
+        tolerance: 0.1,
+        scale_in_stabilization: Duration::from_secs(600),
+        scale_out_stabilization: Duration::ZERO,
+        scale_in_cooldown: Duration::from_secs(1200),
+        disable_scale_in: false,
+        max_scale_in_fraction: 1.0,
+        headroom: 0.0,
+        predictive: true,
+        noise_margin: 0.0,
+        scale_in_margin: 0.6,
+    })
 }

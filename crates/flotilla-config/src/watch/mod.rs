@@ -1,0 +1,6 @@
+//! `[watch]`, `[[alarms]]`, `[notifiers.*]`, `[[slos]]` and `[budget]`: the metrics store and what
+//! watches it, read by flotilla-watch (and the fleet, for the budget).
+
+pub(crate) mod model;
+pub(crate) mod raw;
+pub(crate) mod validate;
