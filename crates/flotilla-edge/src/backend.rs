@@ -77,6 +77,7 @@ where
         Backend::Images(svc) => Box::pin(crate::images::render(cx.call, svc, req, out)).await,
         Backend::Files(files) => {
             let (parts, _) = req.into_parts();
+            out.source = crate::metrics::Source::Target;
             Ok(crate::files::serve(files, &parts.method, parts.uri.path(), parts.uri.query(), &parts.headers).await)
         }
     }

@@ -38,6 +38,10 @@ pub(crate) struct Outcome {
     pub attempts: u32,
     /// The matched route's response-header policy, applied to whatever answers.
     pub headers: Option<Arc<crate::policy::Headers>>,
+    /// Who answered; the edge unless a target or the cache did.
+    pub source: crate::metrics::Source,
+    /// The matched route's place in the route table, for its counters.
+    pub route: Option<usize>,
 }
 
 /// One request's context below routing: the edge, the runtime snapshot it was routed with, its

@@ -30,6 +30,9 @@ pub struct TargetGroup {
     pub(crate) retries: Counter,
     fail_open: Counter,
     pub(crate) ejections: Counter,
+    /// Answers the edge itself and the cache gave for this group, by class (see
+    /// `metrics::Source`); the targets count theirs.
+    pub(crate) answered: [[Counter; 5]; 2],
     last_fail_open_log: AtomicU64,
     started: Instant,
 }
@@ -54,7 +57,9 @@ impl TargetGroup {
         let retries = metrics.retries.get_or_create(&labels).clone();
         let fail_open = metrics.fail_open.get_or_create(&labels).clone();
         let ejections = metrics.ejections.get_or_create(&labels).clone();
+        let answered = metrics.group_counters(&cfg.name);
         let group = Arc::new(Self {
+            answered,
             name: cfg.name.clone(),
             duration,
             retries,
@@ -331,6 +336,7 @@ mod tests {
                     target_group: "g".into(),
                     target: "127.0.0.1:1".into(),
                     class: "2xx",
+                    source: "target",
                 })
                 .get()
         };

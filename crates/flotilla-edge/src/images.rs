@@ -284,6 +284,7 @@ pub(crate) async fn render<B>(
             metrics.image_seconds.get_or_create(&labels).inc_by(elapsed.as_secs_f64());
             metrics.image_bytes_in.inc_by(original.body.len() as u64);
             metrics.image_bytes_out.get_or_create(&labels).inc_by(img.bytes.len() as u64);
+            out.source = crate::metrics::Source::Target;
             Ok(variant_response(img, &original.headers, svc))
         }
     }
@@ -469,6 +470,7 @@ async fn srcset(
     let mut resp = Response::new(crate::body::full(Bytes::from(body)));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    out.source = crate::metrics::Source::Target;
     Ok(resp)
 }
 

@@ -127,7 +127,7 @@ pub struct TargetView {
     pub state: TargetState,
     pub in_flight: u32,
     pub requests: u64,
-    /// Responses by status class, 1xx to 5xx (what `flotilla_http_requests_total` counts).
+    /// The target's own responses by status class, 1xx to 5xx (`source="target"`).
     pub classes: [u64; 5],
 }
 
@@ -136,6 +136,10 @@ pub struct GroupView {
     pub name: String,
     pub algorithm: String,
     pub targets: Vec<TargetView>,
+    /// Answers the edge itself gave for this group (502/503/504, refusals) and answers from the
+    /// cache, by status class: with the targets' own, what clients saw.
+    pub edge_classes: [u64; 5],
+    pub cache_classes: [u64; 5],
 }
 
 fn target_view(t: &target::Target) -> TargetView {
@@ -317,6 +321,8 @@ impl Edge {
                 name: g.name.clone(),
                 algorithm: format!("{:?}", g.config().algorithm),
                 targets: g.targets().iter().map(|t| target_view(t)).collect(),
+                edge_classes: std::array::from_fn(|i| g.answered[0][i].get()),
+                cache_classes: std::array::from_fn(|i| g.answered[1][i].get()),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

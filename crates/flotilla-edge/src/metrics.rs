@@ -10,8 +10,50 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub target_group: String,
+    /// The target's address, or "-" for what the edge or its cache answered.
     pub target: String,
     pub class: &'static str,
+    /// Who answered (see [`Source`]): what clients saw is the sum over all three.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteClassLabels {
+    /// The route as configured: its path pattern, after its host when it names one.
+    pub route: String,
+    pub class: &'static str,
+    pub source: &'static str,
+}
+
+/// Who answered a request — ALB's `HTTPCode_Target_*` vs `HTTPCode_ELB_*`, plus the cache.
+/// Alarms, SLOs and the dashboard count every source (what clients saw); `source="target"`
+/// alone is the targets' view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Source {
+    /// A target (or a `files:` directory, or the image transformer) answered.
+    Target,
+    /// The edge answered itself: a target it could not reach (502), none available (503), one
+    /// too slow (504), a request it refused (4xx), a redirect.
+    #[default]
+    Edge,
+    /// The cache answered from a stored object.
+    Cache,
+}
+
+impl Source {
+    pub const ALL: [Source; 3] = [Source::Target, Source::Edge, Source::Cache];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Target => "target",
+            Source::Edge => "edge",
+            Source::Cache => "cache",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -69,6 +111,8 @@ pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub struct EdgeMetrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    /// Every answer by route, status class and source.
+    pub route_requests: Family<RouteClassLabels, Counter>,
     /// Latency per target group (lock-free; encoded by hand, see latency.rs).
     pub latency: crate::latency::Latencies,
     pub targets: Family<StateLabels, Gauge>,
@@ -106,6 +150,7 @@ impl EdgeMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("flotilla");
         let requests = Family::<RequestLabels, Counter>::default();
+        let route_requests = Family::<RouteClassLabels, Counter>::default();
         let targets = Family::<StateLabels, Gauge>::default();
         let retries = Family::<GroupLabels, Counter>::default();
         let fail_open = Family::<GroupLabels, Counter>::default();
@@ -136,8 +181,14 @@ impl EdgeMetrics {
         let image_refusals = Family::<RefusalLabels, Counter>::default();
         registry.register(
             "http_requests",
-            "Requests proxied, by target group, target and status class",
+            "Answers by target group, target, status class and source (target, edge, cache): the sum \
+             over sources is what clients saw",
             requests.clone(),
+        );
+        registry.register(
+            "route_requests",
+            "Answers by route, status class and source (target, edge, cache)",
+            route_requests.clone(),
         );
         registry.register(
             "targets",
@@ -222,6 +273,7 @@ impl EdgeMetrics {
         Self {
             registry,
             requests,
+            route_requests,
             latency: crate::latency::Latencies::default(),
             targets,
             retries,
@@ -256,9 +308,29 @@ impl EdgeMetrics {
 
     pub(crate) fn target_counters(&self, group: &str, target: &str) -> [Counter; 5] {
         CLASSES.map(|class| {
-            self.requests
-                .get_or_create(&RequestLabels { target_group: group.into(), target: target.into(), class })
-                .clone()
+            let labels = RequestLabels { target_group: group.into(), target: target.into(), class, source: "target" };
+            self.requests.get_or_create(&labels).clone()
+        })
+    }
+
+    /// A group's answers by the edge and by the cache (index [`Source::index`] - 1), per class.
+    pub(crate) fn group_counters(&self, group: &str) -> [[Counter; 5]; 2] {
+        [Source::Edge, Source::Cache].map(|source| {
+            CLASSES.map(|class| {
+                let labels =
+                    RequestLabels { target_group: group.into(), target: "-".into(), class, source: source.as_str() };
+                self.requests.get_or_create(&labels).clone()
+            })
+        })
+    }
+
+    /// A route's answers per source and class.
+    pub(crate) fn route_counters(&self, route: &str) -> [[Counter; 5]; 3] {
+        Source::ALL.map(|source| {
+            CLASSES.map(|class| {
+                let labels = RouteClassLabels { route: route.into(), class, source: source.as_str() };
+                self.route_requests.get_or_create(&labels).clone()
+            })
         })
     }
 
@@ -266,7 +338,12 @@ impl EdgeMetrics {
     /// it runs: kept, their series would grow `/metrics` and the watch's store without bound.
     pub(crate) fn forget_target(&self, group: &str, target: &str) {
         for class in CLASSES {
-            self.requests.remove(&RequestLabels { target_group: group.into(), target: target.into(), class });
+            self.requests.remove(&RequestLabels {
+                target_group: group.into(),
+                target: target.into(),
+                class,
+                source: "target",
+            });
         }
     }
 

@@ -19,6 +19,7 @@ use crate::context::{Call, Conn, Outcome};
 use crate::error::ProxyError;
 use crate::forwarding::Client;
 use crate::group::TargetGroup;
+use crate::metrics::Source;
 use crate::route::RouteBackend;
 use crate::{headers, upgrade, Runtime, Shared};
 
@@ -69,6 +70,16 @@ pub(crate) async fn handle(
         policy.apply(resp.headers_mut(), client.https);
     }
     let status = resp.status().as_u16();
+    let class = crate::metrics::class_index(status);
+    // What clients saw, by who answered: targets count their own answers as they finish.
+    if out.source != Source::Target {
+        if let Some(g) = &out.group {
+            g.answered[out.source.index() - 1][class].inc();
+        }
+    }
+    if let Some(route) = out.route.and_then(|i| rt.routes.get(i)) {
+        route.counters[out.source.index()][class].inc();
+    }
     let elapsed = start.elapsed();
     if let Some(g) = &out.group {
         g.duration.observe(elapsed);
@@ -187,6 +198,7 @@ async fn forward(
     let call = Call { shared, rt, conn, client, host: host.as_str(), rid };
     let images = rt.images.as_ref().filter(|s| s.rest(req.uri().path()).is_some());
     let route = rt.routes.find(host.host(), req.uri().path());
+    out.route = route.map(|r| r.index);
     // Image URLs are answered by the transformer, but a route matching them still brings its
     // rate limit and response headers: `[images]` is no way around a route's policy.
     if let Some(route) = route {

@@ -19,6 +19,10 @@ pub(crate) struct Route {
     pub cache: Option<Arc<CacheRule>>,
     pub headers: Option<Arc<crate::policy::Headers>>,
     pub limiter: Option<crate::policy::RateLimiter>,
+    /// Every answer on this route, by source and class (`flotilla_route_requests_total`).
+    pub counters: [[Counter; 5]; 3],
+    /// Its place in the table (what the request's `Outcome` keeps).
+    pub index: usize,
 }
 
 /// Where a route sends its requests.
@@ -111,6 +115,19 @@ fn bytes(metrics: &EdgeMetrics, behavior: &str, source: &'static str) -> Counter
         .clone()
 }
 
+/// A route as its metrics name it: the path pattern, after the host when the route names one.
+fn route_label(r: &flotilla_config::RouteConfig) -> String {
+    let path = match &r.path {
+        PathPattern::Prefix(p) => format!("{p}*"),
+        PathPattern::Exact(p) => p.clone(),
+    };
+    match &r.host {
+        HostPattern::Any => path,
+        HostPattern::Exact(h) => format!("{h}{path}"),
+        HostPattern::Suffix(s) => format!("*{s}{path}"),
+    }
+}
+
 pub(crate) struct Routes {
     routes: Vec<Route>,
 }
@@ -132,6 +149,8 @@ impl Routes {
             .iter()
             .filter_map(|r| {
                 Some(Route {
+                    index: 0,
+                    counters: metrics.route_counters(&route_label(r)),
                     host: r.host.clone(),
                     path: r.path.clone(),
                     backend: match &r.origin {
@@ -153,8 +172,16 @@ impl Routes {
                     }),
                 })
             })
+            .collect::<Vec<Route>>()
+            .into_iter()
+            .enumerate()
+            .map(|(index, r)| Route { index, ..r })
             .collect();
         Self { routes }
+    }
+
+    pub(crate) fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
     }
 
     pub(crate) fn find(&self, host: &str, path: &str) -> Option<&Route> {

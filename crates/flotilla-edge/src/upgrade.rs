@@ -54,8 +54,10 @@ pub(crate) async fn forward(
             Ok(Ok((mut resp, lease))) => {
                 group.report_response(&target, resp.status().as_u16());
                 if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    out.source = crate::metrics::Source::Target;
                     return Ok(finish(resp, &target, guard, Some(lease), &cfg.stickiness, sticky_in, client.https));
                 }
+                out.source = crate::metrics::Source::Target;
                 // An upgraded connection never goes back to the pool.
                 drop(lease);
                 target.by_class[0].inc();

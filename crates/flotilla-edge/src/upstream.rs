@@ -19,7 +19,7 @@ use crate::context::{Call, Conn, Outcome};
 use crate::error::ProxyError;
 use crate::forwarding::Client;
 use crate::group::{PickRequest, TargetGroup};
-use crate::metrics::class_index;
+use crate::metrics::{class_index, Source};
 use crate::pool::{Lease, LeasedBody, SendError};
 use crate::target::Target;
 use crate::{headers, Runtime};
@@ -98,6 +98,7 @@ where
                         && matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE)
                         && tried.len() + 1 < attempts as usize;
                     if !retry {
+                        out.source = Source::Target;
                         return Ok(finish(resp, &target, guard, Some(lease), &cfg.stickiness, sticky_in, client.https));
                     }
                     last_resp = Some((resp, lease, target.clone()));
@@ -114,6 +115,7 @@ where
         // Every retry failed too: the target's own 502/503 says more than ours would.
         Some((resp, lease, target)) => {
             let guard = target.begin();
+            out.source = Source::Target;
             Ok(finish(resp, &target, guard, Some(lease), &cfg.stickiness, sticky_in, client.https))
         }
         None => Err(last_err),

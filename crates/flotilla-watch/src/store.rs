@@ -46,6 +46,13 @@ const ALIASES: &[Alias] = &[
     ("http_requests_3xx_rate", "flotilla_http_requests_rate", &[("class", "3xx")]),
     ("http_requests_4xx_rate", "flotilla_http_requests_rate", &[("class", "4xx")]),
     ("http_requests_5xx_rate", "flotilla_http_requests_rate", &[("class", "5xx")]),
+    // The targets' own answers only (ALB's HTTPCode_Target_*): the names above count what
+    // clients saw, the edge's 502/503/504 and cache hits included (`source` label).
+    ("target_http_requests_rate", "flotilla_http_requests_rate", &[("source", "target")]),
+    ("target_http_requests_2xx_rate", "flotilla_http_requests_rate", &[("class", "2xx"), ("source", "target")]),
+    ("target_http_requests_4xx_rate", "flotilla_http_requests_rate", &[("class", "4xx"), ("source", "target")]),
+    ("target_http_requests_5xx_rate", "flotilla_http_requests_rate", &[("class", "5xx"), ("source", "target")]),
+    ("edge_http_requests_5xx_rate", "flotilla_http_requests_rate", &[("class", "5xx"), ("source", "edge")]),
     // From the edge's fine (~3 %) buckets rather than the classic ones.
     ("http_latency_p50", "flotilla_http_request_latency_fine_seconds_p50", &[]),
     ("http_latency_p95", "flotilla_http_request_latency_fine_seconds_p95", &[]),

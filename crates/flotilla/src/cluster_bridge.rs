@@ -61,6 +61,11 @@ impl LocalStats for EdgeStats {
                     TargetStat { requests: target.requests, in_flight: target.in_flight, classes: target.classes };
                 t.insert(target.addr.to_string(), stat);
             }
+            // What the edge and its cache answered for the group counts in the cluster's totals
+            // (what clients saw: an outage's 502s included), under a name no target has; no
+            // fleet policy reads it (they ask for their own targets' addresses).
+            let answered = std::array::from_fn(|i| g.edge_classes[i] + g.cache_classes[i]);
+            t.insert("-".to_string(), TargetStat { requests: 0, in_flight: 0, classes: answered });
         }
         p.latency = self.0.latency_buckets().into_iter().collect();
         p

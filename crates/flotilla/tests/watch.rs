@@ -384,3 +384,82 @@ async fn next_budget(rx: &mut mpsc::UnboundedReceiver<Value>, kind: &str, thresh
         }
     }
 }
+
+/// A total outage is what clients see: with the group's only target gone, every client gets the
+/// edge's own 502, and the 5xx alarm, the availability SLO and the 5xx series count them, while
+/// the targets' own series (`target_http_requests_5xx_rate`) show none — the ALB split between
+/// `HTTPCode_ELB_5XX` and `HTTPCode_Target_5XX`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_total_outage_reaches_the_5xx_alarm_and_the_availability_slo() {
+    let mut app = DemoApp::start("outage");
+    let (hook_port, mut hooks) = receiver().await;
+    let body = format!(
+        r#"{ROUTE_ALL}{tg}
+[watch]
+resolution = "250ms"
+
+[notifiers.ops]
+webhook = "http://127.0.0.1:{hook_port}/hook"
+
+[[alarms]]
+name = "web-5xx"
+metric = "http_requests_5xx_rate"
+labels = {{ target_group = "web" }}
+statistic = "max"
+period = "1s"
+evaluation_periods = 2
+datapoints_to_alarm = 2
+threshold = 0
+comparison = ">"
+missing_data = "not_breaching"
+notify = ["ops"]
+
+[[slos]]
+name = "web-availability"
+target_group = "web"
+objective = "99.9%"
+kind = "availability"
+"#,
+        tg = group_toml("web", &[&app], "retries = 0")
+    );
+    let f = Flotilla::start("watch-outage", &body);
+    f.wait_target_state("web", &app.addr(), "healthy", Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alarm_state(&f, "web-5xx").await != "OK" {
+        let _ = get(&f.url("/whoami")).await;
+        assert!(Instant::now() < deadline, "web-5xx never reached OK");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.proc.kill9();
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut edge_502 = 0;
+    while Instant::now() < until {
+        let (status, _) = get(&f.url("/whoami")).await;
+        assert!(status == 502 || status == 503, "{status}");
+        edge_502 += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let n = next_for(&mut hooks, "web-5xx", "ALARM", Duration::from_secs(15)).await;
+    assert_eq!(n["previous_state"], "OK", "{n}");
+    let query = |name: &'static str| {
+        let url = f.admin(&format!("/api/v1/metrics/query?name={name}&labels=target_group=web&from=-1m"));
+        async move {
+            let (_, q) = get(&url).await;
+            let q: Value = serde_json::from_str(&q).unwrap();
+            q["points"].as_array().unwrap().iter().filter_map(|p| p["v"].as_f64()).fold(0.0, f64::max)
+        }
+    };
+    assert!(query("http_requests_5xx_rate").await > 1.0, "the clients' view counts the edge's 502s");
+    assert_eq!(query("target_http_requests_5xx_rate").await, 0.0, "the targets answered no 5xx");
+    let (_, slos) = get(&f.admin("/api/v1/slos")).await;
+    let v: Value = serde_json::from_str(&slos).unwrap();
+    let avail = v["slos"].as_array().unwrap().iter().find(|s| s["name"] == "web-availability").unwrap();
+    assert!(avail["attainment"].as_f64().unwrap() < 0.9, "{edge_502} failed requests must burn the SLO: {avail}");
+    let (_, metrics) = get(&f.admin("/metrics")).await;
+    assert!(
+        metrics
+            .contains("flotilla_http_requests_total{target_group=\"web\",target=\"-\",class=\"5xx\",source=\"edge\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("flotilla_route_requests_total{route=\"/*\",class=\"5xx\",source=\"edge\"}"), "{metrics}");
+}

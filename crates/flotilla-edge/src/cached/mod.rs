@@ -95,12 +95,16 @@ pub(crate) async fn serve(
                     rule.hits.inc();
                     let status =
                         format!("flotilla; hit; ttl={}{}", ttl.as_secs(), if collapsed { "; collapsed" } else { "" });
-                    return Ok(from_cache(rule, respond(e, &req, &status)));
+                    return Ok(from_cache(rule, out, respond(e, &req, &status)));
                 }
                 Decision::StaleAllowed => {
                     rule.stale.inc();
                     let over = e.freshness.timing.current_age(SystemTime::now()).saturating_sub(e.freshness.lifetime);
-                    return Ok(from_cache(rule, respond(e, &req, &format!("flotilla; hit; ttl=-{}", over.as_secs()))));
+                    return Ok(from_cache(
+                        rule,
+                        out,
+                        respond(e, &req, &format!("flotilla; hit; ttl=-{}", over.as_secs())),
+                    ));
                 }
                 Decision::StaleWhileRevalidate => {
                     rule.stale.inc();
@@ -110,7 +114,7 @@ pub(crate) async fn serve(
                     }
                     let over = e.freshness.timing.current_age(SystemTime::now()).saturating_sub(e.freshness.lifetime);
                     let status = format!("flotilla; hit; ttl=-{}; detail=stale-while-revalidate", over.as_secs());
-                    return Ok(from_cache(rule, respond(e, &req, &status)));
+                    return Ok(from_cache(rule, out, respond(e, &req, &status)));
                 }
                 Decision::Revalidate => {}
             }
@@ -152,6 +156,7 @@ pub(crate) async fn serve(
                 rule.stale.inc();
                 return Ok(from_cache(
                     rule,
+                    out,
                     respond_with(s, &client_conditions, head, "flotilla; fwd=stale; detail=stale-if-error"),
                 ));
             }
@@ -162,7 +167,7 @@ pub(crate) async fn serve(
         if let Some(s) = stale.as_ref().filter(|s| s.freshness.usable_on_error(SystemTime::now())) {
             rule.stale.inc();
             let status = format!("flotilla; fwd=stale; fwd-status={}; detail=stale-if-error", resp.status().as_u16());
-            return Ok(from_cache(rule, respond_with(s, &client_conditions, head, &status)));
+            return Ok(from_cache(rule, out, respond_with(s, &client_conditions, head, &status)));
         }
     }
     let own = own.as_deref();
@@ -174,7 +179,7 @@ pub(crate) async fn serve(
         Settled::Refreshed { entry, cookies, stored: s } => {
             rule.hits.inc();
             let status = format!("flotilla; fwd=stale; fwd-status=304; {}", stored(s));
-            with_cookies(from_cache(rule, respond_with(&entry, &client_conditions, head, &status)), cookies)
+            with_cookies(from_cache(rule, out, respond_with(&entry, &client_conditions, head, &status)), cookies)
         }
         Settled::Filled { entry, cookies, stored: s } => {
             rule.misses.inc();

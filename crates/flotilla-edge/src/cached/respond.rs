@@ -12,6 +12,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::{Body as _, Incoming};
 
 use crate::body::Body;
+use crate::context::Outcome;
 use crate::route::CacheRule;
 
 pub(super) fn respond(entry: &Entry, req: &Request<Incoming>, cache_status: &str) -> Response<Body> {
@@ -136,7 +137,8 @@ fn not_modified(entry: &Entry, request: &HeaderMap) -> bool {
 static CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
 
 /// Counts the body of a response answered from a stored entry (bytes the origin did not send).
-pub(super) fn from_cache(rule: &CacheRule, resp: Response<Body>) -> Response<Body> {
+pub(super) fn from_cache(rule: &CacheRule, out: &mut Outcome, resp: Response<Body>) -> Response<Body> {
+    out.source = crate::metrics::Source::Cache;
     rule.cache_bytes.inc_by(resp.body().size_hint().exact().unwrap_or(0));
     resp
 }
