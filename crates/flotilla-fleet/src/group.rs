@@ -758,14 +758,21 @@ fn evaluate_policies(handle: &GroupHandle, registrar: &dyn Registrar, local: &mu
         // Any other name: a series of the watch (summed over its label sets).
         other => from_watch(other, &[]),
     };
-    let obs = Observation { now: local.started.elapsed(), capacity: s.desired, ready, metric: &metric };
+    let obs = Observation {
+        now: local.started.elapsed(),
+        capacity: s.desired,
+        min: s.cfg.min,
+        max: s.cfg.max,
+        ready,
+        metric: &metric,
+    };
     let before = local.scaler.last_step_action();
     let decision = local.scaler.evaluate(&obs);
     if local.scaler.last_step_action() != before {
         local.last_step_unix_ms = Some(crate::group::coordinate::unix_ms(SystemTime::now()));
     }
     let Some(decision) = decision else { return };
-    let mut desired = decision.desired.clamp(s.cfg.min, s.cfg.max);
+    let mut desired = decision.desired;
     if desired > s.desired {
         if let Some(reason) = s.scale_out_blocked() {
             if s.blocked_noted.is_none_or(|t| since(t) > Duration::from_secs(300)) {

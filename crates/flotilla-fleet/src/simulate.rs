@@ -214,13 +214,10 @@ pub fn run(trace: &Trace, group: &GroupConfig, model: &Model) -> Report {
                 capacity = desired;
             }
         }
-        let obs = Observation { now: Duration::from_secs_f64(now), capacity, ready, metric: &metric };
+        let obs = Observation { now: Duration::from_secs_f64(now), capacity, min, max, ready, metric: &metric };
         if let Some(decision) = scaler.evaluate(&obs) {
-            let desired = decision.desired.clamp(min, max);
-            if desired != capacity {
-                actions.push(Action { at: t0 + now, from: capacity, to: desired, cause: decision.cause });
-                capacity = desired;
-            }
+            actions.push(Action { at: t0 + now, from: capacity, to: decision.desired, cause: decision.cause });
+            capacity = decision.desired;
         }
         // Launch or terminate to match capacity: terminate not-yet-ready (newest) first.
         while (launched.len() as u32) < capacity {
