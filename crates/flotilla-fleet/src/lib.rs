@@ -6,7 +6,9 @@
 //! shared with the trace simulator in [`simulate`].
 
 mod budget;
+mod container;
 mod docker;
+mod engine;
 mod group;
 pub mod policy;
 mod process;
@@ -33,7 +35,7 @@ pub use group::{Activity, GroupView, InstanceState, InstanceView, Role};
 pub use refresh::{RefreshOptions, RefreshStatus, RefreshView};
 pub use registrar::{Registrar, TargetHealth, TargetStatus};
 
-use group::GroupHandle;
+use group::{GroupHandle, Reconciler, Request};
 
 /// A metric's recent value: (name, labels to match, window in seconds) → the average of the
 /// window's datapoints. The binary answers it from the watch.
@@ -122,12 +124,8 @@ impl Fleet {
             handle.lock().state_file =
                 cfg.watch.data_dir.as_ref().map(|d| d.join("groups").join(format!("{}.state", g.name)));
             let policies_version = Arc::new(AtomicU64::new(1));
-            tasks.push(tokio::spawn(group::run(
-                handle.clone(),
-                registrar.clone(),
-                policies_version.clone(),
-                coordinator.clone(),
-            )));
+            let (h, r, p, c) = (handle.clone(), registrar.clone(), policies_version.clone(), coordinator.clone());
+            tasks.push(tokio::spawn(async move { Reconciler::start(h, r, p, c).await.run().await }));
             groups.insert(g.name.clone(), Running { handle, policies_version });
         }
         Self { groups, tasks: Mutex::new(tasks) }
@@ -208,7 +206,7 @@ impl Fleet {
                 );
             }
         }
-        g.handle.wake.notify_one();
+        g.handle.request(Request::Desired);
         Ok(g.handle.view())
     }
 
@@ -268,7 +266,7 @@ impl Fleet {
             s.refresh = Some(r);
             view
         };
-        g.handle.wake.notify_one();
+        g.handle.request(Request::Refresh);
         Ok(view)
     }
 
@@ -324,7 +322,7 @@ impl Fleet {
             s.cfg = new.clone();
             s.desired = s.desired.clamp(new.min, new.max);
             drop(s);
-            g.handle.wake.notify_one();
+            g.handle.request(Request::Reconfigured);
         }
         for name in cfg.groups.keys().filter(|n| !self.groups.contains_key(*n)) {
             tracing::warn!(group = %name, "new group in the config; it starts on the next restart");
@@ -339,7 +337,7 @@ impl Fleet {
             s.stopping = true;
             limit = limit.max(s.cfg.stop_timeout + Duration::from_secs(2));
             drop(s);
-            g.handle.wake.notify_one();
+            g.handle.request(Request::Stop);
         }
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {

@@ -9,7 +9,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
@@ -180,11 +180,6 @@ impl Usage {
         self.last = Some((now, ticks));
         Some((cpu, rss_pages * page.max(0) as u64))
     }
-}
-
-/// How long ago an `Instant` was, saturating.
-pub fn since(t: Instant) -> Duration {
-    Instant::now().saturating_duration_since(t)
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@ use std::time::Duration;
 use flotilla_config::{LaunchConfig, LaunchDriver};
 use tokio::process::Child;
 
-use crate::docker::{Container, Docker, Spec};
+use crate::container::{Container, Spec};
+use crate::engine::Engine;
 use crate::process::{self, Placeholders, Usage};
 
 pub enum Runner {
@@ -57,9 +58,12 @@ impl Runner {
                     memory: *memory,
                     stop_timeout: cx.stop_timeout,
                     stats_every: cx.stats_every,
-                    swarm: swarm.as_ref().map(|s| s.constraints.clone()),
                 };
-                Ok(Runner::Docker(Container::launch(Docker::default(), spec, p.instance.to_string())))
+                let (engine, instance) = (Engine::default(), p.instance.to_string());
+                Ok(Runner::Docker(match swarm {
+                    Some(s) => crate::swarm::launch(engine, spec, s.constraints.clone(), instance),
+                    None => crate::docker::launch(engine, spec, instance),
+                }))
             }
         }
     }

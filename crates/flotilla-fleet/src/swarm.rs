@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::docker::{set, urlencode, Docker, Shared, Spec};
+use crate::container::{sample_stats, set, Container, CpuSample, Shared, Spec};
+use crate::engine::{urlencode, Engine};
 
 /// A task not running after this long (no node fits, image missing) counts as failed.
 const START_LIMIT: Duration = Duration::from_secs(120);
@@ -107,14 +108,14 @@ static NODE_IPS: std::sync::Mutex<Option<HashMap<String, (IpAddr, Instant)>>> = 
 
 /// The address other hosts reach `node` at (`Status.Addr`). A node that reports none, or an
 /// unspecified one, is this host.
-async fn node_ip(docker: &Docker, node: &str) -> IpAddr {
+async fn node_ip(engine: &Engine, node: &str) -> IpAddr {
     let cached = |ips: &mut Option<HashMap<String, (IpAddr, Instant)>>| {
         ips.get_or_insert_with(HashMap::new).get(node).filter(|(_, at)| at.elapsed() < NODE_ADDR_TTL).map(|(ip, _)| *ip)
     };
     if let Some(ip) = cached(&mut NODE_IPS.lock().unwrap_or_else(|e| e.into_inner())) {
         return ip;
     }
-    let ip = match docker.call("GET", &format!("/nodes/{node}"), None).await {
+    let ip = match engine.call("GET", &format!("/nodes/{node}"), None).await {
         Ok(v) => v["Status"]["Addr"].as_str().and_then(|a| a.parse::<IpAddr>().ok()).filter(|ip| !ip.is_unspecified()),
         Err(e) => {
             tracing::debug!(node, error = %e, "reading the Swarm node failed");
@@ -131,19 +132,19 @@ async fn node_ip(docker: &Docker, node: &str) -> IpAddr {
 }
 
 /// Where a running task answers: its node's address and its published port.
-async fn task_addr(docker: &Docker, t: &TaskInfo) -> Option<SocketAddr> {
+async fn task_addr(engine: &Engine, t: &TaskInfo) -> Option<SocketAddr> {
     let port = t.port?;
     let ip = match &t.node {
-        Some(n) => node_ip(docker, n).await,
+        Some(n) => node_ip(engine, n).await,
         None => IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
     Some(SocketAddr::new(ip, port))
 }
 
 /// The newest task of each of `services` (by service id).
-async fn newest_tasks(docker: &Docker, services: &[&str]) -> Result<HashMap<String, TaskInfo>, String> {
+async fn newest_tasks(engine: &Engine, services: &[&str]) -> Result<HashMap<String, TaskInfo>, String> {
     let filters = json!({ "service": services }).to_string();
-    let list = docker
+    let list = engine
         .call("GET", &format!("/tasks?filters={}", urlencode(&filters)), None)
         .await
         .map_err(|e| e.to_string())?;
@@ -160,18 +161,39 @@ async fn newest_tasks(docker: &Docker, services: &[&str]) -> Result<HashMap<Stri
 }
 
 /// The service's newest task.
-async fn task(docker: &Docker, service: &str) -> Result<Option<TaskInfo>, String> {
-    Ok(newest_tasks(docker, &[service]).await?.remove(service))
+async fn task(engine: &Engine, service: &str) -> Result<Option<TaskInfo>, String> {
+    Ok(newest_tasks(engine, &[service]).await?.remove(service))
 }
 
-pub(crate) async fn lifecycle(
-    docker: Docker,
-    spec: Spec,
-    constraints: Vec<String>,
+/// Creates the instance's service and follows its task; failures show up as an exit with the
+/// reason.
+pub(crate) fn launch(engine: Engine, spec: Spec, constraints: Vec<String>, instance: String) -> Container {
+    let (container, shared) = Container::new();
+    tokio::spawn(lifecycle(engine, spec, constraints, instance, shared));
+    container
+}
+
+/// Follows a service that already runs (a new leader adopting it).
+pub(crate) fn adopt(
+    engine: Engine,
+    service: String,
     instance: String,
-    shared: Arc<Shared>,
-) {
-    let created = match docker.call("POST", "/services/create", Some(service_body(&spec, &constraints))).await {
+    stop_timeout: Duration,
+    stats_every: Duration,
+) -> Container {
+    let (container, shared) = Container::new();
+    tokio::spawn(follow(engine, Timing { stop_timeout, stats_every }, service, instance, shared));
+    container
+}
+
+/// What following a task needs of its launch spec.
+struct Timing {
+    stop_timeout: Duration,
+    stats_every: Duration,
+}
+
+async fn lifecycle(engine: Engine, spec: Spec, constraints: Vec<String>, instance: String, shared: Arc<Shared>) {
+    let created = match engine.call("POST", "/services/create", Some(service_body(&spec, &constraints))).await {
         Ok(v) => v,
         Err(e) => {
             set(&shared.exit, format!("could not create the Swarm service: {e}"));
@@ -183,20 +205,21 @@ pub(crate) async fn lifecycle(
         return;
     };
     tracing::info!(instance = %instance, service = %&service[..12.min(service.len())], "Swarm service created");
-    follow(docker, spec, service, instance, shared).await;
+    let timing = Timing { stop_timeout: spec.stop_timeout, stats_every: spec.stats_every };
+    follow(engine, timing, service, instance, shared).await;
 }
 
 /// Watches one service's task until it ends or is stopped; on stop removes the service, unless
 /// this node is handing the instance over to another leader (`detached`): then it only lets go.
-pub(crate) async fn follow(docker: Docker, spec: Spec, service: String, instance: String, shared: Arc<Shared>) {
+async fn follow(engine: Engine, timing: Timing, service: String, instance: String, shared: Arc<Shared>) {
     let started = Instant::now();
-    let mut last_cpu: Option<crate::docker::CpuSample> = None;
+    let mut last_cpu: Option<CpuSample> = None;
     let mut next_stats = Instant::now();
     let ended = loop {
         if shared.wait_tick(POLL).await {
             break None;
         }
-        let container = match task(&docker, &service).await {
+        let container = match task(&engine, &service).await {
             Ok(Some(t)) if FINAL.contains(&t.state.as_str()) => {
                 break Some(format!(
                     "Swarm task {}{}",
@@ -206,7 +229,7 @@ pub(crate) async fn follow(docker: Docker, spec: Spec, service: String, instance
             }
             Ok(Some(t)) if t.state == "running" => {
                 // Re-read every poll: a replaced task would have another node and port.
-                let addr = task_addr(&docker, &t).await;
+                let addr = task_addr(&engine, &t).await;
                 let mut slot = shared.addr.lock().unwrap_or_else(|e| e.into_inner());
                 if addr.is_some() && *slot != addr {
                     *slot = addr;
@@ -231,10 +254,10 @@ pub(crate) async fn follow(docker: Docker, spec: Spec, service: String, instance
             set(&shared.id, id.clone());
         }
         if Instant::now() >= next_stats {
-            next_stats = Instant::now() + spec.stats_every;
+            next_stats = Instant::now() + timing.stats_every;
             // The container is on this host in a one-machine swarm; on another host stats are
             // simply unavailable here (CPU policies then see no sample for this instance).
-            if let Some(u) = crate::docker::sample_stats(&docker, &id, &mut last_cpu).await {
+            if let Some(u) = sample_stats(&engine, &id, &mut last_cpu).await {
                 *shared.usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(u);
             }
         }
@@ -246,19 +269,19 @@ pub(crate) async fn follow(docker: Docker, spec: Spec, service: String, instance
     // Tell the other nodes first: they stop sending new requests to a service marked draining
     // (they poll four times a second), then the service goes.
     if ended.is_none() {
-        match mark_draining(&docker, &service).await {
+        match mark_draining(&engine, &service).await {
             Ok(()) => tokio::time::sleep(FOLLOWER_GRACE).await,
             Err(e) => tracing::warn!(instance = %instance, error = %e, "marking the Swarm service draining failed"),
         }
     }
     // Removing the service stops its task (SIGTERM, SIGKILL after StopGracePeriod); wait until
     // the task is gone so "exited" means the port is free again.
-    if let Err(e) = docker.call("DELETE", &format!("/services/{service}"), None).await {
+    if let Err(e) = engine.call("DELETE", &format!("/services/{service}"), None).await {
         tracing::warn!(instance = %instance, error = %e, "removing the Swarm service failed");
     }
-    let deadline = Instant::now() + spec.stop_timeout + Duration::from_secs(10);
+    let deadline = Instant::now() + timing.stop_timeout + Duration::from_secs(10);
     while Instant::now() < deadline {
-        match task(&docker, &service).await {
+        match task(&engine, &service).await {
             Ok(Some(t)) if !FINAL.contains(&t.state.as_str()) => tokio::time::sleep(POLL).await,
             _ => break,
         }
@@ -269,17 +292,17 @@ pub(crate) async fn follow(docker: Docker, spec: Spec, service: String, instance
 /// Labels the service `flotilla.draining=1` with a version-checked update: Swarm refuses an
 /// update carrying a stale `version` ("update out of sequence"), so the spec is re-read and the
 /// update retried, never applied over someone else's change.
-pub(crate) async fn mark_draining(docker: &Docker, service: &str) -> Result<(), String> {
+pub(crate) async fn mark_draining(engine: &Engine, service: &str) -> Result<(), String> {
     let mut last = String::new();
     for _ in 0..3 {
-        let current = docker.call("GET", &format!("/services/{service}"), None).await.map_err(|e| e.to_string())?;
+        let current = engine.call("GET", &format!("/services/{service}"), None).await.map_err(|e| e.to_string())?;
         let version = current["Version"]["Index"].as_u64().ok_or("the service has no version")?;
         let mut spec = current["Spec"].clone();
         if spec["Labels"]["flotilla.draining"] == "1" {
             return Ok(());
         }
         spec["Labels"]["flotilla.draining"] = json!("1");
-        match docker.call("POST", &format!("/services/{service}/update?version={version}"), Some(spec)).await {
+        match engine.call("POST", &format!("/services/{service}/update?version={version}"), Some(spec)).await {
             Ok(_) => return Ok(()),
             Err(e) if e.to_string().contains("out of sequence") => last = e.to_string(),
             Err(e) => return Err(e.to_string()),
@@ -288,17 +311,22 @@ pub(crate) async fn mark_draining(docker: &Docker, service: &str) -> Result<(), 
     Err(last)
 }
 
+/// Removes one service (Swarm stops its task).
+pub(crate) async fn remove(engine: &Engine, service: &str) {
+    let _ = engine.call("DELETE", &format!("/services/{service}"), None).await;
+}
+
 /// Removes services a previous run of this group left behind (after a crash): this
 /// deployment's only.
-pub(crate) async fn remove_stale(docker: &Docker, scope: &crate::scope::Scope, group: &str) {
+pub(crate) async fn remove_stale(engine: &Engine, scope: &crate::scope::Scope, group: &str) {
     let filters = scope.filters(group, true);
-    let Ok(list) = docker.call("GET", &format!("/services?filters={}", urlencode(&filters)), None).await else {
+    let Ok(list) = engine.call("GET", &format!("/services?filters={}", urlencode(&filters)), None).await else {
         return;
     };
     for s in list.as_array().into_iter().flatten() {
         if let Some(id) = s["ID"].as_str() {
             tracing::info!(group, service = %&id[..12.min(id.len())], "removing a Swarm service left by a previous run");
-            let _ = docker.call("DELETE", &format!("/services/{id}"), None).await;
+            let _ = engine.call("DELETE", &format!("/services/{id}"), None).await;
         }
     }
 }
@@ -318,12 +346,12 @@ pub(crate) struct Existing {
 /// Every service of this deployment labelled with `group`, read from Swarm (the source of
 /// truth for what runs).
 pub(crate) async fn existing(
-    docker: &Docker,
+    engine: &Engine,
     scope: &crate::scope::Scope,
     group: &str,
 ) -> Result<Vec<Existing>, String> {
     let filters = scope.filters(group, true);
-    let list = docker
+    let list = engine
         .call("GET", &format!("/services?filters={}", urlencode(&filters)), None)
         .await
         .map_err(|e| e.to_string())?;
@@ -346,18 +374,18 @@ pub(crate) async fn existing(
         return Ok(found);
     }
     let ids: Vec<&str> = found.iter().map(|e| e.service.as_str()).collect();
-    let tasks = newest_tasks(docker, &ids).await?;
+    let tasks = newest_tasks(engine, &ids).await?;
     for e in &mut found {
         if let Some(t) = tasks.get(&e.service).filter(|t| t.state == "running") {
-            e.addr = task_addr(docker, t).await;
+            e.addr = task_addr(engine, t).await;
         }
     }
     Ok(found)
 }
 
 /// Whether the daemon is a Swarm manager (services can be created).
-pub(crate) async fn is_manager(docker: &Docker) -> bool {
-    docker.call("GET", "/info", None).await.is_ok_and(|v| v["Swarm"]["ControlAvailable"] == true)
+pub(crate) async fn is_manager(engine: &Engine) -> bool {
+    engine.call("GET", "/info", None).await.is_ok_and(|v| v["Swarm"]["ControlAvailable"] == true)
 }
 
 #[cfg(test)]
@@ -378,7 +406,6 @@ mod tests {
             memory: None,
             stop_timeout: Duration::from_secs(3),
             stats_every: Duration::from_secs(5),
-            swarm: Some(vec![]),
         };
         let b = service_body(&spec, &["node.labels.zone==a".into()]);
         assert_eq!(b["Mode"]["Replicated"]["Replicas"], 1);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{GroupHandle, Local};
+use super::{GroupHandle, Reconciler};
 use crate::budget;
 
 /// Spend alone is written at most this often (a crash loses at most this much of it).
@@ -87,11 +87,13 @@ pub(crate) fn restore(handle: &GroupHandle, path: PathBuf) -> (Saver, Option<i64
     (sv, Some(minute))
 }
 
-/// Writes the loop's state when it is due (see the module doc); `stopping`: now, if changed.
-pub(crate) async fn save_local(handle: &GroupHandle, local: &mut Local, stopping: bool) {
-    let minute = local.scheduler.last_minute();
-    if let Some(sv) = local.saver.as_mut() {
-        save(handle, sv, minute, stopping).await;
+impl Reconciler {
+    /// Writes the loop's state when it is due (see the module doc); `stopping`: now, if changed.
+    pub(super) async fn save_state(&mut self, stopping: bool) {
+        let minute = self.policies.scheduler.last_minute();
+        if let Some(sv) = self.saver.as_mut() {
+            save(&self.handle, sv, minute, stopping).await;
+        }
     }
 }
 
