@@ -70,6 +70,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/metrics/query", get(watch::query))
         .route("/api/v1/alarms", get(watch::alarms))
         .route("/api/v1/slos", get(watch::slos))
+        .route("/api/v1/notifiers", get(watch::notifiers))
         .route("/api/v1/budget", get(watch::budget))
         .route("/api/v1/groups", get(groups::list))
         .route("/api/v1/groups/{name}", get(groups::show))
@@ -187,7 +188,14 @@ pub fn exposition_for_watch(edge: &Edge, fleet: &flotilla_fleet::Fleet, control:
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let body = exposition(&state.edge, &state.fleet, &*state.control);
+    let mut body = exposition(&state.edge, &state.fleet, &*state.control);
+    // What became of the notifications (the watch's own counts, so not in what it samples).
+    let notifications = state.watch.encode_notifier_metrics();
+    if !notifications.is_empty() {
+        body.truncate(body.len().saturating_sub("# EOF\n".len()));
+        body.push_str(&notifications);
+        body.push_str("# EOF\n");
+    }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }
 

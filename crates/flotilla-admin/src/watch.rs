@@ -1,4 +1,5 @@
-//! `/api/v1/metrics` and `/api/v1/alarms`: the watch's series and alarms.
+//! `/api/v1/metrics`, `/api/v1/alarms`, `/api/v1/slos` and `/api/v1/notifiers`: the watch's
+//! series, alarms, SLOs and notifiers.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -83,4 +84,10 @@ pub(crate) async fn budget(State(state): State<AdminState>) -> Response {
         Some(b) => Json(b).into_response(),
         None => error(StatusCode::NOT_FOUND, "no [budget] in the config"),
     }
+}
+
+/// The notifiers and what became of their notifications; the webhook as scheme and host only
+/// (a Slack URL's path is its token), never a routing key.
+pub(crate) async fn notifiers(State(state): State<AdminState>) -> Response {
+    Json(json!({ "notifiers": state.watch.notifiers() })).into_response()
 }

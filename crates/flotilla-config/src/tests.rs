@@ -427,10 +427,10 @@ statistic = "p42"
 threshold = 1
 notify = ["pager"]
 [notifiers.ops]
-webhook = "https://example.com/"
+webhook = "http://example.com/"
 "#,
         &[
-            "flotilla.toml:8:11: notifiers.ops.webhook: \"https://example.com/\" must be an http:// URL",
+            "flotilla.toml:8:11: notifiers.ops.webhook: http://example.com/…: http:// only to a loopback address (127.0.0.1, [::1], localhost); use https:// (with `ca` for a private CA)",
             "flotilla.toml:4:13: alarms.a.statistic: unknown statistic \"p42\" (avg, sum, min, max, count, p50, p95, p99)",
             "flotilla.toml:6:11: alarms.a.notify: \"pager\" is not a [notifiers] entry (known: ops)",
         ],

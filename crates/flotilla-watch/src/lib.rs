@@ -16,7 +16,7 @@ pub mod slo;
 pub mod state_file;
 pub mod store;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,11 +25,12 @@ use serde::Serialize;
 
 pub use alarm::{AlarmState, Transition};
 pub use budget::BudgetView;
+pub use notify::NotifierView;
 pub use slo::SloView;
 pub use store::Point;
 
 use alarm::Alarm;
-use notify::Notifier;
+use notify::{Event, Hub};
 use slo::Slo;
 use store::Store;
 
@@ -64,7 +65,7 @@ pub struct Watch {
     /// Where the account budget's month is saved (with `data_dir`), and what was written last.
     budget_file: Option<std::path::PathBuf>,
     budget_saved: Mutex<Option<budget::Saved>>,
-    notifiers: HashMap<String, Notifier>,
+    notifiers: Hub,
     resolution: Duration,
     /// Appends the history to `data_dir` (one flush at a time).
     writer: Option<Mutex<persist::Writer>>,
@@ -82,7 +83,7 @@ impl Watch {
     /// Builds the store, alarms and notifiers, and starts the sampler on the current runtime.
     pub fn start(cfg: &Config, source: Source) -> Arc<Self> {
         let w = &cfg.watch;
-        let notifiers = cfg.notifiers.values().map(|n| (n.name.clone(), Notifier::start(n.clone()))).collect();
+        let notifiers = Hub::start(cfg.notifiers.values());
         let mut store = Store::new(w.retention.as_secs_f64(), w.resolution.as_secs_f64());
         store.advance(store::ms(now_secs()));
         let mut writer = None;
@@ -258,6 +259,17 @@ impl Watch {
         Some(format!("the account budget is spent ({:.2} of {:.2} {})", v.spent, v.monthly, v.currency))
     }
 
+    /// Each notifier with what became of its notifications (no secret: the webhook's scheme
+    /// and host only).
+    pub fn notifiers(&self) -> Vec<NotifierView> {
+        self.notifiers.views()
+    }
+
+    /// `flotilla_notifications_total` for `/metrics`.
+    pub fn encode_notifier_metrics(&self) -> String {
+        self.notifiers.encode_metrics()
+    }
+
     pub fn slos(&self) -> Vec<SloView> {
         self.slos.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(|s| s.last.clone()).collect()
     }
@@ -285,21 +297,7 @@ impl Watch {
                 forecast = a.view.forecast,
                 "budget alert"
             );
-            let payload = serde_json::json!({
-                "budget": "monthly",
-                "kind": a.kind,
-                "threshold": a.threshold,
-                "spent": a.view.spent,
-                "forecast": a.view.forecast,
-                "monthly": a.view.monthly,
-                "currency": a.view.currency,
-                "time": rfc3339(t),
-            });
-            for n in &notify {
-                if let Some(notifier) = self.notifiers.get(n) {
-                    notifier.send(payload.clone());
-                }
-            }
+            self.notifiers.send(&notify, Event::budget(&a, rfc3339(t)));
         }
         let mut alarms = self.alarms_lock();
         for a in alarms.iter_mut() {
@@ -323,16 +321,16 @@ impl Watch {
         for s in slos.iter_mut() {
             let changes = s.evaluate(&self.store(), t);
             for c in changes {
-                let view = s.last.clone();
-                let payload = serde_json::json!({
-                    "slo": s.cfg.name,
-                    "target_group": s.cfg.target_group,
-                    "alert": c.alert,
-                    "state": if c.firing { "firing" } else { "resolved" },
-                    "time": rfc3339(t),
-                    "burn_rates": view.as_ref().map(|v| &v.burn_rates),
-                    "error_budget_remaining": view.as_ref().and_then(|v| v.error_budget_remaining),
-                });
+                let view = s.last.as_ref();
+                let ev = Event::slo(
+                    &s.cfg.name,
+                    &s.cfg.target_group,
+                    c.alert,
+                    c.firing,
+                    rfc3339(t),
+                    view.map(|v| &v.burn_rates),
+                    view.and_then(|v| v.error_budget_remaining),
+                );
                 if c.firing {
                     tracing::warn!(slo = %s.cfg.name, alert = c.alert, "SLO burn alert firing");
                 } else {
@@ -341,26 +339,12 @@ impl Watch {
                 if !self.sends(s.cfg.cluster, &s.cfg.name) {
                     continue;
                 }
-                for n in &s.cfg.notify {
-                    if let Some(notifier) = self.notifiers.get(n) {
-                        notifier.send(payload.clone());
-                    }
-                }
+                self.notifiers.send(&s.cfg.notify, ev);
             }
         }
     }
 
     fn announce(&self, a: &Alarm, tr: &Transition) {
-        let payload = serde_json::json!({
-            "alarm": a.cfg.name,
-            "metric": a.cfg.metric,
-            "labels": a.cfg.labels,
-            "state": tr.to,
-            "previous_state": tr.from,
-            "reason": tr.reason,
-            "time": tr.time,
-            "threshold": a.cfg.threshold,
-        });
         match tr.to {
             AlarmState::Alarm => {
                 tracing::warn!(alarm = %a.cfg.name, from = ?tr.from, reason = %tr.reason, "alarm state ALARM")
@@ -372,11 +356,7 @@ impl Watch {
         if !self.sends(a.cfg.cluster, &a.cfg.name) {
             return;
         }
-        for n in &a.cfg.notify {
-            if let Some(notifier) = self.notifiers.get(n) {
-                notifier.send(payload.clone());
-            }
-        }
+        self.notifiers.send(&a.cfg.notify, Event::alarm(&a.cfg, tr));
     }
 }
 

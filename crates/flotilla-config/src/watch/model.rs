@@ -59,15 +59,7 @@ pub struct AlarmConfig {
     pub cluster: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct NotifierConfig {
-    pub name: String,
-    /// JSON is POSTed here on every alarm state change.
-    pub webhook: String,
-    pub timeout: Duration,
-    /// Attempts per notification (backoff 1 s, 2 s, 4 s, …).
-    pub attempts: u32,
-}
+pub use super::notifier::{shown_url, NotifierConfig, NotifierFormat, Severity, TrustedCa};
 
 /// What makes a request good for an SLO.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -64,6 +64,10 @@ pub(crate) struct RawAlarm {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawNotifier {
     pub webhook: Option<S<String>>,
+    pub format: Option<S<String>>,
+    pub ca: Option<S<String>>,
+    pub routing_key: Option<S<String>>,
+    pub severity: Option<S<String>>,
     pub timeout: Option<S<String>>,
     pub attempts: Option<S<i64>>,
 }

@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use super::model::*;
-use super::raw::{RawAccountBudget, RawAlarm, RawNotifier, RawSlo, RawWatch};
-use crate::ctx::{valid_name, Ctx};
+use super::raw::{RawAccountBudget, RawAlarm, RawSlo, RawWatch};
+pub(crate) use super::validate_notifier::notifiers;
+use crate::ctx::Ctx;
 use crate::raw::{Num, S};
 use crate::{Comparison, MissingData, TargetGroupConfig};
 
@@ -40,46 +41,6 @@ pub(crate) fn watch(cx: &mut Ctx<'_>, raw: Option<&S<RawWatch>>) -> WatchConfig 
     }
     let data_dir = r.data_dir.as_ref().map(|d| cx.base_dir.join(d.get_ref()));
     WatchConfig { retention, resolution, data_dir }
-}
-
-pub(crate) fn notifiers(
-    cx: &mut Ctx<'_>,
-    raw: &BTreeMap<S<String>, S<RawNotifier>>,
-) -> BTreeMap<String, NotifierConfig> {
-    let mut out = BTreeMap::new();
-    for (name, n) in raw {
-        let key = |k: &str| format!("notifiers.{}.{k}", name.get_ref());
-        if !valid_name(name.get_ref()) {
-            cx.err(name, format!("notifier name {:?} must be letters, digits, '-' or '_'", name.get_ref()));
-        }
-        let r = n.get_ref();
-        let Some(hook) = &r.webhook else {
-            cx.err(n, format!("{} is required (an http:// URL that receives JSON)", key("webhook")));
-            continue;
-        };
-        let url = cx.expand(hook, &key("webhook"));
-        if !http_url_ok(&url) {
-            cx.err(hook, format!("{}: {url:?} must be an http:// URL", key("webhook")));
-        }
-        let timeout = cx.duration(&r.timeout, &key("timeout"), Duration::from_secs(5));
-        let attempts = cx.int(&r.attempts, &key("attempts"), 1..=20, 5) as u32;
-        out.insert(
-            name.get_ref().clone(),
-            NotifierConfig { name: name.get_ref().clone(), webhook: url, timeout, attempts },
-        );
-    }
-    out
-}
-
-/// `http://host[:port][/path]`: the shape the webhook client can use (no URL crate needed).
-fn http_url_ok(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else { return false };
-    let authority = rest.split('/').next().unwrap_or("");
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !authority.ends_with(']') => (h, Some(p)),
-        _ => (authority, None),
-    };
-    !host.is_empty() && !host.contains(char::is_whitespace) && port.is_none_or(|p| p.parse::<u16>().is_ok())
 }
 
 /// What alarms and step policies share, parsed one way: the period, M of N, the comparison
@@ -450,17 +411,4 @@ fn alarm(
         notify,
         cluster: scope(cx, &r.scope, &key("scope"), has_cluster),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn urls() {
-        for ok in ["http://127.0.0.1:9999/hook", "http://[::1]:80/", "http://hooks.example", "http://[::1]"] {
-            assert!(super::http_url_ok(ok), "{ok}");
-        }
-        for bad in ["https://x/", "http://", "http://:80/", "http://h:port/", "ftp://x"] {
-            assert!(!super::http_url_ok(bad), "{bad}");
-        }
-    }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod hooks;
 pub mod redis;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
